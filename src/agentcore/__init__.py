@@ -1,0 +1,3 @@
+"""AgentCore Gateway."""
+
+__version__ = "0.1.0"

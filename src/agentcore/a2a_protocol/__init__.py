@@ -1,0 +1,1 @@
+"""The import path the seed documents use: ``agentcore.a2a_protocol.main:app``."""

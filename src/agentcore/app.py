@@ -1,0 +1,250 @@
+"""The application: ``create_app(config)`` builds the whole gateway, the lifespan runs it.
+
+Request flow, top-down: ``Gateway.__call__`` (ASGI) -> router -> handler
+(health, metrics, JSON-RPC dispatch -> method -> registry / task service ->
+store). Errors are rendered once, here: an :class:`AgentCoreError` becomes its
+status and JSON body; anything else is logged and becomes a 500 (a bug).
+
+The lifespan opens the store and owns every background task (heartbeat flush,
+agent and task sweeps) in one task group; shutdown stops them, flushes the
+last heartbeats and closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from agentcore import __version__
+from agentcore.clock import Clock, system_clock
+from agentcore.config import Config
+from agentcore.errors import AgentCoreError, NotFound, StoreUnavailable
+from agentcore.events.memory import MemoryEventBus
+from agentcore.http import Request, Response, error_response, json_response
+from agentcore.jsonrpc import Context, Dispatcher
+from agentcore.methods import build_methods
+from agentcore.metrics import CONTENT_TYPE, Metrics
+from agentcore.openapi import agent_card, method_listing, openapi_document
+from agentcore.registry import Registry
+from agentcore.routing import Router
+from agentcore.store import open_store
+from agentcore.store.base import Store
+from agentcore.tasks import TaskService
+from agentcore.types import Receive, Scope, Send
+
+log = logging.getLogger("agentcore")
+
+API = "/api/v1"
+#: Seconds a database health check result is reused.
+HEALTH_CACHE_S = 1.0
+
+
+class Gateway:
+    """The ASGI application."""
+
+    def __init__(self, config: Config, *, store: Store | None = None,
+                 clock: Clock = system_clock, metrics_dir: str | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = store or open_store(config.database_url)
+        self.metrics = Metrics(metrics_dir) if config.metrics.enabled else None
+        self.bus = MemoryEventBus(config.events.subscriber_queue_size)
+        self.registry = Registry(self.store, self.bus, config.registry, clock)
+        self.tasks = TaskService(self.store, self.bus, config.tasks, clock)
+        self.registry.on_available = self.tasks.on_agent_available
+        self.registry.on_unavailable = self.tasks.on_agent_unavailable
+        self.methods = build_methods(self.registry, self.tasks, config.tasks.max_page_size)
+        self.dispatcher = Dispatcher(self.methods, max_batch_size=config.limits.max_batch_size)
+        self.router = self._routes()
+        self.started_at = time.monotonic()
+        self._stop = asyncio.Event()
+        self._static: dict[str, bytes] = {}
+        self._health: tuple[float, dict[str, Any]] | None = None
+
+    # -- routes ---------------------------------------------------------------
+
+    def _routes(self) -> Router:
+        r = Router()
+        r.add("GET", f"{API}/health", self.health)
+        r.add("GET", f"{API}/health/ready", self.ready)
+        r.add("GET", f"{API}/health/live", self.live)
+        r.add("POST", f"{API}/jsonrpc", self.jsonrpc)
+        r.add("GET", f"{API}/jsonrpc/methods", self.jsonrpc_methods)
+        r.add("GET", "/metrics", self.metrics_endpoint)
+        r.add("GET", "/openapi.json", self.openapi)
+        r.add("GET", "/.well-known/agent-card.json", self.agent_card)
+        r.add("GET", "/.well-known/agent.json", self.agent_card)
+        return r
+
+    async def health(self, request: Request) -> Response:
+        database = await self._check_store()
+        status = "healthy" if database["status"] == "up" else "degraded"
+        return json_response({
+            "status": status,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "workers": self.config.server.workers,
+            "dependencies": {"database": database},
+        })
+
+    async def ready(self, request: Request) -> Response:
+        database = await self._check_store()
+        ok = database["status"] == "up"
+        return json_response({"status": "ready" if ok else "not_ready",
+                              "dependencies": {"database": database}}, 200 if ok else 503)
+
+    async def live(self, request: Request) -> Response:
+        return json_response({"status": "alive"})
+
+    async def _check_store(self) -> dict[str, Any]:
+        """The store's status, checked at most once per HEALTH_CACHE_S (health is polled hard)."""
+        now = time.monotonic()
+        if self._health is not None and now - self._health[0] < HEALTH_CACHE_S:
+            return self._health[1]
+        backend = self.config.database_url.split(":", 1)[0]
+        try:
+            await self.store.check()
+        except StoreUnavailable as exc:
+            status: dict[str, Any] = {"status": "down", "backend": backend, "error": exc.message}
+        else:
+            status = {"status": "up", "backend": backend,
+                      "latency_ms": round((time.monotonic() - now) * 1000, 3)}
+        self._health = (now, status)
+        return status
+
+    async def jsonrpc(self, request: Request) -> Response:
+        body = await request.body(self.config.limits.max_body_bytes)
+        status, payload = await self.dispatcher.handle(
+            body, Context(client=request.client_host)
+        )
+        return Response(status, payload or b"")
+
+    async def jsonrpc_methods(self, request: Request) -> Response:
+        return self._cached("methods", lambda: method_listing(self.methods))
+
+    async def openapi(self, request: Request) -> Response:
+        return self._cached("openapi", lambda: openapi_document(self.methods))
+
+    async def agent_card(self, request: Request) -> Response:
+        host = (request.header(b"host") or b"127.0.0.1").decode("latin-1")
+        scheme = request.scope.get("scheme", "http")
+        return json_response(agent_card(self.methods, f"{scheme}://{host}"))
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        if self.metrics is None:
+            raise NotFound("metrics are disabled")
+        body = self.metrics.render(await self.store.count_agents(), await self.store.count_tasks())
+        return Response(200, body, content_type=CONTENT_TYPE)
+
+    def _cached(self, key: str, build: Callable[[], Any]) -> Response:
+        body = self._static.get(key)
+        if body is None:
+            body = json_response(build()).body
+            self._static[key] = body
+        return Response(200, body)
+
+    # -- ASGI -----------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "no such endpoint"})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.in_flight.inc()
+        route_name = "unmatched"
+        method: str = scope["method"]
+        try:
+            route, handler, params = self.router.match(method, scope["path"])
+            route_name = route.path
+            request = Request(scope, receive)
+            request.path_params = params
+            response = await handler(request)
+        except AgentCoreError as exc:
+            if exc.status >= 500:
+                log.error("request %s %s failed: %s", method, scope["path"], exc.message)
+            response = error_response(exc)
+        except Exception:
+            log.exception("unhandled error on %s %s", method, scope["path"])
+            response = error_response(AgentCoreError("internal error"))
+        try:
+            await response(scope, receive, send)
+        finally:
+            if metrics is not None:
+                metrics.in_flight.dec()
+                metrics.observe(route_name, method, response.status,
+                                time.perf_counter() - started)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            await self.startup()
+        except Exception as exc:
+            log.exception("startup failed")
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        async with asyncio.TaskGroup() as group:
+            for loop in self._loops():
+                group.create_task(loop)
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+            self._stop.set()
+        await self.shutdown()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self._stop.clear()
+        await self.store.open()
+        self.started_at = time.monotonic()
+        if self.metrics is not None:
+            events = self.metrics.events
+            self.bus.on_publish = lambda event: events.labels(event.type).inc()
+        await self.tasks.assign_pending()
+        log.info("agentcore %s ready (database: %s)", __version__,
+                 self.config.database_url.split(":", 1)[0])
+
+    async def shutdown(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(StoreUnavailable):
+            await self.registry.flush()
+        await self.bus.close()
+        await self.store.close()
+
+    def _loops(self) -> list[Awaitable[None]]:
+        cfg = self.config.registry
+        return [
+            self._every(cfg.heartbeat_flush_interval_s, self.registry.flush),
+            self._every(cfg.sweep_interval_s, self.registry.sweep),
+            self._every(cfg.sweep_interval_s, self.tasks.expire_due),
+        ]
+
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+        """Run ``job`` every ``seconds`` until shutdown; a failing run is logged, not fatal."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), seconds)
+            if self._stop.is_set():
+                return
+            try:
+                await job()
+            except Exception:
+                log.exception("background job %s failed", getattr(job, "__qualname__", job))
+
+
+def create_app(config: Config, **kwargs: Any) -> Gateway:
+    """Build the gateway for ``config``; nothing runs until the ASGI lifespan starts it."""
+    return Gateway(config, **kwargs)

@@ -1,0 +1,151 @@
+"""The one error tree of the gateway.
+
+Every error the gateway raises on purpose derives from :class:`AgentCoreError`
+and carries, as class attributes, the HTTP status and the JSON-RPC 2.0 error
+code that render it. One boundary (the HTTP dispatch in ``app.py`` and the
+JSON-RPC dispatcher in ``jsonrpc.py``) turns any of them into a JSON body, so a
+handler only ever ``raise``\\ s.
+
+::
+
+    AgentCoreError                  500  -32603  (a bug: never raised on purpose)
+    ├── ConfigError                  -      -    bad configuration, stops startup
+    ├── StoreUnavailable            503  -32000  the database cannot be reached
+    └── ClientError                 400  -32600  the caller's fault (any 4xx)
+        ├── ParseError              400  -32700  body is not JSON
+        ├── InvalidRequest          400  -32600  JSON, but not a valid request
+        ├── MethodNotFound          404  -32601  unknown JSON-RPC method
+        ├── InvalidParams           400  -32602  params fail validation (names the field)
+        ├── NotFound                404  -32004  unknown HTTP route
+        ├── MethodNotAllowed        405  -32600  known route, wrong HTTP method
+        ├── PayloadTooLarge         413  -32600  body above the configured limit
+        ├── UnsupportedMediaType    415  -32600  not application/json
+        ├── AgentNotFound           404  -32001
+        ├── TaskNotFound            404  -32002
+        ├── InvalidTransition       409  -32003  task state machine refused the change
+        ├── NoCapableAgent          409  -32005  (only when a caller demands assignment)
+        ├── AgentAlreadyExists      409  -32006  register without override_existing
+        └── Forbidden               403  -32007  acting on another agent's behalf
+
+JSON-RPC codes -32001..-32099 are the server-defined range of the spec; the
+table above is the documented meaning of each (see docs/api.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AgentCoreError(Exception):
+    """Root of every gateway error; as such it means an internal error."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[int] = -32603
+    title: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str = "", data: dict[str, Any] | None = None) -> None:
+        super().__init__(message or self.title.replace("_", " "))
+        self.message = message or self.title.replace("_", " ")
+        self.data = data
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message, "type": self.title}
+        if self.data is not None:
+            body["data"] = self.data
+        return body
+
+
+class ConfigError(AgentCoreError):
+    """The configuration is invalid; the message names the key."""
+
+    title = "config_error"
+
+
+class StoreUnavailable(AgentCoreError):
+    status = 503
+    code = -32000
+    title = "store_unavailable"
+
+
+class ClientError(AgentCoreError):
+    status = 400
+    code = -32600
+    title = "bad_request"
+
+
+class ParseError(ClientError):
+    code = -32700
+    title = "parse_error"
+
+
+class InvalidRequest(ClientError):
+    code = -32600
+    title = "invalid_request"
+
+
+class MethodNotFound(ClientError):
+    status = 404
+    code = -32601
+    title = "method_not_found"
+
+
+class InvalidParams(ClientError):
+    code = -32602
+    title = "invalid_params"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = -32004
+    title = "not_found"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    title = "method_not_allowed"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    title = "payload_too_large"
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+    title = "unsupported_media_type"
+
+
+class AgentNotFound(ClientError):
+    status = 404
+    code = -32001
+    title = "agent_not_found"
+
+
+class TaskNotFound(ClientError):
+    status = 404
+    code = -32002
+    title = "task_not_found"
+
+
+class InvalidTransition(ClientError):
+    status = 409
+    code = -32003
+    title = "invalid_state_transition"
+
+
+class NoCapableAgent(ClientError):
+    status = 409
+    code = -32005
+    title = "no_capable_agent"
+
+
+class AgentAlreadyExists(ClientError):
+    status = 409
+    code = -32006
+    title = "agent_already_exists"
+
+
+class Forbidden(ClientError):
+    status = 403
+    code = -32007
+    title = "forbidden"

@@ -1,0 +1,192 @@
+"""JSON-RPC 2.0: parsing, batching and dispatch (no I/O).
+
+Follows https://www.jsonrpc.org/specification exactly, plus an HTTP mapping:
+
+- a single call answers with the HTTP status of its error class (200 on
+  success; 400 for -32700/-32600/-32602, 404 for -32601 and unknown agents or
+  tasks, 409 for state conflicts), so HTTP clients see a 4xx for bad input;
+- a batch answers 200 with a bare array of the responses, notifications left
+  out; a batch of only notifications, or a single notification, answers 204;
+- an empty batch is one -32600 error, not an array.
+
+Params are by name (a JSON object) and are decoded straight into the method's
+msgspec type; a validation failure is -32602 with msgspec's message, which
+names the field (``at `$.agent_card.name```) but never echoes the input.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+import msgspec
+
+from agentcore.errors import (
+    AgentCoreError,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    ParseError,
+)
+
+log = logging.getLogger("agentcore.jsonrpc")
+
+P = TypeVar("P")
+RpcId = int | float | str | None
+
+
+class Empty(msgspec.Struct, forbid_unknown_fields=True):
+    """Params of a method that takes none."""
+
+
+class Request(msgspec.Struct):
+    jsonrpc: Literal["2.0"]
+    method: str
+    params: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    id: RpcId | msgspec.UnsetType = msgspec.UNSET
+
+
+class ErrorObject(msgspec.Struct, omit_defaults=True):
+    code: int
+    message: str
+    data: Any = None
+
+
+class Success(msgspec.Struct):
+    result: Any
+    id: RpcId
+    jsonrpc: str = "2.0"
+
+
+class Failure(msgspec.Struct):
+    error: ErrorObject
+    id: RpcId
+    jsonrpc: str = "2.0"
+
+
+Response = Success | Failure
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a method knows about the call beyond its params."""
+
+    client: str = ""
+    tenant: str = "default"
+    #: The agent the caller is authenticated as, when it is one (protection layer).
+    agent_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Method(Generic[P]):
+    name: str
+    params: type[P]
+    handler: Callable[[P, Context], Awaitable[Any]]
+    result: Any = Any
+    description: str = ""
+    _decoder: msgspec.json.Decoder[P] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_decoder", msgspec.json.Decoder(self.params))
+
+    def decode(self, raw: msgspec.Raw | msgspec.UnsetType) -> P:
+        if raw is msgspec.UNSET:
+            raw = msgspec.Raw(b"{}")
+        buf = bytes(raw)
+        if buf[:1] != b"{":
+            raise InvalidParams("params must be a JSON object (by-name parameters)")
+        try:
+            return self._decoder.decode(buf)
+        except msgspec.ValidationError as exc:
+            raise InvalidParams(f"invalid params: {exc}") from exc
+
+
+def _error(exc: AgentCoreError, rpc_id: RpcId) -> Failure:
+    return Failure(ErrorObject(exc.code, exc.message, exc.data), rpc_id)
+
+
+class Dispatcher:
+    def __init__(self, methods: list[Method[Any]], *, max_batch_size: int = 100) -> None:
+        self.methods: dict[str, Method[Any]] = {m.name: m for m in methods}
+        self.max_batch_size = max_batch_size
+        self._request = msgspec.json.Decoder(Request)
+        self._batch = msgspec.json.Decoder(list[msgspec.Raw])
+        self._encoder = msgspec.json.Encoder()
+
+    async def handle(self, body: bytes, context: Context) -> tuple[int, bytes | None]:
+        """Answer one HTTP body: (status, encoded response or None for 204)."""
+        stripped = body.lstrip()
+        try:
+            if stripped[:1] == b"[":
+                return await self._handle_batch(stripped, context)
+            request = self._decode(stripped)
+        except AgentCoreError as exc:
+            return exc.status, self._encoder.encode(_error(exc, None))
+        status, response = await self._call(request, context)
+        if request.id is msgspec.UNSET:
+            return 204, None
+        return status, self._encoder.encode(response)
+
+    def _decode(self, buf: bytes) -> Request:
+        try:
+            return self._request.decode(buf)
+        except msgspec.ValidationError as exc:
+            _require_json(buf, exc)
+            raise InvalidRequest(f"invalid request: {exc}") from exc
+        except msgspec.DecodeError as exc:
+            raise ParseError("parse error: body is not valid JSON") from exc
+
+    async def _handle_batch(self, buf: bytes, context: Context) -> tuple[int, bytes | None]:
+        try:
+            items = self._batch.decode(buf)
+        except msgspec.DecodeError as exc:
+            err = ParseError("parse error: body is not valid JSON")
+            if isinstance(exc, msgspec.ValidationError):
+                err = InvalidRequest("invalid request: batch must be an array")
+            raise err from exc
+        if not items:
+            raise InvalidRequest("invalid request: empty batch")
+        if len(items) > self.max_batch_size:
+            raise InvalidRequest(
+                f"invalid request: batch of {len(items)} exceeds the limit of {self.max_batch_size}"
+            )
+        responses: list[Response] = []
+        for raw in items:
+            try:
+                request = self._decode(bytes(raw))
+            except AgentCoreError as exc:
+                responses.append(_error(exc, None))
+                continue
+            _, response = await self._call(request, context)
+            if request.id is not msgspec.UNSET:
+                responses.append(response)
+        if not responses:
+            return 204, None
+        return 200, self._encoder.encode(responses)
+
+    async def _call(self, request: Request, context: Context) -> tuple[int, Response]:
+        rpc_id: RpcId = None if request.id is msgspec.UNSET else request.id
+        method = self.methods.get(request.method)
+        try:
+            if method is None:
+                raise MethodNotFound(f"method not found: {request.method[:100]!r}")
+            params = method.decode(request.params)
+            result = await method.handler(params, context)
+        except AgentCoreError as exc:
+            if exc.status >= 500:
+                log.error("jsonrpc %s failed: %s", request.method, exc.message)
+            return exc.status, _error(exc, rpc_id)
+        except Exception:
+            log.exception("jsonrpc method %s raised", request.method)
+            return 500, _error(AgentCoreError("internal error"), rpc_id)
+        return 200, Success(result, rpc_id)
+
+
+def _require_json(buf: bytes, exc: Exception) -> None:
+    """A typed decode can fail on a type before reaching malformed JSON; prefer -32700."""
+    try:
+        msgspec.json.decode(buf)
+    except msgspec.DecodeError:
+        raise ParseError("parse error: body is not valid JSON") from exc

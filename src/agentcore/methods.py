@@ -1,0 +1,222 @@
+"""The JSON-RPC method table: names, param types and handlers of the A2A API.
+
+Param types are msgspec structs, so the table also documents itself:
+``/api/v1/jsonrpc/methods`` and ``/openapi.json`` are generated from it.
+When the caller is authenticated as an agent (``Context.agent_id``), that
+identity wins over any ``agent_id`` in the params.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from agentcore.jsonrpc import Context, Method
+from agentcore.models import (
+    Agent,
+    AgentCard,
+    AgentQuery,
+    AgentStatus,
+    Id,
+    Label,
+    Limit,
+    Offset,
+    Task,
+    TaskDefinition,
+    TaskQuery,
+    Text,
+)
+from agentcore.registry import PingResult, Registry
+from agentcore.tasks import TaskService
+
+
+class _Params(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class RegisterParams(_Params, kw_only=True):
+    agent_card: AgentCard
+    override_existing: bool = False
+
+
+class AgentIdParams(_Params, kw_only=True):
+    agent_id: Id
+
+
+class ListAgentsParams(_Params, kw_only=True):
+    status: AgentStatus | None = None
+    limit: Limit = 100
+    offset: Offset = 0
+
+
+class DiscoverParams(_Params, kw_only=True):
+    capabilities: Annotated[list[Label], Meta(max_length=64)] = []
+    tags: Annotated[list[Label], Meta(max_length=64)] = []
+    status: AgentStatus | None = None
+    name_pattern: Annotated[str, Meta(max_length=256)] | None = None
+    limit: Limit = 100
+    offset: Offset = 0
+
+
+class CreateTaskParams(_Params, kw_only=True):
+    task_definition: TaskDefinition
+
+
+class TaskIdParams(_Params, kw_only=True):
+    task_id: Id
+
+
+class TaskActorParams(_Params, kw_only=True):
+    task_id: Id
+    #: The agent acting; must be the task's assignee when given.
+    agent_id: Id | None = None
+
+
+class UpdateTaskParams(TaskActorParams, kw_only=True):
+    progress: Annotated[float, Meta(ge=0, le=100)] | None = None
+    step: Text | None = None
+
+
+class CompleteTaskParams(TaskActorParams, kw_only=True):
+    result: Any = None
+    artifacts: Annotated[list[Any], Meta(max_length=1000)] = []
+
+
+class FailTaskParams(TaskActorParams, kw_only=True):
+    error: Any = None
+
+
+class CancelTaskParams(_Params, kw_only=True):
+    task_id: Id
+    reason: Text | None = None
+
+
+class Registered(msgspec.Struct, kw_only=True):
+    agent_id: str
+    status: AgentStatus
+    agent: Agent
+
+
+class AgentList(msgspec.Struct, kw_only=True):
+    agents: list[Agent]
+    count: int
+    limit: int
+    offset: int
+
+
+class TaskList(msgspec.Struct, kw_only=True):
+    tasks: list[Task]
+    count: int
+    limit: int
+    offset: int
+
+
+class Unregistered(msgspec.Struct, kw_only=True):
+    agent_id: str
+    unregistered: bool = True
+
+
+def _page(limit: int, max_page: int) -> int:
+    return min(limit, max_page)
+
+
+def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list[Method[Any]]:
+    def actor(params_agent: str | None, ctx: Context) -> str | None:
+        return ctx.agent_id or params_agent
+
+    async def register(p: RegisterParams, ctx: Context) -> Registered:
+        agent = await registry.register(p.agent_card, override=p.override_existing,
+                                        tenant=ctx.tenant)
+        return Registered(agent_id=agent.agent_id, status=agent.status, agent=agent)
+
+    async def get_agent(p: AgentIdParams, ctx: Context) -> Agent:
+        return await registry.get(p.agent_id)
+
+    async def list_agents(p: ListAgentsParams, ctx: Context) -> AgentList:
+        limit = _page(p.limit, max_page)
+        agents = await registry.list(
+            AgentQuery(status=p.status, tenant=ctx.tenant, limit=limit, offset=p.offset)
+        )
+        return AgentList(agents=agents, count=len(agents), limit=limit, offset=p.offset)
+
+    async def discover(p: DiscoverParams, ctx: Context) -> AgentList:
+        limit = _page(p.limit, max_page)
+        agents = await registry.discover(
+            AgentQuery(
+                capabilities=p.capabilities, tags=p.tags, status=p.status,
+                name_pattern=p.name_pattern, tenant=ctx.tenant, limit=limit, offset=p.offset,
+            )
+        )
+        return AgentList(agents=agents, count=len(agents), limit=limit, offset=p.offset)
+
+    async def ping(p: AgentIdParams, ctx: Context) -> PingResult:
+        return await registry.ping(p.agent_id)
+
+    async def unregister(p: AgentIdParams, ctx: Context) -> Unregistered:
+        await registry.unregister(p.agent_id)
+        return Unregistered(agent_id=p.agent_id)
+
+    async def create_task(p: CreateTaskParams, ctx: Context) -> Task:
+        return await tasks.create(p.task_definition, tenant=ctx.tenant)
+
+    async def get_task(p: TaskIdParams, ctx: Context) -> Task:
+        return await tasks.get(p.task_id)
+
+    async def query_tasks(p: TaskQuery, ctx: Context) -> TaskList:
+        limit = _page(p.limit, max_page)
+        query = msgspec.structs.replace(p, tenant=ctx.tenant, limit=limit)
+        found = await tasks.query(query)
+        return TaskList(tasks=found, count=len(found), limit=limit, offset=p.offset)
+
+    async def start_task(p: TaskActorParams, ctx: Context) -> Task:
+        return await tasks.start(p.task_id, actor(p.agent_id, ctx))
+
+    async def update_task(p: UpdateTaskParams, ctx: Context) -> Task:
+        return await tasks.update(
+            p.task_id, progress=p.progress, step=p.step, agent_id=actor(p.agent_id, ctx)
+        )
+
+    async def complete_task(p: CompleteTaskParams, ctx: Context) -> Task:
+        return await tasks.complete(
+            p.task_id, result=p.result, artifacts=p.artifacts, agent_id=actor(p.agent_id, ctx)
+        )
+
+    async def fail_task(p: FailTaskParams, ctx: Context) -> Task:
+        return await tasks.fail(p.task_id, error=p.error, agent_id=actor(p.agent_id, ctx))
+
+    async def cancel_task(p: CancelTaskParams, ctx: Context) -> Task:
+        return await tasks.cancel(p.task_id, reason=p.reason)
+
+    return [
+        Method("agent.register", RegisterParams, register, Registered,
+               "Register an agent card; fails with -32006 if the id exists unless "
+               "override_existing is true."),
+        Method("agent.get", AgentIdParams, get_agent, Agent, "One agent by id."),
+        Method("agent.list", ListAgentsParams, list_agents, AgentList,
+               "All agents, optionally by status, ordered by name."),
+        Method("agent.discover", DiscoverParams, discover, AgentList,
+               "Agents having ALL the given capabilities and tags; active only unless "
+               "a status is given; name_pattern is a case-insensitive glob."),
+        Method("agent.ping", AgentIdParams, ping, PingResult,
+               "Heartbeat; brings an inactive agent back to active."),
+        Method("agent.unregister", AgentIdParams, unregister, Unregistered,
+               "Remove an agent; its assigned, unstarted tasks go back to pending."),
+        Method("task.create", CreateTaskParams, create_task, Task,
+               "Create a task; it is assigned at once to the least-loaded active agent "
+               "with every required capability, else stays pending."),
+        Method("task.get", TaskIdParams, get_task, Task, "One task by id."),
+        Method("task.query", TaskQuery, query_tasks, TaskList,
+               "Tasks by status, agent, type, priority and creation time, oldest first."),
+        Method("task.start", TaskActorParams, start_task, Task, "assigned -> running."),
+        Method("task.update", UpdateTaskParams, update_task, Task,
+               "Report progress (0-100) and the current step of a running task."),
+        Method("task.complete", CompleteTaskParams, complete_task, Task,
+               "running -> completed, with result and artifacts."),
+        Method("task.fail", FailTaskParams, fail_task, Task,
+               "Fail an assigned or running task; retried (back to pending) while "
+               "retries remain, else failed."),
+        Method("task.cancel", CancelTaskParams, cancel_task, Task,
+               "Cancel a task that has not finished."),
+    ]

@@ -1,0 +1,99 @@
+"""Prometheus metrics, one collector set per app (nothing created on import).
+
+With one worker the metrics live in this process's own registry. With
+several, prometheus-client's multiprocess mode is used: the CLI sets
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start (the library decides
+its storage on import), each worker writes its samples to files there and
+``/metrics`` on any worker sums them. Label children are bound once per
+(route, method, status) and cached: calling ``.labels()`` per request costs
+about three times as much (docs/performance.md).
+
+Agent and task counts come from the store at scrape time, so they are
+correct across workers and restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+class _Counts(Collector):
+    def __init__(self, agents: Mapping[str, int], tasks: Mapping[str, int]) -> None:
+        self._agents = agents
+        self._tasks = tasks
+
+    def collect(self) -> Iterator[Metric]:
+        agents = GaugeMetricFamily("agentcore_agents", "Registered agents by status.",
+                                   labels=["status"])
+        for status in ("active", "inactive"):
+            agents.add_metric([status], self._agents.get(status, 0))
+        yield agents
+        tasks = GaugeMetricFamily("agentcore_tasks", "Tasks by status.", labels=["status"])
+        for status in ("pending", "assigned", "running", "completed", "failed", "cancelled",
+                       "timed_out"):
+            tasks.add_metric([status], self._tasks.get(status, 0))
+        yield tasks
+
+
+class Metrics:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        disable_created_metrics()  # the *_created samples only add scrape size here
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "agentcore_http_requests_total", "HTTP requests by route, method and status.",
+            ["route", "method", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "agentcore_http_request_duration_seconds", "HTTP request latency by route.",
+            ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "agentcore_http_requests_in_flight", "HTTP requests being handled.",
+            registry=self.registry, multiprocess_mode="livesum",
+        )
+        self.events = Counter(
+            "agentcore_events_published_total", "Events published on the internal bus.",
+            ["type"], registry=self.registry,
+        )
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def render(self, agents: Mapping[str, int], tasks: Mapping[str, int]) -> bytes:
+        counts = CollectorRegistry()
+        counts.register(_Counts(agents, tasks))
+        if self.multiprocess_dir:
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged, path=self.multiprocess_dir)
+            own = generate_latest(merged)
+        else:
+            own = generate_latest(self.registry)
+        return own + generate_latest(counts)

@@ -1,0 +1,161 @@
+"""The agent registry: cards, liveness and discovery.
+
+Registration and unregistration are written to the store before they are
+acknowledged. Heartbeats are not: ``agent.ping`` only records the time in
+memory and a background flush writes all pending heartbeats in one batch every
+``heartbeat_flush_interval_s``. A crash therefore loses at most that interval
+of heartbeat timestamps, never an agent. An agent that has not pinged for
+``heartbeat_ttl_s`` is swept to ``inactive``; discovery and assignment skip it
+and its next ping brings it back (written at once, not batched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from uuid import uuid4
+
+import msgspec
+
+from agentcore.clock import Clock
+from agentcore.config import RegistryConfig
+from agentcore.errors import AgentAlreadyExists, AgentNotFound
+from agentcore.events.base import Event, EventBus
+from agentcore.models import DEFAULT_TENANT, Agent, AgentCard, AgentQuery, AgentStatus
+from agentcore.store.base import Store
+
+AgentHook = Callable[[str], Awaitable[None]]
+
+
+class PingResult(msgspec.Struct, kw_only=True):
+    agent_id: str
+    status: AgentStatus
+    last_seen: float
+    #: Seconds without a ping before the agent becomes inactive.
+    ttl_s: float
+
+
+class Registry:
+    def __init__(
+        self, store: Store, bus: EventBus, config: RegistryConfig, clock: Clock
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._config = config
+        self._clock = clock
+        #: Heartbeats not yet written: agent id -> epoch seconds.
+        self._beats: dict[str, float] = {}
+        #: Agents this worker knows to be active, until the cached expiry time.
+        self._active_until: dict[str, float] = {}
+        #: Called with an agent id when it becomes available (registered or back
+        #: from inactive) and when it goes away; the task service hooks in here.
+        self.on_available: AgentHook | None = None
+        self.on_unavailable: AgentHook | None = None
+
+    def _emit(self, event_type: str, agent_id: str, tenant: str, **data: object) -> None:
+        self._bus.publish(
+            Event(
+                type=event_type, timestamp=self._clock(), tenant=tenant,
+                source="registry", data={"agent_id": agent_id, **data},
+            )
+        )
+
+    async def register(
+        self, card: AgentCard, *, override: bool = False, tenant: str = DEFAULT_TENANT
+    ) -> Agent:
+        now = self._clock()
+        agent_id = card.agent_id or f"agent-{uuid4().hex}"
+        agent = Agent(
+            agent_id=agent_id, name=card.name, version=card.version,
+            status=AgentStatus.ACTIVE, capabilities=card.capability_names(),
+            tags=sorted(set(card.tags)), card=card, tenant=tenant,
+            registered_at=now, updated_at=now, last_seen=now,
+        )
+        if not await self._store.put_agent(agent, replace=override):
+            raise AgentAlreadyExists(
+                f"agent {agent_id!r} is already registered; pass override_existing=true to replace it"
+            )
+        self._beats.pop(agent_id, None)
+        self._active_until[agent_id] = now + self._config.agent_cache_ttl_s
+        self._emit("agent.registered", agent_id, tenant, name=agent.name,
+                   capabilities=agent.capabilities)
+        if self.on_available is not None:
+            await self.on_available(agent_id)
+        return agent
+
+    async def get(self, agent_id: str) -> Agent:
+        agent = await self._store.get_agent(agent_id)
+        if agent is None:
+            raise AgentNotFound(f"agent {agent_id!r} not found")
+        beat = self._beats.get(agent_id)
+        if beat is not None and beat > agent.last_seen:
+            agent = msgspec.structs.replace(agent, last_seen=beat, status=AgentStatus.ACTIVE)
+        return agent
+
+    async def list(self, query: AgentQuery) -> list[Agent]:
+        return await self._store.query_agents(query)
+
+    async def discover(self, query: AgentQuery) -> list[Agent]:
+        """Like :meth:`list`, but only active agents unless a status is asked for."""
+        if query.status is None:
+            query = msgspec.structs.replace(query, status=AgentStatus.ACTIVE)
+        return await self._store.query_agents(query)
+
+    async def ping(self, agent_id: str) -> PingResult:
+        now = self._clock()
+        if self._active_until.get(agent_id, 0.0) < now:
+            await self._refresh(agent_id, now)
+        self._beats[agent_id] = now
+        return PingResult(
+            agent_id=agent_id, status=AgentStatus.ACTIVE, last_seen=now,
+            ttl_s=self._config.heartbeat_ttl_s,
+        )
+
+    async def _refresh(self, agent_id: str, now: float) -> None:
+        agent = await self._store.get_agent(agent_id)
+        if agent is None:
+            self._active_until.pop(agent_id, None)
+            self._beats.pop(agent_id, None)
+            raise AgentNotFound(f"agent {agent_id!r} not found")
+        if agent.status is AgentStatus.INACTIVE:
+            await self._store.touch_agents([(agent_id, now)])
+            self._emit("agent.active", agent_id, agent.tenant)
+            if self.on_available is not None:
+                await self.on_available(agent_id)
+        self._active_until[agent_id] = now + self._config.agent_cache_ttl_s
+
+    async def unregister(self, agent_id: str) -> None:
+        agent = await self._store.get_agent(agent_id)
+        if agent is None or not await self._store.delete_agent(agent_id):
+            raise AgentNotFound(f"agent {agent_id!r} not found")
+        self._beats.pop(agent_id, None)
+        self._active_until.pop(agent_id, None)
+        self._emit("agent.unregistered", agent_id, agent.tenant)
+        if self.on_unavailable is not None:
+            await self.on_unavailable(agent_id)
+
+    async def flush(self) -> int:
+        """Write pending heartbeats in one batch; returns how many."""
+        if not self._beats:
+            return 0
+        beats, self._beats = self._beats, {}
+        try:
+            await self._store.touch_agents(list(beats.items()))
+        except BaseException:
+            # Keep them for the next flush; newer beats win.
+            for agent_id, ts in beats.items():
+                self._beats.setdefault(agent_id, ts)
+            raise
+        return len(beats)
+
+    async def sweep(self) -> list[str]:
+        """Flush, then mark agents silent for longer than the TTL inactive."""
+        await self.flush()
+        now = self._clock()
+        expired = await self._store.expire_agents(now - self._config.heartbeat_ttl_s, now)
+        for agent_id in expired:
+            self._active_until.pop(agent_id, None)
+            self._emit("agent.inactive", agent_id, DEFAULT_TENANT)
+            if self.on_unavailable is not None:
+                await self.on_unavailable(agent_id)
+        return expired
+

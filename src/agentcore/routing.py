@@ -1,0 +1,59 @@
+"""Path routing: exact paths by dict lookup, ``{param}`` paths by regex."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from agentcore.errors import MethodNotAllowed, NotFound
+from agentcore.http import Request, Response
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass
+class Route:
+    path: str
+    handlers: dict[str, Handler] = field(default_factory=dict)
+    pattern: re.Pattern[str] | None = None
+
+
+class Router:
+    def __init__(self) -> None:
+        self._exact: dict[str, Route] = {}
+        self._patterns: list[Route] = []
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        route = self._exact.get(path) or next((r for r in self._patterns if r.path == path), None)
+        if route is None:
+            route = Route(path)
+            if "{" in path:
+                regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path)
+                route.pattern = re.compile(f"^{regex}$")
+                self._patterns.append(route)
+            else:
+                self._exact[path] = route
+        route.handlers[method] = handler
+
+    def match(self, method: str, path: str) -> tuple[Route, Handler, dict[str, str]]:
+        """The route, its handler and path params; NotFound / MethodNotAllowed otherwise."""
+        params: dict[str, str] = {}
+        route = self._exact.get(path)
+        if route is None:
+            for candidate in self._patterns:
+                assert candidate.pattern is not None
+                m = candidate.pattern.match(path)
+                if m:
+                    route, params = candidate, m.groupdict()
+                    break
+            else:
+                raise NotFound(f"no route for {path[:200]}")
+        handler = route.handlers.get(method)
+        if handler is None:
+            allowed = ", ".join(sorted(route.handlers))
+            raise MethodNotAllowed(f"{method} not allowed on {route.path}; allowed: {allowed}")
+        return route, handler, params
+
+    def routes(self) -> list[Route]:
+        return [*self._exact.values(), *self._patterns]

@@ -1,0 +1,76 @@
+"""The persistence seam: what the registry and the task service need from a store.
+
+Two implementations share one SQL text (``store/sql.py``) over two drivers:
+SQLite (the embedded default, WAL mode, ``synchronous=NORMAL``: every
+committed transaction survives SIGKILL of the process) and PostgreSQL through
+asyncpg. ``sqlite://:memory:`` is the in-memory backend of the unit tests.
+
+Every method that returns after a write has committed it: "acknowledged"
+means durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from agentcore.models import Agent, AgentQuery, Task, TaskQuery
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect and apply migrations."""
+
+    async def close(self) -> None: ...
+
+    async def check(self) -> None:
+        """Raise :class:`~agentcore.errors.StoreUnavailable` when the store is unreachable."""
+
+    # -- agents ---------------------------------------------------------------
+
+    async def put_agent(self, agent: Agent, *, replace: bool) -> bool:
+        """Insert ``agent``; with ``replace`` overwrite an existing one.
+
+        Returns False (and writes nothing) when it exists and ``replace`` is False.
+        """
+
+    async def get_agent(self, agent_id: str) -> Agent | None: ...
+
+    async def delete_agent(self, agent_id: str) -> bool: ...
+
+    async def query_agents(self, query: AgentQuery) -> list[Agent]:
+        """Agents matching every filter, ordered by name then id."""
+
+    async def touch_agents(self, beats: Sequence[tuple[str, float]]) -> None:
+        """Batch heartbeat: set ``last_seen`` (epoch s) and reactivate inactive agents."""
+
+    async def expire_agents(self, cutoff: float, now: float) -> list[str]:
+        """Mark active agents last seen before ``cutoff`` inactive; return their ids."""
+
+    async def count_agents(self) -> dict[str, int]:
+        """Number of agents by status."""
+
+    # -- tasks ----------------------------------------------------------------
+
+    async def insert_task(self, task: Task) -> bool:
+        """False when a task with this id exists."""
+
+    async def get_task(self, task_id: str) -> Task | None: ...
+
+    async def update_task(self, task: Task) -> bool:
+        """Store ``task`` if the stored version is ``task.version - 1`` (compare-and-set)."""
+
+    async def query_tasks(self, query: TaskQuery) -> list[Task]:
+        """Tasks matching every filter, ordered by created_at then id."""
+
+    async def pending_tasks(self, limit: int) -> list[Task]:
+        """Pending tasks, highest priority first, then oldest."""
+
+    async def due_tasks(self, now: float, limit: int) -> list[Task]:
+        """Assigned or running tasks whose deadline has passed."""
+
+    async def agent_loads(self, agent_ids: Sequence[str]) -> dict[str, int]:
+        """Assigned plus running tasks per agent (agents with none are omitted)."""
+
+    async def count_tasks(self) -> dict[str, int]:
+        """Number of tasks by status."""

@@ -1,0 +1,112 @@
+"""The PostgreSQL driver: an asyncpg pool.
+
+asyncpg checks parameter types strictly: DOUBLE PRECISION columns need
+``float`` (an ``int`` is refused), which :mod:`agentcore.store.sql` ensures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import asyncpg
+
+from agentcore.errors import StoreUnavailable
+from agentcore.store.sql import Driver
+
+_UNAVAILABLE = (
+    OSError,  # includes TimeoutError
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+)
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"postgresql: {exc}") from exc
+
+
+def _rowcount(status: str) -> int:
+    """``"UPDATE 3"`` -> 3, ``"INSERT 0 1"`` -> 1; 0 for commands without a count."""
+    last = status.rpartition(" ")[2]
+    return int(last) if last.isdigit() else 0
+
+
+class _Session:
+    """Statements on a pool (each on any free connection) or on one connection."""
+
+    dialect = "postgresql"
+
+    def __init__(self, target: Any) -> None:
+        self._target = target  # asyncpg.Pool or asyncpg.Connection
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        with _translated():
+            return _rowcount(await self._target.execute(sql, *args))
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        with _translated():
+            rows: list[Sequence[Any]] = await self._target.fetch(sql, *args)
+            return rows
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        params = list(rows)
+        if params:
+            with _translated():
+                await self._target.executemany(sql, params)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Driver]:
+        """Already on one connection: a nested block is a savepoint."""
+        with _translated():
+            async with self._target.transaction():
+                yield self
+
+
+class PostgresDatabase:
+    dialect = "postgresql"
+
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self._dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: Any = None  # asyncpg.Pool
+
+    async def open(self) -> None:
+        with _translated():
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=self._min_size, max_size=self._max_size
+            )
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return await self._session().execute(sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        return await self._session().fetch(sql, *args)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._session().executemany(sql, rows)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Driver]:
+        with _translated():
+            async with self._live_pool().acquire() as conn, conn.transaction():
+                yield _Session(conn)
+
+    def _session(self) -> _Session:
+        return _Session(self._live_pool())
+
+    def _live_pool(self) -> Any:
+        if self._pool is None:
+            raise StoreUnavailable("postgresql store is closed")
+        return self._pool

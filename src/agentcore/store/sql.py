@@ -1,0 +1,439 @@
+"""The one SQL implementation of :class:`~agentcore.store.base.Store`.
+
+The SQL text is written once, with ``$1, $2 ...`` placeholders, in the subset
+that SQLite (3.40+) and PostgreSQL share: ``ON CONFLICT``, ``RETURNING``,
+``excluded``. A :class:`Database` driver runs it; drivers translate their
+library's connection errors into :class:`~agentcore.errors.StoreUnavailable`.
+
+Columns duplicate the fields that are filtered or sorted on; the JSON columns
+(``agents.card``, ``agents.capabilities``, ``agents.tags``, ``tasks.body``)
+hold the rest, so a row decodes back into exactly the struct that was stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+import msgspec
+
+from agentcore.errors import ConfigError
+from agentcore.models import (
+    ACTIVE_TASK,
+    Agent,
+    AgentCard,
+    AgentQuery,
+    AgentStatus,
+    Task,
+    TaskQuery,
+    TaskStatus,
+    priority_value,
+)
+
+
+class Driver(Protocol):
+    """Runs SQL with ``$N`` placeholders; the whole seam between SQL and a database."""
+
+    dialect: str  # "sqlite" or "postgresql"
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run one statement; return the number of rows it changed."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]: ...
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Driver]:
+        """One connection from BEGIN to COMMIT; rolled back when the block raises.
+
+        The yielded driver is the only one to use inside the block: the outer
+        one may wait for the transaction to end (SQLite) and so deadlock.
+        """
+
+
+class Database(Driver, Protocol):
+    async def open(self) -> None:
+        """Connect; :class:`~agentcore.errors.StoreUnavailable` when that fails."""
+
+    async def close(self) -> None:
+        """Idempotent; afterwards every call raises ``StoreUnavailable``."""
+
+
+# -- schema -------------------------------------------------------------------
+
+#: Migration N (1-based) is ``MIGRATIONS[N - 1]``; append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE agents (
+            id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            status TEXT NOT NULL,
+            card TEXT NOT NULL,
+            capabilities TEXT NOT NULL,
+            tags TEXT NOT NULL,
+            registered_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            last_seen DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX agents_status_last_seen ON agents (status, last_seen)",
+        "CREATE INDEX agents_name_id ON agents (name, id)",
+        """CREATE TABLE agent_capabilities (
+            agent_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            PRIMARY KEY (agent_id, name)
+        )""",
+        "CREATE INDEX agent_capabilities_name ON agent_capabilities (name, agent_id)",
+        """CREATE TABLE agent_tags (
+            agent_id TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            PRIMARY KEY (agent_id, tag)
+        )""",
+        "CREATE INDEX agent_tags_tag ON agent_tags (tag, agent_id)",
+        """CREATE TABLE tasks (
+            id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            priority INTEGER NOT NULL,
+            agent_id TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            deadline DOUBLE PRECISION,
+            version INTEGER NOT NULL,
+            body TEXT NOT NULL
+        )""",
+        "CREATE INDEX tasks_status_priority_created ON tasks (status, priority, created_at)",
+        "CREATE INDEX tasks_agent_status ON tasks (agent_id, status)",
+        "CREATE INDEX tasks_created_id ON tasks (created_at, id)",
+    ),
+)
+
+#: Key of the PostgreSQL advisory lock that serialises migrations ("agentcor").
+MIGRATION_LOCK = 0x6167656E74636F72
+
+
+async def migrate(db: Database) -> int:
+    """Apply pending migrations in one transaction; return the schema version.
+
+    Concurrent callers (several workers starting at once) are serialised by
+    ``BEGIN IMMEDIATE`` on SQLite and a transaction-scoped advisory lock on
+    PostgreSQL; the losers find the work done.
+    """
+    async with db.transaction() as tx:
+        if tx.dialect == "postgresql":
+            await tx.fetch("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
+        rows = await tx.fetch("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+        current = int(rows[0][0])
+        if current > len(MIGRATIONS):
+            raise ConfigError(
+                f"database schema version {current} is newer than this gateway's "
+                f"({len(MIGRATIONS)})"
+            )
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            for statement in MIGRATIONS[version - 1]:
+                await tx.execute(statement)
+            await tx.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+    return len(MIGRATIONS)
+
+
+# -- rows ---------------------------------------------------------------------
+
+_AGENT_COLUMNS = (
+    "id, tenant, name, version, status, card, capabilities, tags, "
+    "registered_at, updated_at, last_seen"
+)
+_INSERT_AGENT = (
+    f"INSERT INTO agents ({_AGENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
+_UPSERT_AGENT = (
+    f"{_INSERT_AGENT} ON CONFLICT (id) DO UPDATE SET tenant = excluded.tenant, "
+    "name = excluded.name, version = excluded.version, status = excluded.status, "
+    "card = excluded.card, capabilities = excluded.capabilities, tags = excluded.tags, "
+    "registered_at = excluded.registered_at, updated_at = excluded.updated_at, "
+    "last_seen = excluded.last_seen"
+)
+_TASK_COLUMNS = (
+    "id, tenant, type, status, priority, agent_id, created_at, updated_at, deadline, version, body"
+)
+_INSERT_TASK = (
+    f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+_UPDATE_TASK = (
+    "UPDATE tasks SET tenant = $2, type = $3, status = $4, priority = $5, agent_id = $6, "
+    "created_at = $7, updated_at = $8, deadline = $9, version = $10, body = $11 "
+    "WHERE id = $1 AND version = $12"
+)
+
+_card_decoder = msgspec.json.Decoder(AgentCard)
+_labels_decoder = msgspec.json.Decoder(list[str])
+_task_decoder = msgspec.json.Decoder(Task)
+
+#: Glob (``*``, ``?``) to LIKE with ``\`` as the escape character.
+_GLOB_TO_LIKE = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_", "*": "%", "?": "_"})
+
+_ACTIVE_TASK = sorted(str(status) for status in ACTIVE_TASK)
+
+#: Ids per ``IN (...)`` list, well below both databases' parameter limits.
+_CHUNK = 500
+
+
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _agent_row(agent: Agent) -> tuple[Any, ...]:
+    return (
+        agent.agent_id,
+        agent.tenant,
+        agent.name,
+        agent.version,
+        str(agent.status),
+        _json(agent.card),
+        _json(agent.capabilities),
+        _json(agent.tags),
+        float(agent.registered_at),
+        float(agent.updated_at),
+        float(agent.last_seen),
+    )
+
+
+def _agent(row: Sequence[Any]) -> Agent:
+    return Agent(
+        agent_id=row[0],
+        tenant=row[1],
+        name=row[2],
+        version=row[3],
+        status=AgentStatus(row[4]),
+        card=_card_decoder.decode(row[5]),
+        capabilities=_labels_decoder.decode(row[6]),
+        tags=_labels_decoder.decode(row[7]),
+        registered_at=row[8],
+        updated_at=row[9],
+        last_seen=row[10],
+    )
+
+
+def _task_row(task: Task) -> tuple[Any, ...]:
+    return (
+        task.task_id,
+        task.tenant,
+        task.type,
+        str(task.status),
+        task.priority,
+        task.agent_id,
+        float(task.created_at),
+        float(task.updated_at),
+        None if task.deadline is None else float(task.deadline),
+        task.version,
+        _json(task),
+    )
+
+
+def _tasks(rows: list[Sequence[Any]]) -> list[Task]:
+    return [_task_decoder.decode(row[0]) for row in rows]
+
+
+class _Args(list[Any]):
+    """Collects parameters while a query is built; calling it returns the placeholder."""
+
+    def __call__(self, value: Any) -> str:
+        self.append(value)
+        return f"${len(self)}"
+
+    def many(self, values: Iterable[Any]) -> str:
+        return ", ".join(self(value) for value in values)
+
+
+def _where(conditions: list[str]) -> str:
+    return f" WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+def _has_all(table: str, column: str, values: Iterable[str], args: _Args) -> str:
+    wanted = sorted(set(values))
+    return (
+        f"id IN (SELECT agent_id FROM {table} WHERE {column} IN ({args.many(wanted)}) "
+        f"GROUP BY agent_id HAVING COUNT(*) = {args(len(wanted))})"
+    )
+
+
+def _counts(rows: list[Sequence[Any]]) -> dict[str, int]:
+    return {row[0]: int(row[1]) for row in rows}
+
+
+# -- the store ----------------------------------------------------------------
+
+
+class SqlStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def open(self) -> None:
+        await self._db.open()
+        try:
+            await migrate(self._db)
+        except BaseException:
+            await self._db.close()
+            raise
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def check(self) -> None:
+        await self._db.fetch("SELECT 1")
+
+    # -- agents ---------------------------------------------------------------
+
+    async def put_agent(self, agent: Agent, *, replace: bool) -> bool:
+        row = _agent_row(agent)
+        async with self._db.transaction() as tx:
+            if replace:
+                await tx.execute(_UPSERT_AGENT, *row)
+                await _delete_labels(tx, agent.agent_id)
+            elif not await tx.execute(f"{_INSERT_AGENT} ON CONFLICT (id) DO NOTHING", *row):
+                return False
+            await tx.executemany(
+                "INSERT INTO agent_capabilities (agent_id, name) VALUES ($1, $2)",
+                [(agent.agent_id, name) for name in sorted(set(agent.capabilities))],
+            )
+            await tx.executemany(
+                "INSERT INTO agent_tags (agent_id, tag) VALUES ($1, $2)",
+                [(agent.agent_id, tag) for tag in sorted(set(agent.tags))],
+            )
+        return True
+
+    async def get_agent(self, agent_id: str) -> Agent | None:
+        rows = await self._db.fetch(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = $1", agent_id)
+        return _agent(rows[0]) if rows else None
+
+    async def delete_agent(self, agent_id: str) -> bool:
+        async with self._db.transaction() as tx:
+            await _delete_labels(tx, agent_id)
+            return await tx.execute("DELETE FROM agents WHERE id = $1", agent_id) > 0
+
+    async def query_agents(self, query: AgentQuery) -> list[Agent]:
+        args = _Args()
+        conditions = []
+        if query.capabilities:
+            conditions.append(_has_all("agent_capabilities", "name", query.capabilities, args))
+        if query.tags:
+            conditions.append(_has_all("agent_tags", "tag", query.tags, args))
+        if query.status is not None:
+            conditions.append(f"status = {args(str(query.status))}")
+        if query.tenant is not None:
+            conditions.append(f"tenant = {args(query.tenant)}")
+        if query.name_pattern is not None:
+            pattern = query.name_pattern.translate(_GLOB_TO_LIKE)
+            conditions.append(f"lower(name) LIKE lower({args(pattern)}) ESCAPE '\\'")
+        sql = (
+            f"SELECT {_AGENT_COLUMNS} FROM agents{_where(conditions)} "
+            f"ORDER BY name, id LIMIT {args(query.limit)} OFFSET {args(query.offset)}"
+        )
+        return [_agent(row) for row in await self._db.fetch(sql, *args)]
+
+    async def touch_agents(self, beats: Sequence[tuple[str, float]]) -> None:
+        if not beats:
+            return
+        active, inactive = str(AgentStatus.ACTIVE), str(AgentStatus.INACTIVE)
+        async with self._db.transaction() as tx:
+            await tx.executemany(
+                "UPDATE agents SET last_seen = $2, "
+                "updated_at = CASE WHEN status = $3 THEN $2 ELSE updated_at END, "
+                "status = CASE WHEN status = $3 THEN $4 ELSE status END "
+                "WHERE id = $1",
+                [(agent_id, float(ts), inactive, active) for agent_id, ts in beats],
+            )
+
+    async def expire_agents(self, cutoff: float, now: float) -> list[str]:
+        rows = await self._db.fetch(
+            "UPDATE agents SET status = $3, updated_at = $2 "
+            "WHERE status = $4 AND last_seen < $1 RETURNING id",
+            float(cutoff),
+            float(now),
+            str(AgentStatus.INACTIVE),
+            str(AgentStatus.ACTIVE),
+        )
+        return [row[0] for row in rows]
+
+    async def count_agents(self) -> dict[str, int]:
+        return _counts(await self._db.fetch("SELECT status, COUNT(*) FROM agents GROUP BY status"))
+
+    # -- tasks ----------------------------------------------------------------
+
+    async def insert_task(self, task: Task) -> bool:
+        return await self._db.execute(_INSERT_TASK, *_task_row(task)) > 0
+
+    async def get_task(self, task_id: str) -> Task | None:
+        rows = await self._db.fetch("SELECT body FROM tasks WHERE id = $1", task_id)
+        return _tasks(rows)[0] if rows else None
+
+    async def update_task(self, task: Task) -> bool:
+        return await self._db.execute(_UPDATE_TASK, *_task_row(task), task.version - 1) > 0
+
+    async def query_tasks(self, query: TaskQuery) -> list[Task]:
+        args = _Args()
+        conditions = []
+        if query.status is not None:
+            conditions.append(f"status = {args(str(query.status))}")
+        if query.agent_id is not None:
+            conditions.append(f"agent_id = {args(query.agent_id)}")
+        if query.type is not None:
+            conditions.append(f"type = {args(query.type)}")
+        if query.priority is not None:
+            conditions.append(f"priority = {args(priority_value(query.priority))}")
+        if query.created_after is not None:
+            conditions.append(f"created_at >= {args(float(query.created_after))}")
+        if query.created_before is not None:
+            conditions.append(f"created_at < {args(float(query.created_before))}")
+        if query.tenant is not None:
+            conditions.append(f"tenant = {args(query.tenant)}")
+        sql = (
+            f"SELECT body FROM tasks{_where(conditions)} "
+            f"ORDER BY created_at, id LIMIT {args(query.limit)} OFFSET {args(query.offset)}"
+        )
+        return _tasks(await self._db.fetch(sql, *args))
+
+    async def pending_tasks(self, limit: int) -> list[Task]:
+        rows = await self._db.fetch(
+            "SELECT body FROM tasks WHERE status = $1 "
+            "ORDER BY priority DESC, created_at, id LIMIT $2",
+            str(TaskStatus.PENDING),
+            limit,
+        )
+        return _tasks(rows)
+
+    async def due_tasks(self, now: float, limit: int) -> list[Task]:
+        args = _Args()
+        sql = (
+            f"SELECT body FROM tasks WHERE status IN ({args.many(_ACTIVE_TASK)}) "
+            f"AND deadline IS NOT NULL AND deadline < {args(float(now))} "
+            f"ORDER BY deadline, id LIMIT {args(limit)}"
+        )
+        return _tasks(await self._db.fetch(sql, *args))
+
+    async def agent_loads(self, agent_ids: Sequence[str]) -> dict[str, int]:
+        unique = list(dict.fromkeys(agent_ids))
+        loads: dict[str, int] = {}
+        for start in range(0, len(unique), _CHUNK):
+            args = _Args()
+            sql = (
+                f"SELECT agent_id, COUNT(*) FROM tasks "
+                f"WHERE status IN ({args.many(_ACTIVE_TASK)}) "
+                f"AND agent_id IN ({args.many(unique[start : start + _CHUNK])}) "
+                "GROUP BY agent_id"
+            )
+            loads.update(_counts(await self._db.fetch(sql, *args)))
+        return loads
+
+    async def count_tasks(self) -> dict[str, int]:
+        return _counts(await self._db.fetch("SELECT status, COUNT(*) FROM tasks GROUP BY status"))
+
+
+async def _delete_labels(tx: Driver, agent_id: str) -> None:
+    """Child rows go explicitly: SQLite runs with ``foreign_keys=OFF``."""
+    await tx.execute("DELETE FROM agent_capabilities WHERE agent_id = $1", agent_id)
+    await tx.execute("DELETE FROM agent_tags WHERE agent_id = $1", agent_id)

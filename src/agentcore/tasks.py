@@ -1,0 +1,286 @@
+"""Tasks: the explicit state machine and assignment to agents.
+
+::
+
+    pending ──assign──> assigned ──start──> running ──complete──> completed
+       │                   │                   │ └──update──> running
+       │                   │                   ├──fail (no retries left)──> failed
+       │                   ├─ fail/release ────┴──fail (retries left)──> pending
+       └──cancel──> cancelled <──cancel── (assigned, running)
+                        assigned/running past their deadline ──> timed_out
+
+Every change is a compare-and-set on the task's version, so two workers (or
+two requests) cannot both apply a transition; the loser re-reads and is told
+the transition is no longer legal. Assignment picks, among active agents that
+have every required capability, the one with the fewest assigned plus running
+tasks (ties by name, then id); with none the task stays ``pending`` until a
+capable agent registers or comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from uuid import uuid4
+
+import msgspec
+
+from agentcore.clock import Clock
+from agentcore.config import TasksConfig
+from agentcore.errors import Forbidden, InvalidTransition, TaskNotFound
+from agentcore.events.base import Event, EventBus
+from agentcore.models import (
+    DEFAULT_TENANT,
+    AgentQuery,
+    AgentStatus,
+    Task,
+    TaskDefinition,
+    TaskQuery,
+    TaskStatus,
+    priority_value,
+)
+from agentcore.store.base import Store
+
+S = TaskStatus
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    S.PENDING: frozenset({S.ASSIGNED, S.CANCELLED}),
+    S.ASSIGNED: frozenset({S.RUNNING, S.PENDING, S.FAILED, S.CANCELLED, S.TIMED_OUT}),
+    S.RUNNING: frozenset({S.RUNNING, S.COMPLETED, S.PENDING, S.FAILED, S.CANCELLED, S.TIMED_OUT}),
+    S.COMPLETED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
+    S.TIMED_OUT: frozenset(),
+}
+
+#: Largest number of candidate agents considered for one assignment.
+CANDIDATE_LIMIT = 500
+#: Pending tasks examined per assignment pass.
+PENDING_BATCH = 200
+#: Compare-and-set attempts before a concurrent change is reported.
+CAS_ATTEMPTS = 5
+
+
+def check_transition(task: Task, target: TaskStatus) -> None:
+    if target not in TRANSITIONS[task.status]:
+        _refuse(task, target)
+
+
+class TaskService:
+    def __init__(self, store: Store, bus: EventBus, config: TasksConfig, clock: Clock) -> None:
+        self._store = store
+        self._bus = bus
+        self._config = config
+        self._clock = clock
+
+    def _emit(self, event_type: str, task: Task, **data: object) -> None:
+        self._bus.publish(
+            Event(
+                type=event_type, timestamp=self._clock(), tenant=task.tenant, source="tasks",
+                data={"task_id": task.task_id, "status": task.status.value,
+                      "agent_id": task.agent_id, **data},
+            )
+        )
+
+    # -- reads ----------------------------------------------------------------
+
+    async def get(self, task_id: str) -> Task:
+        task = await self._store.get_task(task_id)
+        if task is None:
+            raise TaskNotFound(f"task {task_id!r} not found")
+        return task
+
+    async def query(self, query: TaskQuery) -> list[Task]:
+        return await self._store.query_tasks(query)
+
+    # -- create and assign ----------------------------------------------------
+
+    async def create(self, definition: TaskDefinition, *, tenant: str = DEFAULT_TENANT) -> Task:
+        now = self._clock()
+        max_retries = definition.max_retries
+        task = Task(
+            task_id=definition.task_id or f"task-{uuid4().hex}",
+            type=definition.type,
+            title=definition.title or definition.name or definition.type,
+            description=definition.description,
+            required_capabilities=sorted(set(definition.required_capabilities)),
+            parameters=definition.parameters,
+            input=definition.input,
+            priority=priority_value(definition.priority),
+            status=S.PENDING,
+            max_retries=self._config.default_max_retries if max_retries is None else max_retries,
+            timeout_seconds=definition.timeout_seconds,
+            tenant=tenant,
+            metadata=definition.metadata,
+            created_at=now,
+            updated_at=now,
+            version=1,
+        )
+        if not await self._store.insert_task(task):
+            raise InvalidTransition(
+                f"task {task.task_id!r} already exists", data={"task_id": task.task_id}
+            )
+        self._emit("task.created", task, type=task.type, priority=task.priority)
+        assigned = await self._try_assign(task)
+        return assigned or task
+
+    async def _pick_agent(self, task: Task) -> str | None:
+        candidates = await self._store.query_agents(
+            AgentQuery(
+                capabilities=task.required_capabilities, status=AgentStatus.ACTIVE,
+                tenant=task.tenant, limit=CANDIDATE_LIMIT,
+            )
+        )
+        if not candidates:
+            return None
+        loads = await self._store.agent_loads([a.agent_id for a in candidates])
+        best = min(candidates, key=lambda a: (loads.get(a.agent_id, 0), a.name, a.agent_id))
+        return best.agent_id
+
+    async def _try_assign(self, task: Task) -> Task | None:
+        agent_id = await self._pick_agent(task)
+        if agent_id is None:
+            return None
+        now = self._clock()
+        deadline = now + task.timeout_seconds if task.timeout_seconds else None
+        updated = self._next(task, S.ASSIGNED, agent_id=agent_id, deadline=deadline)
+        if not await self._store.update_task(updated):
+            return None  # someone else assigned or cancelled it meanwhile
+        self._emit("task.assigned", updated)
+        return updated
+
+    async def assign_pending(self) -> int:
+        """Try to assign pending tasks (oldest highest-priority first); returns how many."""
+        assigned = 0
+        for task in await self._store.pending_tasks(PENDING_BATCH):
+            if await self._try_assign(task) is not None:
+                assigned += 1
+        return assigned
+
+    async def on_agent_available(self, agent_id: str) -> None:
+        await self.assign_pending()
+
+    async def on_agent_unavailable(self, agent_id: str) -> None:
+        """Put the agent's assigned (not yet started) tasks back to pending."""
+        tasks = await self._store.query_tasks(
+            TaskQuery(agent_id=agent_id, status=S.ASSIGNED, limit=self._config.max_page_size)
+        )
+        for task in tasks:
+            released = self._next(task, S.PENDING, agent_id=None, deadline=None)
+            if await self._store.update_task(released):
+                self._emit("task.released", released, previous_agent_id=agent_id)
+        if tasks:
+            await self.assign_pending()
+
+    # -- transitions ----------------------------------------------------------
+
+    def _next(self, task: Task, status: TaskStatus, **changes: Any) -> Task:
+        check_transition(task, status)
+        return msgspec.structs.replace(
+            task, status=status, version=task.version + 1, updated_at=self._clock(), **changes
+        )
+
+    async def _transition(
+        self, task_id: str, acting_agent: str | None, build: Callable[[Task], Task]
+    ) -> Task:
+        for _ in range(CAS_ATTEMPTS):
+            task = await self.get(task_id)
+            if acting_agent is not None and task.agent_id != acting_agent:
+                raise Forbidden(
+                    f"task {task_id!r} is not assigned to agent {acting_agent!r}",
+                    data={"task_id": task_id, "agent_id": task.agent_id},
+                )
+            updated = build(task)
+            if await self._store.update_task(updated):
+                return updated
+        raise InvalidTransition(f"task {task_id!r} is changing concurrently; retry")
+
+    async def start(self, task_id: str, agent_id: str | None = None) -> Task:
+        now = self._clock()
+        task = await self._transition(
+            task_id, agent_id, lambda t: self._next(t, S.RUNNING, started_at=now)
+            if t.status is S.ASSIGNED else _refuse(t, S.RUNNING)
+        )
+        self._emit("task.started", task)
+        return task
+
+    async def update(
+        self, task_id: str, *, progress: float | None, step: str | None,
+        agent_id: str | None = None,
+    ) -> Task:
+        def build(t: Task) -> Task:
+            if t.status is not S.RUNNING:
+                _refuse(t, S.RUNNING)
+            return self._next(
+                t, S.RUNNING,
+                progress=t.progress if progress is None else progress,
+                step=t.step if step is None else step,
+            )
+
+        task = await self._transition(task_id, agent_id, build)
+        self._emit("task.progress", task, progress=task.progress, step=task.step)
+        return task
+
+    async def complete(
+        self, task_id: str, *, result: Any, artifacts: list[Any], agent_id: str | None = None
+    ) -> Task:
+        now = self._clock()
+
+        def build(t: Task) -> Task:
+            if t.status is not S.RUNNING:
+                _refuse(t, S.COMPLETED)
+            return self._next(
+                t, S.COMPLETED, result=result, artifacts=artifacts, progress=100.0,
+                completed_at=now, deadline=None,
+            )
+
+        task = await self._transition(task_id, agent_id, build)
+        self._emit("task.completed", task)
+        return task
+
+    async def fail(self, task_id: str, *, error: Any, agent_id: str | None = None) -> Task:
+        """Fail the task; while retries remain it goes back to pending and is reassigned."""
+        now = self._clock()
+
+        def build(t: Task) -> Task:
+            if t.status not in (S.ASSIGNED, S.RUNNING):
+                _refuse(t, S.FAILED)
+            if t.retries < t.max_retries:
+                return self._next(
+                    t, S.PENDING, error=error, retries=t.retries + 1, agent_id=None,
+                    deadline=None, started_at=None, progress=0.0, step=None,
+                )
+            return self._next(t, S.FAILED, error=error, completed_at=now, deadline=None)
+
+        task = await self._transition(task_id, agent_id, build)
+        if task.status is S.PENDING:
+            self._emit("task.retrying", task, retries=task.retries, error=error)
+            return await self._try_assign(task) or task
+        self._emit("task.failed", task, error=error)
+        return task
+
+    async def cancel(self, task_id: str, *, reason: str | None = None) -> Task:
+        now = self._clock()
+        task = await self._transition(
+            task_id, None,
+            lambda t: self._next(t, S.CANCELLED, error=reason, completed_at=now, deadline=None),
+        )
+        self._emit("task.cancelled", task, reason=reason)
+        return task
+
+    async def expire_due(self) -> list[str]:
+        """Move assigned or running tasks past their deadline to ``timed_out``."""
+        now = self._clock()
+        expired: list[str] = []
+        for task in await self._store.due_tasks(now, PENDING_BATCH):
+            timed_out = self._next(task, S.TIMED_OUT, completed_at=now, deadline=None)
+            if await self._store.update_task(timed_out):
+                expired.append(task.task_id)
+                self._emit("task.timed_out", timed_out)
+        return expired
+
+
+def _refuse(task: Task, target: TaskStatus) -> Task:
+    raise InvalidTransition(
+        f"task {task.task_id!r} cannot go from {task.status.value} to {target.value}",
+        data={"task_id": task.task_id, "from": task.status.value, "to": target.value},
+    )
