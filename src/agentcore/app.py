@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from agentcore import __version__
@@ -46,8 +46,14 @@ HEALTH_CACHE_S = 1.0
 class Gateway:
     """The ASGI application."""
 
-    def __init__(self, config: Config, *, store: Store | None = None,
-                 clock: Clock = system_clock, metrics_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | None = None,
+        clock: Clock = system_clock,
+        metrics_dir: str | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
         self.store = store or open_store(config.database_url)
@@ -83,19 +89,23 @@ class Gateway:
     async def health(self, request: Request) -> Response:
         database = await self._check_store()
         status = "healthy" if database["status"] == "up" else "degraded"
-        return json_response({
-            "status": status,
-            "version": __version__,
-            "uptime_s": round(time.monotonic() - self.started_at, 3),
-            "workers": self.config.server.workers,
-            "dependencies": {"database": database},
-        })
+        return json_response(
+            {
+                "status": status,
+                "version": __version__,
+                "uptime_s": round(time.monotonic() - self.started_at, 3),
+                "workers": self.config.server.workers,
+                "dependencies": {"database": database},
+            }
+        )
 
     async def ready(self, request: Request) -> Response:
         database = await self._check_store()
         ok = database["status"] == "up"
-        return json_response({"status": "ready" if ok else "not_ready",
-                              "dependencies": {"database": database}}, 200 if ok else 503)
+        return json_response(
+            {"status": "ready" if ok else "not_ready", "dependencies": {"database": database}},
+            200 if ok else 503,
+        )
 
     async def live(self, request: Request) -> Response:
         return json_response({"status": "alive"})
@@ -111,16 +121,17 @@ class Gateway:
         except StoreUnavailable as exc:
             status: dict[str, Any] = {"status": "down", "backend": backend, "error": exc.message}
         else:
-            status = {"status": "up", "backend": backend,
-                      "latency_ms": round((time.monotonic() - now) * 1000, 3)}
+            status = {
+                "status": "up",
+                "backend": backend,
+                "latency_ms": round((time.monotonic() - now) * 1000, 3),
+            }
         self._health = (now, status)
         return status
 
     async def jsonrpc(self, request: Request) -> Response:
         body = await request.body(self.config.limits.max_body_bytes)
-        status, payload = await self.dispatcher.handle(
-            body, Context(client=request.client_host)
-        )
+        status, payload = await self.dispatcher.handle(body, Context(client=request.client_host))
         return Response(status, payload or b"")
 
     async def jsonrpc_methods(self, request: Request) -> Response:
@@ -183,8 +194,7 @@ class Gateway:
         finally:
             if metrics is not None:
                 metrics.in_flight.dec()
-                metrics.observe(route_name, method, response.status,
-                                time.perf_counter() - started)
+                metrics.observe(route_name, method, response.status, time.perf_counter() - started)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -214,8 +224,11 @@ class Gateway:
             events = self.metrics.events
             self.bus.on_publish = lambda event: events.labels(event.type).inc()
         await self.tasks.assign_pending()
-        log.info("agentcore %s ready (database: %s)", __version__,
-                 self.config.database_url.split(":", 1)[0])
+        log.info(
+            "agentcore %s ready (database: %s)",
+            __version__,
+            self.config.database_url.split(":", 1)[0],
+        )
 
     async def shutdown(self) -> None:
         self._stop.set()
@@ -224,7 +237,7 @@ class Gateway:
         await self.bus.close()
         await self.store.close()
 
-    def _loops(self) -> list[Awaitable[None]]:
+    def _loops(self) -> list[Coroutine[Any, Any, None]]:
         cfg = self.config.registry
         return [
             self._every(cfg.heartbeat_flush_interval_s, self.registry.flush),

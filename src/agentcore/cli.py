@@ -26,17 +26,25 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8001)")
     parser.add_argument("--workers", type=int, help="worker processes (default 1)")
-    parser.add_argument("--data-dir", help="directory of the embedded database (default ./.agentcore)")
+    parser.add_argument(
+        "--data-dir", help="directory of the embedded database (default ./.agentcore)"
+    )
     parser.add_argument("--database-url", help="sqlite:///path or postgresql://...")
     parser.add_argument("--server", choices=["uvicorn", "granian"], help="ASGI server")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    server = {k: v for k in ("host", "port", "workers", "server", "log_level")
-              if (v := getattr(args, k)) is not None}
-    database = {k: v for k, attr in (("data_dir", "data_dir"), ("url", "database_url"))
-                if (v := getattr(args, attr)) is not None}
+    server = {
+        k: v
+        for k in ("host", "port", "workers", "server", "log_level")
+        if (v := getattr(args, k)) is not None
+    }
+    database = {
+        k: v
+        for k, attr in (("data_dir", "data_dir"), ("url", "database_url"))
+        if (v := getattr(args, attr)) is not None
+    }
     out: dict[str, Any] = {}
     if server:
         out["server"] = server

@@ -31,7 +31,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class ServerConfig(_Section):
+class ServerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8001
     #: Worker processes. With more than one, Prometheus runs in multiprocess
@@ -45,7 +45,7 @@ class ServerConfig(_Section):
     access_log: bool = False
 
 
-class DatabaseConfig(_Section):
+class DatabaseConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: Empty: SQLite file ``agentcore.db`` under ``data_dir``. ``sqlite:///path``,
     #: ``sqlite://:memory:`` or ``postgresql://user:pass@host:port/db``.
     url: str = ""
@@ -56,7 +56,7 @@ class DatabaseConfig(_Section):
     pool_max_size: int = 10
 
 
-class RegistryConfig(_Section):
+class RegistryConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: An agent that has not pinged for this long becomes ``inactive``.
     heartbeat_ttl_s: float = 60.0
     #: Heartbeat timestamps are kept in memory and written in one batch this
@@ -69,26 +69,26 @@ class RegistryConfig(_Section):
     agent_cache_ttl_s: float = 2.0
 
 
-class TasksConfig(_Section):
+class TasksConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: Retries a failed task gets unless its definition says otherwise.
     default_max_retries: int = 0
     #: Largest page ``task.query`` / ``agent.list`` return.
     max_page_size: int = 1000
 
 
-class EventsConfig(_Section):
+class EventsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: Capacity of each subscriber queue of the in-process event bus.
     subscriber_queue_size: int = 10_000
 
 
-class LimitsConfig(_Section):
+class LimitsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: Largest accepted request body in bytes; larger gets 413 before it is read in full.
     max_body_bytes: int = 1_048_576
     #: Largest JSON-RPC batch.
     max_batch_size: int = 100
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
     #: Directory for prometheus-client multiprocess files (several workers);
     #: empty: ``<data_dir>/prometheus``.

@@ -78,7 +78,10 @@ class Response:
     __slots__ = ("body", "content_type", "headers", "status")
 
     def __init__(
-        self, status: int, body: bytes = b"", content_type: bytes = JSON,
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: bytes = JSON,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.status = status

@@ -142,7 +142,7 @@ class Dispatcher:
         try:
             items = self._batch.decode(buf)
         except msgspec.DecodeError as exc:
-            err = ParseError("parse error: body is not valid JSON")
+            err: AgentCoreError = ParseError("parse error: body is not valid JSON")
             if isinstance(exc, msgspec.ValidationError):
                 err = InvalidRequest("invalid request: batch must be an array")
             raise err from exc

@@ -127,8 +127,9 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
         return ctx.agent_id or params_agent
 
     async def register(p: RegisterParams, ctx: Context) -> Registered:
-        agent = await registry.register(p.agent_card, override=p.override_existing,
-                                        tenant=ctx.tenant)
+        agent = await registry.register(
+            p.agent_card, override=p.override_existing, tenant=ctx.tenant
+        )
         return Registered(agent_id=agent.agent_id, status=agent.status, agent=agent)
 
     async def get_agent(p: AgentIdParams, ctx: Context) -> Agent:
@@ -136,7 +137,7 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
 
     async def list_agents(p: ListAgentsParams, ctx: Context) -> AgentList:
         limit = _page(p.limit, max_page)
-        agents = await registry.list(
+        agents = await registry.query(
             AgentQuery(status=p.status, tenant=ctx.tenant, limit=limit, offset=p.offset)
         )
         return AgentList(agents=agents, count=len(agents), limit=limit, offset=p.offset)
@@ -145,8 +146,13 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
         limit = _page(p.limit, max_page)
         agents = await registry.discover(
             AgentQuery(
-                capabilities=p.capabilities, tags=p.tags, status=p.status,
-                name_pattern=p.name_pattern, tenant=ctx.tenant, limit=limit, offset=p.offset,
+                capabilities=p.capabilities,
+                tags=p.tags,
+                status=p.status,
+                name_pattern=p.name_pattern,
+                tenant=ctx.tenant,
+                limit=limit,
+                offset=p.offset,
             )
         )
         return AgentList(agents=agents, count=len(agents), limit=limit, offset=p.offset)
@@ -190,33 +196,88 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
         return await tasks.cancel(p.task_id, reason=p.reason)
 
     return [
-        Method("agent.register", RegisterParams, register, Registered,
-               "Register an agent card; fails with -32006 if the id exists unless "
-               "override_existing is true."),
+        Method(
+            "agent.register",
+            RegisterParams,
+            register,
+            Registered,
+            "Register an agent card; fails with -32006 if the id exists unless "
+            "override_existing is true.",
+        ),
         Method("agent.get", AgentIdParams, get_agent, Agent, "One agent by id."),
-        Method("agent.list", ListAgentsParams, list_agents, AgentList,
-               "All agents, optionally by status, ordered by name."),
-        Method("agent.discover", DiscoverParams, discover, AgentList,
-               "Agents having ALL the given capabilities and tags; active only unless "
-               "a status is given; name_pattern is a case-insensitive glob."),
-        Method("agent.ping", AgentIdParams, ping, PingResult,
-               "Heartbeat; brings an inactive agent back to active."),
-        Method("agent.unregister", AgentIdParams, unregister, Unregistered,
-               "Remove an agent; its assigned, unstarted tasks go back to pending."),
-        Method("task.create", CreateTaskParams, create_task, Task,
-               "Create a task; it is assigned at once to the least-loaded active agent "
-               "with every required capability, else stays pending."),
+        Method(
+            "agent.list",
+            ListAgentsParams,
+            list_agents,
+            AgentList,
+            "All agents, optionally by status, ordered by name.",
+        ),
+        Method(
+            "agent.discover",
+            DiscoverParams,
+            discover,
+            AgentList,
+            "Agents having ALL the given capabilities and tags; active only unless "
+            "a status is given; name_pattern is a case-insensitive glob.",
+        ),
+        Method(
+            "agent.ping",
+            AgentIdParams,
+            ping,
+            PingResult,
+            "Heartbeat; brings an inactive agent back to active.",
+        ),
+        Method(
+            "agent.unregister",
+            AgentIdParams,
+            unregister,
+            Unregistered,
+            "Remove an agent; its assigned, unstarted tasks go back to pending.",
+        ),
+        Method(
+            "task.create",
+            CreateTaskParams,
+            create_task,
+            Task,
+            "Create a task; it is assigned at once to the least-loaded active agent "
+            "with every required capability, else stays pending.",
+        ),
         Method("task.get", TaskIdParams, get_task, Task, "One task by id."),
-        Method("task.query", TaskQuery, query_tasks, TaskList,
-               "Tasks by status, agent, type, priority and creation time, oldest first."),
+        Method(
+            "task.query",
+            TaskQuery,
+            query_tasks,
+            TaskList,
+            "Tasks by status, agent, type, priority and creation time, oldest first.",
+        ),
         Method("task.start", TaskActorParams, start_task, Task, "assigned -> running."),
-        Method("task.update", UpdateTaskParams, update_task, Task,
-               "Report progress (0-100) and the current step of a running task."),
-        Method("task.complete", CompleteTaskParams, complete_task, Task,
-               "running -> completed, with result and artifacts."),
-        Method("task.fail", FailTaskParams, fail_task, Task,
-               "Fail an assigned or running task; retried (back to pending) while "
-               "retries remain, else failed."),
-        Method("task.cancel", CancelTaskParams, cancel_task, Task,
-               "Cancel a task that has not finished."),
+        Method(
+            "task.update",
+            UpdateTaskParams,
+            update_task,
+            Task,
+            "Report progress (0-100) and the current step of a running task.",
+        ),
+        Method(
+            "task.complete",
+            CompleteTaskParams,
+            complete_task,
+            Task,
+            "running -> completed, with result and artifacts.",
+        ),
+        Method(
+            "task.fail",
+            FailTaskParams,
+            fail_task,
+            Task,
+            "Fail an assigned or running task; retried (back to pending) while "
+            "retries remain, else failed.",
+        ),
+        Method(
+            "task.cancel",
+            CancelTaskParams,
+            cancel_task,
+            Task,
+            "Cancel a task that has not finished.",
+        ),
     ]

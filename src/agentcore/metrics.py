@@ -30,7 +30,20 @@ from prometheus_client.registry import Collector
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 
 
@@ -40,14 +53,22 @@ class _Counts(Collector):
         self._tasks = tasks
 
     def collect(self) -> Iterator[Metric]:
-        agents = GaugeMetricFamily("agentcore_agents", "Registered agents by status.",
-                                   labels=["status"])
+        agents = GaugeMetricFamily(
+            "agentcore_agents", "Registered agents by status.", labels=["status"]
+        )
         for status in ("active", "inactive"):
             agents.add_metric([status], self._agents.get(status, 0))
         yield agents
         tasks = GaugeMetricFamily("agentcore_tasks", "Tasks by status.", labels=["status"])
-        for status in ("pending", "assigned", "running", "completed", "failed", "cancelled",
-                       "timed_out"):
+        for status in (
+            "pending",
+            "assigned",
+            "running",
+            "completed",
+            "failed",
+            "cancelled",
+            "timed_out",
+        ):
             tasks.add_metric([status], self._tasks.get(status, 0))
         yield tasks
 
@@ -55,23 +76,32 @@ class _Counts(Collector):
 class Metrics:
     def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.multiprocess_dir = multiprocess_dir
-        disable_created_metrics()  # the *_created samples only add scrape size here
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created samples only add scrape size here
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "agentcore_http_requests_total", "HTTP requests by route, method and status.",
-            ["route", "method", "status"], registry=self.registry,
+            "agentcore_http_requests_total",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "agentcore_http_request_duration_seconds", "HTTP request latency by route.",
-            ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "agentcore_http_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.in_flight = Gauge(
-            "agentcore_http_requests_in_flight", "HTTP requests being handled.",
-            registry=self.registry, multiprocess_mode="livesum",
+            "agentcore_http_requests_in_flight",
+            "HTTP requests being handled.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.events = Counter(
-            "agentcore_events_published_total", "Events published on the internal bus.",
-            ["type"], registry=self.registry,
+            "agentcore_events_published_total",
+            "Events published on the internal bus.",
+            ["type"],
+            registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
@@ -92,7 +122,7 @@ class Metrics:
         counts.register(_Counts(agents, tasks))
         if self.multiprocess_dir:
             merged = CollectorRegistry()
-            MultiProcessCollector(merged, path=self.multiprocess_dir)
+            MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
             own = generate_latest(merged)
         else:
             own = generate_latest(self.registry)

@@ -29,12 +29,14 @@ def method_listing(methods: list[Method[Any]]) -> dict[str, Any]:
     schemas, components = _components(methods)
     listed = []
     for i, m in enumerate(methods):
-        listed.append({
-            "name": m.name,
-            "description": m.description,
-            "params": schemas[3 + 2 * i],
-            "result": schemas[4 + 2 * i],
-        })
+        listed.append(
+            {
+                "name": m.name,
+                "description": m.description,
+                "params": schemas[3 + 2 * i],
+                "result": schemas[4 + 2 * i],
+            }
+        )
     return {"jsonrpc": "2.0", "methods": listed, "components": {"schemas": components}}
 
 
@@ -44,9 +46,18 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 ERROR = {
     "type": "object",
-    "properties": {"error": {"type": "object", "properties": {
-        "code": {"type": "integer"}, "message": {"type": "string"},
-        "type": {"type": "string"}, "data": {}}, "required": ["code", "message", "type"]}},
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "integer"},
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "data": {},
+            },
+            "required": ["code", "message", "type"],
+        }
+    },
     "required": ["error"],
 }
 
@@ -55,42 +66,81 @@ def openapi_document(methods: list[Method[Any]]) -> dict[str, Any]:
     schemas, components = _components(methods)
     request, success, failure = schemas[:3]
     rpc_body = {"oneOf": [request, {"type": "array", "items": request, "minItems": 1}]}
-    rpc_reply = {"oneOf": [success, failure, {"type": "array", "items": {
-        "oneOf": [success, failure]}}]}
+    rpc_reply = {
+        "oneOf": [success, failure, {"type": "array", "items": {"oneOf": [success, failure]}}]
+    }
     simple = {"type": "object"}
     paths: dict[str, Any] = {
-        "/api/v1/health": {"get": {"summary": "Health with dependency status",
-                                   "responses": {"200": _json(simple, "healthy or degraded")}}},
-        "/api/v1/health/ready": {"get": {"summary": "Readiness", "responses": {
-            "200": _json(simple, "ready"), "503": _json(simple, "a dependency is down")}}},
-        "/api/v1/health/live": {"get": {"summary": "Liveness",
-                                        "responses": {"200": _json(simple, "alive")}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
-            "description": "text exposition format",
-            "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-        "/api/v1/jsonrpc": {"post": {
-            "summary": "JSON-RPC 2.0 endpoint (single call or batch)",
-            "description": "Methods: " + ", ".join(m.name for m in methods)
-            + ". See /api/v1/jsonrpc/methods for each method's params and result.",
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": rpc_body}}},
-            "responses": {
-                "200": _json(rpc_reply, "result, error or batch of them"),
-                "204": {"description": "notification(s) only: no body"},
-                "400": _json(failure, "parse error, invalid request or invalid params"),
-                "404": _json(failure, "unknown method, agent or task"),
-                "409": _json(failure, "invalid state transition or conflict"),
-                "413": _json(ERROR, "body too large"),
-            },
-        }},
-        "/api/v1/jsonrpc/methods": {"get": {"summary": "JSON-RPC method listing",
-                                            "responses": {"200": _json(simple, "methods")}}},
-        "/.well-known/agent-card.json": {"get": {"summary": "The gateway's own agent card",
-                                                 "responses": {"200": _json(simple, "card")}}},
-        "/.well-known/agent.json": {"get": {"summary": "Older name of the agent card",
-                                            "responses": {"200": _json(simple, "card")}}},
-        "/openapi.json": {"get": {"summary": "This document",
-                                  "responses": {"200": _json(simple, "OpenAPI 3.1")}}},
+        "/api/v1/health": {
+            "get": {
+                "summary": "Health with dependency status",
+                "responses": {"200": _json(simple, "healthy or degraded")},
+            }
+        },
+        "/api/v1/health/ready": {
+            "get": {
+                "summary": "Readiness",
+                "responses": {
+                    "200": _json(simple, "ready"),
+                    "503": _json(simple, "a dependency is down"),
+                },
+            }
+        },
+        "/api/v1/health/live": {
+            "get": {"summary": "Liveness", "responses": {"200": _json(simple, "alive")}}
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/api/v1/jsonrpc": {
+            "post": {
+                "summary": "JSON-RPC 2.0 endpoint (single call or batch)",
+                "description": "Methods: "
+                + ", ".join(m.name for m in methods)
+                + ". See /api/v1/jsonrpc/methods for each method's params and result.",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": rpc_body}},
+                },
+                "responses": {
+                    "200": _json(rpc_reply, "result, error or batch of them"),
+                    "204": {"description": "notification(s) only: no body"},
+                    "400": _json(failure, "parse error, invalid request or invalid params"),
+                    "404": _json(failure, "unknown method, agent or task"),
+                    "409": _json(failure, "invalid state transition or conflict"),
+                    "413": _json(ERROR, "body too large"),
+                },
+            }
+        },
+        "/api/v1/jsonrpc/methods": {
+            "get": {
+                "summary": "JSON-RPC method listing",
+                "responses": {"200": _json(simple, "methods")},
+            }
+        },
+        "/.well-known/agent-card.json": {
+            "get": {
+                "summary": "The gateway's own agent card",
+                "responses": {"200": _json(simple, "card")},
+            }
+        },
+        "/.well-known/agent.json": {
+            "get": {
+                "summary": "Older name of the agent card",
+                "responses": {"200": _json(simple, "card")},
+            }
+        },
+        "/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": _json(simple, "OpenAPI 3.1")}}
+        },
     }
     components["Error"] = ERROR
     return {
@@ -115,11 +165,15 @@ def agent_card(methods: list[Method[Any]], base_url: str) -> dict[str, Any]:
         "defaultInputModes": ["application/json"],
         "defaultOutputModes": ["application/json"],
         "skills": [
-            {"id": m.name, "name": m.name, "description": m.description, "tags": [
-                m.name.split(".")[0]]}
+            {
+                "id": m.name,
+                "name": m.name,
+                "description": m.description,
+                "tags": [m.name.split(".")[0]],
+            }
             for m in methods
         ],
-        "endpoints": [{"url": f"{base_url}/api/v1/jsonrpc", "type": "http",
-                       "protocols": ["jsonrpc-2.0"]}],
+        "endpoints": [
+            {"url": f"{base_url}/api/v1/jsonrpc", "type": "http", "protocols": ["jsonrpc-2.0"]}
+        ],
     }
-

@@ -35,9 +35,7 @@ class PingResult(msgspec.Struct, kw_only=True):
 
 
 class Registry:
-    def __init__(
-        self, store: Store, bus: EventBus, config: RegistryConfig, clock: Clock
-    ) -> None:
+    def __init__(self, store: Store, bus: EventBus, config: RegistryConfig, clock: Clock) -> None:
         self._store = store
         self._bus = bus
         self._config = config
@@ -54,8 +52,11 @@ class Registry:
     def _emit(self, event_type: str, agent_id: str, tenant: str, **data: object) -> None:
         self._bus.publish(
             Event(
-                type=event_type, timestamp=self._clock(), tenant=tenant,
-                source="registry", data={"agent_id": agent_id, **data},
+                type=event_type,
+                timestamp=self._clock(),
+                tenant=tenant,
+                source="registry",
+                data={"agent_id": agent_id, **data},
             )
         )
 
@@ -65,19 +66,28 @@ class Registry:
         now = self._clock()
         agent_id = card.agent_id or f"agent-{uuid4().hex}"
         agent = Agent(
-            agent_id=agent_id, name=card.name, version=card.version,
-            status=AgentStatus.ACTIVE, capabilities=card.capability_names(),
-            tags=sorted(set(card.tags)), card=card, tenant=tenant,
-            registered_at=now, updated_at=now, last_seen=now,
+            agent_id=agent_id,
+            name=card.name,
+            version=card.version,
+            status=AgentStatus.ACTIVE,
+            capabilities=card.capability_names(),
+            tags=sorted(set(card.tags)),
+            card=card,
+            tenant=tenant,
+            registered_at=now,
+            updated_at=now,
+            last_seen=now,
         )
         if not await self._store.put_agent(agent, replace=override):
             raise AgentAlreadyExists(
-                f"agent {agent_id!r} is already registered; pass override_existing=true to replace it"
+                f"agent {agent_id!r} is already registered; "
+                "pass override_existing=true to replace it"
             )
         self._beats.pop(agent_id, None)
         self._active_until[agent_id] = now + self._config.agent_cache_ttl_s
-        self._emit("agent.registered", agent_id, tenant, name=agent.name,
-                   capabilities=agent.capabilities)
+        self._emit(
+            "agent.registered", agent_id, tenant, name=agent.name, capabilities=agent.capabilities
+        )
         if self.on_available is not None:
             await self.on_available(agent_id)
         return agent
@@ -91,11 +101,11 @@ class Registry:
             agent = msgspec.structs.replace(agent, last_seen=beat, status=AgentStatus.ACTIVE)
         return agent
 
-    async def list(self, query: AgentQuery) -> list[Agent]:
+    async def query(self, query: AgentQuery) -> list[Agent]:
         return await self._store.query_agents(query)
 
     async def discover(self, query: AgentQuery) -> list[Agent]:
-        """Like :meth:`list`, but only active agents unless a status is asked for."""
+        """Like :meth:`query`, but only active agents unless a status is asked for."""
         if query.status is None:
             query = msgspec.structs.replace(query, status=AgentStatus.ACTIVE)
         return await self._store.query_agents(query)
@@ -106,7 +116,9 @@ class Registry:
             await self._refresh(agent_id, now)
         self._beats[agent_id] = now
         return PingResult(
-            agent_id=agent_id, status=AgentStatus.ACTIVE, last_seen=now,
+            agent_id=agent_id,
+            status=AgentStatus.ACTIVE,
+            last_seen=now,
             ttl_s=self._config.heartbeat_ttl_s,
         )
 
@@ -158,4 +170,3 @@ class Registry:
             if self.on_unavailable is not None:
                 await self.on_unavailable(agent_id)
         return expired
-

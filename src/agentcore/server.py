@@ -53,7 +53,9 @@ def prepare_environment(config: Config) -> None:
     """Set what worker processes read before they import anything."""
     os.environ[CONFIG_ENV] = msgspec.json.encode(config).decode()
     if config.server.workers > 1 and config.metrics.enabled:
-        directory = Path(config.metrics.multiproc_dir or Path(config.database.data_dir) / "prometheus")
+        directory = Path(
+            config.metrics.multiproc_dir or Path(config.database.data_dir) / "prometheus"
+        )
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True, exist_ok=True)
         os.environ[MULTIPROC_ENV] = str(directory)
@@ -66,23 +68,45 @@ def serve(config: Config) -> None:
     limit = raise_fd_limit()
     Path(config.database.data_dir).mkdir(parents=True, exist_ok=True)
     prepare_environment(config)
-    log.info("open-files limit %d: room for about %d concurrent connections per worker",
-             limit, max(limit - 64, 0))
+    log.info(
+        "open-files limit %d: room for about %d concurrent connections per worker",
+        limit,
+        max(limit - 64, 0),
+    )
     if server.server == "granian":
+        from granian.constants import Interfaces, Loops
+        from granian.log import LogLevels
         from granian.server import Server
 
+        level = server.log_level if server.log_level != "critical" else "error"
         Server(
-            FACTORY, address=server.host, port=server.port, interface="asgi",
-            workers=server.workers, loop="uvloop", factory=True, backlog=4096,
-            log_level=server.log_level if server.log_level != "critical" else "error",
+            FACTORY,
+            address=server.host,
+            port=server.port,
+            interface=Interfaces.ASGI,
+            workers=server.workers,
+            loop=Loops.uvloop,
+            factory=True,
+            backlog=4096,
+            log_level=LogLevels(level),
             log_access=server.access_log,
         ).serve()
         return
     import uvicorn
 
     uvicorn.run(
-        FACTORY, factory=True, host=server.host, port=server.port, workers=server.workers,
-        loop="uvloop", http="httptools", lifespan="on", access_log=server.access_log,
-        log_level=server.log_level, ws_per_message_deflate=False, backlog=4096,
-        server_header=False, date_header=False,
+        FACTORY,
+        factory=True,
+        host=server.host,
+        port=server.port,
+        workers=server.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=server.access_log,
+        log_level=server.log_level,
+        ws_per_message_deflate=False,
+        backlog=4096,
+        server_header=False,
+        date_header=False,
     )

@@ -75,9 +75,16 @@ class TaskService:
     def _emit(self, event_type: str, task: Task, **data: object) -> None:
         self._bus.publish(
             Event(
-                type=event_type, timestamp=self._clock(), tenant=task.tenant, source="tasks",
-                data={"task_id": task.task_id, "status": task.status.value,
-                      "agent_id": task.agent_id, **data},
+                type=event_type,
+                timestamp=self._clock(),
+                tenant=task.tenant,
+                source="tasks",
+                data={
+                    "task_id": task.task_id,
+                    "status": task.status.value,
+                    "agent_id": task.agent_id,
+                    **data,
+                },
             )
         )
 
@@ -126,8 +133,10 @@ class TaskService:
     async def _pick_agent(self, task: Task) -> str | None:
         candidates = await self._store.query_agents(
             AgentQuery(
-                capabilities=task.required_capabilities, status=AgentStatus.ACTIVE,
-                tenant=task.tenant, limit=CANDIDATE_LIMIT,
+                capabilities=task.required_capabilities,
+                status=AgentStatus.ACTIVE,
+                tenant=task.tenant,
+                limit=CANDIDATE_LIMIT,
             )
         )
         if not candidates:
@@ -197,21 +206,31 @@ class TaskService:
     async def start(self, task_id: str, agent_id: str | None = None) -> Task:
         now = self._clock()
         task = await self._transition(
-            task_id, agent_id, lambda t: self._next(t, S.RUNNING, started_at=now)
-            if t.status is S.ASSIGNED else _refuse(t, S.RUNNING)
+            task_id,
+            agent_id,
+            lambda t: (
+                self._next(t, S.RUNNING, started_at=now)
+                if t.status is S.ASSIGNED
+                else _refuse(t, S.RUNNING)
+            ),
         )
         self._emit("task.started", task)
         return task
 
     async def update(
-        self, task_id: str, *, progress: float | None, step: str | None,
+        self,
+        task_id: str,
+        *,
+        progress: float | None,
+        step: str | None,
         agent_id: str | None = None,
     ) -> Task:
         def build(t: Task) -> Task:
             if t.status is not S.RUNNING:
                 _refuse(t, S.RUNNING)
             return self._next(
-                t, S.RUNNING,
+                t,
+                S.RUNNING,
                 progress=t.progress if progress is None else progress,
                 step=t.step if step is None else step,
             )
@@ -229,8 +248,13 @@ class TaskService:
             if t.status is not S.RUNNING:
                 _refuse(t, S.COMPLETED)
             return self._next(
-                t, S.COMPLETED, result=result, artifacts=artifacts, progress=100.0,
-                completed_at=now, deadline=None,
+                t,
+                S.COMPLETED,
+                result=result,
+                artifacts=artifacts,
+                progress=100.0,
+                completed_at=now,
+                deadline=None,
             )
 
         task = await self._transition(task_id, agent_id, build)
@@ -246,8 +270,15 @@ class TaskService:
                 _refuse(t, S.FAILED)
             if t.retries < t.max_retries:
                 return self._next(
-                    t, S.PENDING, error=error, retries=t.retries + 1, agent_id=None,
-                    deadline=None, started_at=None, progress=0.0, step=None,
+                    t,
+                    S.PENDING,
+                    error=error,
+                    retries=t.retries + 1,
+                    agent_id=None,
+                    deadline=None,
+                    started_at=None,
+                    progress=0.0,
+                    step=None,
                 )
             return self._next(t, S.FAILED, error=error, completed_at=now, deadline=None)
 
@@ -261,7 +292,8 @@ class TaskService:
     async def cancel(self, task_id: str, *, reason: str | None = None) -> Task:
         now = self._clock()
         task = await self._transition(
-            task_id, None,
+            task_id,
+            None,
             lambda t: self._next(t, S.CANCELLED, error=reason, completed_at=now, deadline=None),
         )
         self._emit("task.cancelled", task, reason=reason)

@@ -55,11 +55,11 @@ def _database_url(name: str) -> str:
     return urlunsplit(urlsplit(PG_ADMIN_URL)._replace(path=f"/{name}"))
 
 
-def create_pg_database() -> tuple[str, str]:
+async def create_pg_database() -> tuple[str, str]:
     """Create a fresh database; return its name and URL, or skip/fail when unreachable."""
     name = f"agentcore_test_{secrets.token_hex(6)}"
     try:
-        _run(_admin(f'CREATE DATABASE "{name}"'))
+        await _admin(f'CREATE DATABASE "{name}"')
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         reason = f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc!r}"
         if os.environ.get("AGENTCORE_REQUIRE_SERVICES") == "1":
@@ -68,15 +68,15 @@ def create_pg_database() -> tuple[str, str]:
     return name, _database_url(name)
 
 
-def drop_pg_database(name: str) -> None:
-    _run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+async def drop_pg_database(name: str) -> None:
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    name, url = create_pg_database()
+    name, url = _run(create_pg_database())
     yield url
-    drop_pg_database(name)
+    _run(drop_pg_database(name))
 
 
 @pytest.fixture(params=BACKENDS)

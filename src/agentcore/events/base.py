@@ -48,7 +48,10 @@ class EventBus(Protocol):
         """Assign the id and hand the event to every subscriber; never blocks."""
 
     def subscribe(
-        self, *, patterns: tuple[str, ...] = ("*",), maxsize: int | None = None,
+        self,
+        *,
+        patterns: tuple[str, ...] = ("*",),
+        maxsize: int | None = None,
         policy: OverflowPolicy = "drop_oldest",
     ) -> Subscription: ...
 

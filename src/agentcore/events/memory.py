@@ -81,7 +81,10 @@ class MemoryEventBus:
         return event
 
     def subscribe(
-        self, *, patterns: tuple[str, ...] = ("*",), maxsize: int | None = None,
+        self,
+        *,
+        patterns: tuple[str, ...] = ("*",),
+        maxsize: int | None = None,
         policy: OverflowPolicy = "drop_oldest",
     ) -> MemorySubscription:
         sub = MemorySubscription(self, patterns, maxsize or self._default_maxsize, policy)

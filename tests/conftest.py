@@ -1,0 +1,63 @@
+"""Shared fixtures: an in-process gateway (SQLite in memory, manual clock), real servers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agentcore.app import Gateway, create_app
+from agentcore.clock import ManualClock
+from tests.support import ServerProcess, free_port, make_config
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def gateway(clock: ManualClock) -> AsyncIterator[Gateway]:
+    app = create_app(make_config(), clock=clock)
+    await app.startup()
+    try:
+        yield app
+    finally:
+        await app.shutdown()
+
+
+@pytest.fixture
+async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=gateway)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+        yield c
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def make(
+        *args: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        data_dir: Path | None = None,
+    ) -> ServerProcess:
+        data = data_dir or tmp_path / "data"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCORE_")}
+        full_env.update(env or {})
+        server = ServerProcess(
+            ["--data-dir", str(data), "--log-level", "warning", *args],
+            port or free_port(),
+            full_env,
+            tmp_path / f"server-{len(started)}.log",
+        )
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
