@@ -479,6 +479,9 @@ async def test_transaction_commits_or_rolls_back(store_url: str) -> None:
                 raise RuntimeError("abort")
         assert [tuple(row) for row in await db.fetch("SELECT n FROM probe")] == [(1,)]
         assert await db.execute("UPDATE probe SET n = n + 1") == 1
+        with pytest.raises(Exception) as bad_sql:
+            await db.execute("SELEC 1")
+        assert not isinstance(bad_sql.value, StoreUnavailable)
         await db.execute("DROP TABLE probe")
     finally:
         await db.close()
@@ -556,6 +559,13 @@ async def test_postgres_stores_migrate_concurrently() -> None:
 
 async def test_unreachable_postgres_raises_store_unavailable() -> None:
     store = open_store("postgres://postgres@127.0.0.1:1/nothing")
+    with pytest.raises(StoreUnavailable):
+        await store.open()
+
+
+@pytest.mark.postgres
+async def test_unknown_postgres_database_raises_store_unavailable(postgres_url: str) -> None:
+    store = open_store(postgres_url.rpartition("/")[0] + "/agentcore_test_missing")
     with pytest.raises(StoreUnavailable):
         await store.open()
 

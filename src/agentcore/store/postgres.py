@@ -78,10 +78,13 @@ class PostgresDatabase:
         self._pool: Any = None  # asyncpg.Pool
 
     async def open(self) -> None:
-        with _translated():
+        """Any refusal while connecting (auth, unknown database) is ``StoreUnavailable`` too."""
+        try:
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=self._min_size, max_size=self._max_size
             )
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"postgresql: {exc}") from exc
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None

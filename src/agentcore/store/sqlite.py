@@ -124,7 +124,8 @@ class SqliteDatabase:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
         except sqlite3.DatabaseError as exc:
-            if exc.sqlite_errorcode & 0xFF in _UNAVAILABLE:
+            # Errors raised by the module itself (bad bindings) carry no code.
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _UNAVAILABLE:
                 raise StoreUnavailable(f"sqlite: {exc}") from exc
             raise
         except OSError as exc:
