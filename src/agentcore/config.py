@@ -13,7 +13,9 @@ Unknown sections or keys and values of the wrong type raise
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +45,13 @@ class ServerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     #: Log one line per request (costs throughput; off by default).
     access_log: bool = False
+    #: Proxies (IPs or CIDRs) whose X-Forwarded-For is believed. The client IP
+    #: is the socket's peer unless that peer is listed here.
+    trusted_proxies: list[str] = []
+    #: Origins allowed by CORS (exact, e.g. "https://app.example.com"); none by default.
+    cors_allow_origins: list[str] = []
+    #: Set Strict-Transport-Security (only when TLS terminates in front of the gateway).
+    hsts: bool = False
 
 
 class DatabaseConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -81,11 +90,71 @@ class EventsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     subscriber_queue_size: int = 10_000
 
 
+RouteClass = Literal["control", "integration", "llm"]
+
+
 class LimitsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: Largest accepted request body in bytes; larger gets 413 before it is read in full.
     max_body_bytes: int = 1_048_576
+    #: Per route class overrides of ``max_body_bytes``.
+    max_body_bytes_by_class: dict[RouteClass, int] = {}
     #: Largest JSON-RPC batch.
     max_batch_size: int = 100
+    #: Deepest JSON nesting accepted (arrays and objects).
+    max_json_depth: int = 32
+    #: Concurrent requests one worker handles before it sheds load with 503.
+    max_in_flight: int = 2048
+    #: Seconds to receive the whole request body before 408.
+    read_timeout_s: float = 30.0
+    #: Seconds a handler may run before the request fails with 503 and a message.
+    handler_timeout_s: float = 30.0
+
+
+class LimitSpec(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    #: Requests per second.
+    rate: float
+    #: Requests allowed at once before the rate applies.
+    burst: int
+
+
+class RateLimitConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = True
+    #: Requests per second per client identity (API key, agent token or IP).
+    #: The default is far above what one machine's load generator drives, so
+    #: the seed HTTP scenario is not limited; tighten it for production.
+    rate: float = 100_000.0
+    burst: int = 200_000
+    #: ``memory``: exact per worker process; ``redis``: exact across workers and instances.
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Per route class limits (``control`` = JSON-RPC, ``integration``, ``llm``).
+    classes: dict[RouteClass, LimitSpec] = {}
+    #: Per tenant limits, applied to every identity of the tenant (each counted apart).
+    tenants: dict[str, LimitSpec] = {}
+    #: Per API key limits, by key id.
+    keys: dict[str, LimitSpec] = {}
+
+
+class AuthConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    #: ``off``: everyone is the default tenant with every scope (loopback only,
+    #: unless ``--insecure``). ``api_key``: ``Authorization: Bearer <key>`` or
+    #: ``X-API-Key``. ``jwt``: bearer JWTs (API keys are accepted too).
+    mode: Literal["off", "api_key", "jwt"] = "off"
+    #: Algorithms accepted for JWTs: HS256, RS256, ES256 (and their kin).
+    jwt_algorithms: list[str] = msgspec.field(default_factory=lambda: ["HS256"])
+    #: Shared secret for HS* tokens.
+    jwt_secret: str = ""
+    #: PEM public key file for RS*/ES* tokens.
+    jwt_public_key_file: str = ""
+    #: JWKS file (keys chosen by ``kid``).
+    jwt_jwks_file: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    #: Require credentials for /metrics too.
+    protect_metrics: bool = False
+    #: Seconds a verified API key is trusted before the store is asked again
+    #: (revocation through another worker takes effect within this time).
+    cache_s: float = 5.0
 
 
 class MetricsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -102,6 +171,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     tasks: TasksConfig = TasksConfig()
     events: EventsConfig = EventsConfig()
     limits: LimitsConfig = LimitsConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    auth: AuthConfig = AuthConfig()
     metrics: MetricsConfig = MetricsConfig()
 
     @property
@@ -159,12 +230,15 @@ def build_config(*layers: Mapping[str, Any]) -> Config:
 
 
 def _describe(exc: msgspec.ValidationError) -> str:
-    # msgspec says "... - at `$.server.port`"; say "server.port: ..." instead.
-    text = str(exc)
-    message, sep, where = text.rpartition(" - at `")
-    if not sep:
-        return text
-    key = where.rstrip("`").removeprefix("$").lstrip(".")
+    # msgspec says "... - at `$.server.port`" (or "at `key` in `$.x`"); say "server.port: ...".
+    match = re.fullmatch(r"(.*?)(?: - at (`key` in )?`\$\.?(.*)`)?", str(exc), re.DOTALL)
+    assert match is not None  # the pattern matches any text
+    message, in_key, key = match.groups()
+    unknown = re.fullmatch(r"Object contains unknown field `(.*)`", message)
+    if unknown:
+        return f"{key + '.' if key else ''}{unknown.group(1)}: unknown key"
+    if in_key:
+        message = f"bad key: {message}"
     return f"{key}: {message}" if key else message
 
 
@@ -183,6 +257,34 @@ def _check(config: Config) -> None:
     positive("limits.max_batch_size", config.limits.max_batch_size)
     positive("events.subscriber_queue_size", config.events.subscriber_queue_size)
     positive("tasks.max_page_size", config.tasks.max_page_size)
+    positive("limits.max_json_depth", config.limits.max_json_depth)
+    positive("limits.max_in_flight", config.limits.max_in_flight)
+    positive("limits.read_timeout_s", config.limits.read_timeout_s)
+    positive("limits.handler_timeout_s", config.limits.handler_timeout_s)
+    for name, size in config.limits.max_body_bytes_by_class.items():
+        positive(f"limits.max_body_bytes_by_class.{name}", size)
+    rl = config.rate_limit
+    specs = {"rate_limit": LimitSpec(rate=rl.rate, burst=rl.burst)}
+    specs.update({f"rate_limit.classes.{k}": v for k, v in rl.classes.items()})
+    specs.update({f"rate_limit.tenants.{k}": v for k, v in rl.tenants.items()})
+    specs.update({f"rate_limit.keys.{k}": v for k, v in rl.keys.items()})
+    for key, spec in specs.items():
+        positive(f"{key}.rate", spec.rate)
+        positive(f"{key}.burst", spec.burst)
+    for cidr in config.server.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"invalid configuration: server.trusted_proxies: not an IP or CIDR: {cidr!r}"
+            ) from exc
+    auth = config.auth
+    if auth.mode == "jwt" and not (auth.jwt_secret or auth.jwt_public_key_file
+                                   or auth.jwt_jwks_file):
+        raise ConfigError(
+            "invalid configuration: auth.jwt_secret: mode 'jwt' needs jwt_secret, "
+            "jwt_public_key_file or jwt_jwks_file"
+        )
     scheme = urlsplit(config.database_url).scheme
     if scheme not in ("sqlite", "postgresql", "postgres"):
         raise ConfigError(
@@ -228,4 +330,7 @@ def to_masked_dict(config: Config) -> dict[str, Any]:
     data: dict[str, Any] = msgspec.to_builtins(config)
     data["database"]["url"] = mask_url(config.database.url)
     data["database"]["effective_url"] = mask_url(config.database_url)
+    data["rate_limit"]["redis_url"] = mask_url(config.rate_limit.redis_url)
+    if config.auth.jwt_secret:
+        data["auth"]["jwt_secret"] = "***"
     return data

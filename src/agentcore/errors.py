@@ -10,7 +10,9 @@ handler only ever ``raise``\\ s.
 
     AgentCoreError                  500  -32603  (a bug: never raised on purpose)
     ├── ConfigError                  -      -    bad configuration, stops startup
-    ├── StoreUnavailable            503  -32000  the database cannot be reached
+    ├── StoreUnavailable            503  -32000  the database (or Redis) cannot be reached
+    ├── Overloaded                  503  -32030  load shed: too many requests in flight
+    ├── HandlerTimeout              503  -32032  the handler ran past limits.handler_timeout_s
     └── ClientError                 400  -32600  the caller's fault (any 4xx)
         ├── ParseError              400  -32700  body is not JSON
         ├── InvalidRequest          400  -32600  JSON, but not a valid request
@@ -25,7 +27,10 @@ handler only ever ``raise``\\ s.
         ├── InvalidTransition       409  -32003  task state machine refused the change
         ├── NoCapableAgent          409  -32005  (only when a caller demands assignment)
         ├── AgentAlreadyExists      409  -32006  register without override_existing
-        └── Forbidden               403  -32007  acting on another agent's behalf
+        ├── Forbidden               403  -32007  missing scope, or acting for another agent
+        ├── Unauthorized            401  -32010  missing or invalid credentials
+        ├── RequestTimeout          408  -32031  the body did not arrive in time
+        └── RateLimited             429  -32029  over the client's rate limit
 
 JSON-RPC codes -32001..-32099 are the server-defined range of the spec; the
 table above is the documented meaning of each (see docs/api.md).
@@ -149,3 +154,33 @@ class Forbidden(ClientError):
     status = 403
     code = -32007
     title = "forbidden"
+
+
+class Unauthorized(ClientError):
+    status = 401
+    code = -32010
+    title = "unauthorized"
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    code = -32031
+    title = "request_timeout"
+
+
+class RateLimited(ClientError):
+    status = 429
+    code = -32029
+    title = "rate_limited"
+
+
+class Overloaded(AgentCoreError):
+    status = 503
+    code = -32030
+    title = "overloaded"
+
+
+class HandlerTimeout(AgentCoreError):
+    status = 503
+    code = -32032
+    title = "handler_timeout"

@@ -1,0 +1,75 @@
+"""Rate limiting: one algorithm (GCRA), one small interface, several backends.
+
+GCRA (the generic cell rate algorithm) is a token bucket stored as a single
+number per key, the *theoretical arrival time* (TAT). A limit of ``rate``
+requests per second with a ``burst`` lets ``burst`` requests through at once
+and then one every ``1/rate`` seconds. The check and the consume are one
+step: the in-process backend does both without an ``await`` in between, the
+Redis backend in one Lua script, so concurrent requests cannot overshoot.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """``rate`` requests per second, up to ``burst`` at once."""
+
+    name: str
+    rate: float
+    burst: int
+
+    @property
+    def interval_s(self) -> float:
+        return 1.0 / self.rate
+
+    @property
+    def window_s(self) -> int:
+        """Seconds for an exhausted quota to refill completely (the policy window)."""
+        return max(1, math.ceil(self.burst / self.rate))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: Limit
+    #: Requests that could still be made right now.
+    remaining: int
+    #: Seconds until the quota is full again.
+    reset_s: float
+    #: Seconds until the next request would be allowed (0 when allowed).
+    retry_after_s: float
+
+
+def gcra(tat: float, now: float, limit: Limit, cost: int = 1) -> tuple[Decision, float | None]:
+    """Decide one request; returns the decision and the new TAT to store (None: unchanged).
+
+    Shared by the in-process backend and mirrored line by line in the Redis Lua script.
+    """
+    interval = limit.interval_s
+    tolerance = interval * limit.burst
+    tat = max(tat, now)
+    new_tat = tat + interval * cost
+    allow_at = new_tat - tolerance
+    if now < allow_at:
+        remaining = max(0, int((now - (tat - tolerance)) / interval))
+        return Decision(False, limit, remaining, tat - now, allow_at - now), None
+    remaining = max(0, int((now - allow_at) / interval))
+    return Decision(True, limit, remaining, new_tat - now, 0.0), new_tat
+
+
+class RateLimiter(Protocol):
+    #: True when the limit holds across workers and instances (Redis), False
+    #: when each worker process counts on its own (in-process backend).
+    shared: bool
+
+    async def hit(self, key: str, limit: Limit, cost: int = 1) -> Decision:
+        """Check and consume ``cost`` requests of ``key`` under ``limit`` atomically."""
+
+    async def reset(self, key: str) -> None: ...
+
+    async def close(self) -> None: ...

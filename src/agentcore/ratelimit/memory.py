@@ -1,0 +1,44 @@
+"""In-process GCRA backend: exact for one worker process, nothing shared."""
+
+from __future__ import annotations
+
+from agentcore.clock import Clock, system_clock
+from agentcore.ratelimit.base import Decision, Limit, gcra
+
+#: Keys kept before idle ones (quota full again) are pruned.
+PRUNE_THRESHOLD = 100_000
+
+
+class MemoryRateLimiter:
+    shared = False
+
+    def __init__(self, clock: Clock = system_clock, prune_threshold: int = PRUNE_THRESHOLD) -> None:
+        self._clock = clock
+        self._tats: dict[str, float] = {}
+        self._prune_threshold = prune_threshold
+
+    def hit_now(self, key: str, limit: Limit, cost: int = 1) -> Decision:
+        """The synchronous check; :meth:`hit` wraps it (no await between read and write)."""
+        now = self._clock()
+        decision, new_tat = gcra(self._tats.get(key, now), now, limit, cost)
+        if new_tat is not None:
+            self._tats[key] = new_tat
+            if len(self._tats) > self._prune_threshold:
+                self._prune(now)
+        return decision
+
+    async def hit(self, key: str, limit: Limit, cost: int = 1) -> Decision:
+        return self.hit_now(key, limit, cost)
+
+    def _prune(self, now: float) -> None:
+        # A key whose TAT has passed has its whole quota back: same as absent.
+        self._tats = {k: tat for k, tat in self._tats.items() if tat > now}
+
+    def __len__(self) -> int:
+        return len(self._tats)
+
+    async def reset(self, key: str) -> None:
+        self._tats.pop(key, None)
+
+    async def close(self) -> None:
+        self._tats.clear()

@@ -1,0 +1,77 @@
+"""Redis GCRA backend: one Lua script per request, exact across workers and instances.
+
+The script is :func:`agentcore.ratelimit.base.gcra` transcribed; Redis runs a
+script atomically, so the read of the TAT and its write are one step however
+many gateway processes call at once. Time comes from Redis (``TIME``), not
+from the callers, so instances with skewed clocks still agree. Keys expire
+when their quota is full again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from agentcore.errors import StoreUnavailable
+from agentcore.ratelimit.base import Decision, Limit
+
+GCRA_LUA = """
+local key = KEYS[1]
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tolerance = interval * burst
+local tat = tonumber(redis.call('GET', key) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval * cost
+local allow_at = new_tat - tolerance
+if now < allow_at then
+  local remaining = math.floor((now - (tat - tolerance)) / interval)
+  if remaining < 0 then remaining = 0 end
+  return {0, remaining, tostring(tat - now), tostring(allow_at - now)}
+end
+redis.call('SET', key, tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1)
+local remaining = math.floor((now - allow_at) / interval)
+if remaining < 0 then remaining = 0 end
+return {1, remaining, tostring(new_tat - now), '0'}
+"""
+
+
+class RedisRateLimiter:
+    shared = True
+
+    def __init__(self, url: str, *, prefix: str = "agentcore:rl:") -> None:
+        self._client: aioredis.Redis = aioredis.Redis.from_url(url)
+        self._prefix = prefix
+        self._script = self._client.register_script(GCRA_LUA)
+
+    async def hit(self, key: str, limit: Limit, cost: int = 1) -> Decision:
+        try:
+            reply: list[Any] = await self._script(
+                keys=[self._prefix + limit.name + ":" + key],
+                args=[repr(limit.interval_s), limit.burst, cost],
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable("rate-limit backend (Redis) unavailable") from exc
+        allowed, remaining, reset_s, retry_s = reply
+        return Decision(bool(allowed), limit, int(remaining), float(reset_s), float(retry_s))
+
+    async def reset(self, key: str) -> None:
+        try:
+            async for name in self._client.scan_iter(match=f"{self._prefix}*:{key}"):
+                await self._client.delete(name)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable("rate-limit backend (Redis) unavailable") from exc
+
+    async def ping(self) -> None:
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable("rate-limit backend (Redis) unavailable") from exc
+
+    async def close(self) -> None:
+        await self._client.aclose()
