@@ -1,9 +1,11 @@
 """The application: ``create_app(config)`` builds the whole gateway, the lifespan runs it.
 
-Request flow, top-down: ``Gateway.__call__`` (ASGI) -> router -> handler
-(health, metrics, JSON-RPC dispatch -> method -> registry / task service ->
-store). Errors are rendered once, here: an :class:`AgentCoreError` becomes its
-status and JSON body; anything else is logged and becomes a 500 (a bug).
+Request flow, top-down: ``Gateway.__call__`` (ASGI) -> the middleware stack,
+built once (security headers and CORS -> authentication -> rate limiting ->
+load shedding) -> router -> handler (health, metrics, JSON-RPC dispatch ->
+method -> registry / task service -> store). Errors are rendered once, here:
+an :class:`AgentCoreError` becomes its status and JSON body; anything else is
+logged and becomes a 500 (a bug).
 
 The lifespan opens the store and owns every background task (heartbeat flush,
 agent and task sweeps) in one task group; shutdown stops them, flushes the
@@ -20,21 +22,28 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from agentcore import __version__
+from agentcore.auth import ANONYMOUS, IDENTITY, AuthMiddleware, Identity, build_authenticator
 from agentcore.clock import Clock, system_clock
 from agentcore.config import Config
-from agentcore.errors import AgentCoreError, NotFound, StoreUnavailable
+from agentcore.errors import AgentCoreError, HandlerTimeout, NotFound, StoreUnavailable
 from agentcore.events.memory import MemoryEventBus
 from agentcore.http import Request, Response, error_response, json_response
 from agentcore.jsonrpc import Context, Dispatcher
+from agentcore.limits import LoadShedMiddleware, check_json_depth
 from agentcore.methods import build_methods
 from agentcore.metrics import CONTENT_TYPE, Metrics
 from agentcore.openapi import agent_card, method_listing, openapi_document
+from agentcore.proxies import TrustedProxies
+from agentcore.ratelimit.base import RateLimiter
+from agentcore.ratelimit.memory import MemoryRateLimiter
+from agentcore.ratelimit.middleware import RateLimitMiddleware
 from agentcore.registry import Registry
 from agentcore.routing import Router
+from agentcore.security import SecurityMiddleware
 from agentcore.store import open_store
 from agentcore.store.base import Store
 from agentcore.tasks import TaskService
-from agentcore.types import Receive, Scope, Send
+from agentcore.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("agentcore")
 
@@ -66,6 +75,27 @@ class Gateway:
         self.methods = build_methods(self.registry, self.tasks, config.tasks.max_page_size)
         self.dispatcher = Dispatcher(self.methods, max_batch_size=config.limits.max_batch_size)
         self.router = self._routes()
+        self.limiter = _build_limiter(config, clock)
+        self.authenticator = build_authenticator(config.auth.mode)
+        self.shedder = LoadShedMiddleware(self._endpoint, config.limits.max_in_flight, self.metrics)
+        self.stack: ASGIApp = SecurityMiddleware(
+            AuthMiddleware(
+                RateLimitMiddleware(
+                    self.shedder,
+                    self.limiter,
+                    config.rate_limit,
+                    TrustedProxies(config.server.trusted_proxies),
+                    self.metrics,
+                )
+                if config.rate_limit.enabled
+                else self.shedder,
+                self.authenticator,
+                protect_metrics=config.auth.protect_metrics,
+                metrics=self.metrics,
+            ),
+            cors_origins=config.server.cors_allow_origins,
+            hsts=config.server.hsts,
+        )
         self.started_at = time.monotonic()
         self._stop = asyncio.Event()
         self._static: dict[str, bytes] = {}
@@ -96,8 +126,20 @@ class Gateway:
                 "uptime_s": round(time.monotonic() - self.started_at, 3),
                 "workers": self.config.server.workers,
                 "dependencies": {"database": database},
+                "rate_limit": self._rate_limit_status(),
             }
         )
+
+    def _rate_limit_status(self) -> dict[str, Any]:
+        rl = self.config.rate_limit
+        status: dict[str, Any] = {"enabled": rl.enabled, "backend": rl.backend}
+        if rl.enabled and not self.limiter.shared and self.config.server.workers > 1:
+            status["warning"] = (
+                "limits are per worker: each of the "
+                f"{self.config.server.workers} workers counts on its own; "
+                'use backend = "redis" for exact shared limits'
+            )
+        return status
 
     async def ready(self, request: Request) -> Response:
         database = await self._check_store()
@@ -130,8 +172,23 @@ class Gateway:
         return status
 
     async def jsonrpc(self, request: Request) -> Response:
-        body = await request.body(self.config.limits.max_body_bytes)
-        status, payload = await self.dispatcher.handle(body, Context(client=request.client_host))
+        limits = self.config.limits
+        body = await request.body(
+            limits.max_body_bytes_by_class.get("control", limits.max_body_bytes),
+            limits.read_timeout_s,
+        )
+        try:
+            check_json_depth(body, limits.max_json_depth)
+        except AgentCoreError as exc:
+            return Response(exc.status, self.dispatcher.error_body(exc))
+        identity: Identity = request.scope.get(IDENTITY, ANONYMOUS)
+        context = Context(
+            client=request.client_host,
+            tenant=identity.tenant,
+            agent_id=identity.agent_id,
+            scopes=identity.scopes,
+        )
+        status, payload = await self.dispatcher.handle(body, context)
         return Response(status, payload or b"")
 
     async def jsonrpc_methods(self, request: Request) -> Response:
@@ -161,11 +218,15 @@ class Gateway:
     # -- ASGI -----------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.stack(scope, receive, send)
+
+    async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": "no such endpoint"})
 
@@ -181,11 +242,19 @@ class Gateway:
             route_name = route.path
             request = Request(scope, receive)
             request.path_params = params
-            response = await handler(request)
+            async with asyncio.timeout(self.config.limits.handler_timeout_s):
+                response = await handler(request)
         except AgentCoreError as exc:
             if exc.status >= 500:
                 log.error("request %s %s failed: %s", method, scope["path"], exc.message)
             response = error_response(exc)
+        except TimeoutError:
+            timeout = self.config.limits.handler_timeout_s
+            if metrics is not None:
+                metrics.rejected.labels("handler_timeout").inc()
+            response = error_response(
+                HandlerTimeout(f"the request took longer than {timeout:g} s to handle")
+            )
         except Exception:
             log.exception("unhandled error on %s %s", method, scope["path"])
             response = error_response(AgentCoreError("internal error"))
@@ -224,6 +293,9 @@ class Gateway:
             events = self.metrics.events
             self.bus.on_publish = lambda event: events.labels(event.type).inc()
         await self.tasks.assign_pending()
+        rate_limit = self._rate_limit_status()
+        if "warning" in rate_limit:
+            log.warning("rate limiting: %s", rate_limit["warning"])
         log.info(
             "agentcore %s ready (database: %s)",
             __version__,
@@ -235,6 +307,7 @@ class Gateway:
         with contextlib.suppress(StoreUnavailable):
             await self.registry.flush()
         await self.bus.close()
+        await self.limiter.close()
         await self.store.close()
 
     def _loops(self) -> list[Coroutine[Any, Any, None]]:
@@ -256,6 +329,14 @@ class Gateway:
                 await job()
             except Exception:
                 log.exception("background job %s failed", getattr(job, "__qualname__", job))
+
+
+def _build_limiter(config: Config, clock: Clock) -> RateLimiter:
+    if config.rate_limit.backend == "redis":
+        from agentcore.ratelimit.redis import RedisRateLimiter
+
+        return RedisRateLimiter(config.rate_limit.redis_url)
+    return MemoryRateLimiter(clock)
 
 
 def create_app(config: Config, **kwargs: Any) -> Gateway:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from agentcore.errors import ConfigError
+from agentcore.routing import RouteClass
 
 ENV_PREFIX = "AGENTCORE_"
 
@@ -88,9 +89,6 @@ class TasksConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 class EventsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: Capacity of each subscriber queue of the in-process event bus.
     subscriber_queue_size: int = 10_000
-
-
-RouteClass = Literal["control", "integration", "llm"]
 
 
 class LimitsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -279,8 +277,9 @@ def _check(config: Config) -> None:
                 f"invalid configuration: server.trusted_proxies: not an IP or CIDR: {cidr!r}"
             ) from exc
     auth = config.auth
-    if auth.mode == "jwt" and not (auth.jwt_secret or auth.jwt_public_key_file
-                                   or auth.jwt_jwks_file):
+    if auth.mode == "jwt" and not (
+        auth.jwt_secret or auth.jwt_public_key_file or auth.jwt_jwks_file
+    ):
         raise ConfigError(
             "invalid configuration: auth.jwt_secret: mode 'jwt' needs jwt_secret, "
             "jwt_public_key_file or jwt_jwks_file"

@@ -7,12 +7,13 @@ a thin view over the ASGI scope and a response is an ASGI callable.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
 
-from agentcore.errors import AgentCoreError, PayloadTooLarge
-from agentcore.types import Receive, Scope, Send
+from agentcore.errors import AgentCoreError, PayloadTooLarge, RequestTimeout
+from agentcore.types import Message, Receive, Scope, Send
 
 JSON = b"application/json"
 _encoder = msgspec.json.Encoder()
@@ -50,13 +51,22 @@ class Request:
         client = self.scope.get("client")
         return str(client[0]) if client else ""
 
-    async def body(self, limit: int) -> bytes:
-        """The whole body; 413 as soon as it is known to exceed ``limit`` bytes."""
+    async def body(self, limit: int, timeout_s: float | None = None) -> bytes:
+        """The whole body; 413 as soon as it is known to exceed ``limit`` bytes,
+        408 when it has not arrived within ``timeout_s``."""
         if self._body is not None:
             return self._body
         declared = self.header(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        try:
+            async with asyncio.timeout(timeout_s):
+                self._body = await self._read(limit)
+        except TimeoutError as exc:
+            raise RequestTimeout(f"request body not received within {timeout_s:g} s") from exc
+        return self._body
+
+    async def _read(self, limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -70,8 +80,7 @@ class Request:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        return self._body
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class Response:
@@ -107,3 +116,39 @@ def json_response(data: Any, status: int = 200) -> Response:
 def error_response(exc: AgentCoreError) -> Response:
     """The JSON error body every non-JSON-RPC route uses."""
     return Response(exc.status, _encoder.encode({"error": exc.to_dict()}))
+
+
+JSONRPC_PATH = "/api/v1/jsonrpc"
+
+
+async def reject(
+    scope: Scope,
+    send: Send,
+    exc: AgentCoreError,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Answer a request refused before it reached its handler (middleware).
+
+    On the JSON-RPC endpoint the body is a JSON-RPC error object (id null, the
+    request was not read); elsewhere the plain JSON error body.
+    """
+    if scope.get("path") == JSONRPC_PATH:
+        body = _encoder.encode(
+            {
+                "jsonrpc": "2.0",
+                "error": {
+                    "code": exc.code,
+                    "message": exc.message,
+                    **({"data": exc.data} if exc.data else {}),
+                },
+                "id": None,
+            }
+        )
+    else:
+        body = _encoder.encode({"error": exc.to_dict()})
+    response = Response(exc.status, body, headers=headers)
+    await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}

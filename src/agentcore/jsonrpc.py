@@ -25,6 +25,7 @@ import msgspec
 
 from agentcore.errors import (
     AgentCoreError,
+    Forbidden,
     InvalidParams,
     InvalidRequest,
     MethodNotFound,
@@ -77,6 +78,20 @@ class Context:
     tenant: str = "default"
     #: The agent the caller is authenticated as, when it is one (protection layer).
     agent_id: str | None = None
+    #: Scopes of the caller's credential; None: every scope (authentication off).
+    scopes: frozenset[str] | None = None
+
+    def require(self, scope: str) -> None:
+        if self.scopes is not None and scope not in self.scopes and "admin" not in self.scopes:
+            raise Forbidden(f"credential lacks the {scope!r} scope", data={"scope": scope})
+
+    def require_agent(self, agent_id: str | None) -> None:
+        """An agent-bound credential may act only as its own agent."""
+        if self.agent_id is not None and agent_id != self.agent_id:
+            raise Forbidden(
+                f"credential of agent {self.agent_id!r} cannot act for agent {agent_id!r}",
+                data={"agent_id": agent_id},
+            )
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,8 @@ class Method(Generic[P]):
     handler: Callable[[P, Context], Awaitable[Any]]
     result: Any = Any
     description: str = ""
+    #: The credential scope the method needs (see auth.SCOPES).
+    scope: str = "admin"
     _decoder: msgspec.json.Decoder[P] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -114,6 +131,10 @@ class Dispatcher:
         self._request = msgspec.json.Decoder(Request)
         self._batch = msgspec.json.Decoder(list[msgspec.Raw])
         self._encoder = msgspec.json.Encoder()
+
+    def error_body(self, exc: AgentCoreError) -> bytes:
+        """A JSON-RPC error response for a request that could not be read (id null)."""
+        return self._encoder.encode(_error(exc, None))
 
     async def handle(self, body: bytes, context: Context) -> tuple[int, bytes | None]:
         """Answer one HTTP body: (status, encoded response or None for 204)."""
@@ -172,6 +193,7 @@ class Dispatcher:
         try:
             if method is None:
                 raise MethodNotFound(f"method not found: {request.method[:100]!r}")
+            context.require(method.scope)
             params = method.decode(request.params)
             result = await method.handler(params, context)
         except AgentCoreError as exc:

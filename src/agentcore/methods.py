@@ -124,12 +124,18 @@ def _page(limit: int, max_page: int) -> int:
 
 def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list[Method[Any]]:
     def actor(params_agent: str | None, ctx: Context) -> str | None:
-        return ctx.agent_id or params_agent
+        """The acting agent: the credential's own agent wins, and must match the params'."""
+        if ctx.agent_id is not None:
+            ctx.require_agent(params_agent or ctx.agent_id)
+            return ctx.agent_id
+        return params_agent
 
     async def register(p: RegisterParams, ctx: Context) -> Registered:
-        agent = await registry.register(
-            p.agent_card, override=p.override_existing, tenant=ctx.tenant
-        )
+        card = p.agent_card
+        if ctx.agent_id is not None:
+            ctx.require_agent(card.agent_id or ctx.agent_id)
+            card = msgspec.structs.replace(card, agent_id=ctx.agent_id)
+        agent = await registry.register(card, override=p.override_existing, tenant=ctx.tenant)
         return Registered(agent_id=agent.agent_id, status=agent.status, agent=agent)
 
     async def get_agent(p: AgentIdParams, ctx: Context) -> Agent:
@@ -158,9 +164,11 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
         return AgentList(agents=agents, count=len(agents), limit=limit, offset=p.offset)
 
     async def ping(p: AgentIdParams, ctx: Context) -> PingResult:
+        ctx.require_agent(p.agent_id)
         return await registry.ping(p.agent_id)
 
     async def unregister(p: AgentIdParams, ctx: Context) -> Unregistered:
+        ctx.require_agent(p.agent_id)
         await registry.unregister(p.agent_id)
         return Unregistered(agent_id=p.agent_id)
 
@@ -203,14 +211,18 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
             Registered,
             "Register an agent card; fails with -32006 if the id exists unless "
             "override_existing is true.",
+            scope="agents:write",
         ),
-        Method("agent.get", AgentIdParams, get_agent, Agent, "One agent by id."),
+        Method(
+            "agent.get", AgentIdParams, get_agent, Agent, "One agent by id.", scope="agents:read"
+        ),
         Method(
             "agent.list",
             ListAgentsParams,
             list_agents,
             AgentList,
             "All agents, optionally by status, ordered by name.",
+            scope="agents:read",
         ),
         Method(
             "agent.discover",
@@ -219,6 +231,7 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
             AgentList,
             "Agents having ALL the given capabilities and tags; active only unless "
             "a status is given; name_pattern is a case-insensitive glob.",
+            scope="agents:read",
         ),
         Method(
             "agent.ping",
@@ -226,6 +239,7 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
             ping,
             PingResult,
             "Heartbeat; brings an inactive agent back to active.",
+            scope="agents:write",
         ),
         Method(
             "agent.unregister",
@@ -233,6 +247,7 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
             unregister,
             Unregistered,
             "Remove an agent; its assigned, unstarted tasks go back to pending.",
+            scope="agents:write",
         ),
         Method(
             "task.create",
@@ -241,22 +256,32 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
             Task,
             "Create a task; it is assigned at once to the least-loaded active agent "
             "with every required capability, else stays pending.",
+            scope="tasks:write",
         ),
-        Method("task.get", TaskIdParams, get_task, Task, "One task by id."),
+        Method("task.get", TaskIdParams, get_task, Task, "One task by id.", scope="tasks:read"),
         Method(
             "task.query",
             TaskQuery,
             query_tasks,
             TaskList,
             "Tasks by status, agent, type, priority and creation time, oldest first.",
+            scope="tasks:read",
         ),
-        Method("task.start", TaskActorParams, start_task, Task, "assigned -> running."),
+        Method(
+            "task.start",
+            TaskActorParams,
+            start_task,
+            Task,
+            "assigned -> running.",
+            scope="tasks:write",
+        ),
         Method(
             "task.update",
             UpdateTaskParams,
             update_task,
             Task,
             "Report progress (0-100) and the current step of a running task.",
+            scope="tasks:write",
         ),
         Method(
             "task.complete",
@@ -264,6 +289,7 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
             complete_task,
             Task,
             "running -> completed, with result and artifacts.",
+            scope="tasks:write",
         ),
         Method(
             "task.fail",
@@ -272,6 +298,7 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
             Task,
             "Fail an assigned or running task; retried (back to pending) while "
             "retries remain, else failed.",
+            scope="tasks:write",
         ),
         Method(
             "task.cancel",
@@ -279,5 +306,6 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
             cancel_task,
             Task,
             "Cancel a task that has not finished.",
+            scope="tasks:write",
         ),
     ]

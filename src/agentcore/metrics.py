@@ -103,6 +103,30 @@ class Metrics:
             ["type"],
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "agentcore_rate_limited_total",
+            "Requests refused with 429 by route class.",
+            ["route_class"],
+            registry=self.registry,
+        )
+        self.shed = Counter(
+            "agentcore_shed_total",
+            "Requests refused with 503 because too many were in flight.",
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "agentcore_rejected_total",
+            "Requests refused before their handler, by reason (body_too_large, json_too_deep, "
+            "read_timeout, handler_timeout, ...).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.unauthorized = Counter(
+            "agentcore_unauthorized_total",
+            "Requests refused with 401/403, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:

@@ -5,11 +5,24 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from agentcore.errors import MethodNotAllowed, NotFound
 from agentcore.http import Request, Response
 
 Handler = Callable[[Request], Awaitable[Response]]
+RouteClass = Literal["control", "integration", "llm"]
+
+
+def route_class(path: str) -> RouteClass | None:
+    """The rate-limit and body-limit class of a path; None for open routes (health, metrics)."""
+    if path.startswith("/api/v1/integration/llm") or path.startswith("/v1/"):
+        return "llm"
+    if path.startswith("/api/v1/integration"):
+        return "integration"
+    if path.startswith("/api/v1/") and not path.startswith("/api/v1/health"):
+        return "control"
+    return None
 
 
 @dataclass

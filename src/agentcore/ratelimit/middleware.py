@@ -1,0 +1,126 @@
+"""Rate limiting as pure ASGI middleware, with the standard headers.
+
+Identity: the authenticated API key or token (``agentcore.identity`` in the
+scope, set by the auth middleware), else the client IP (see proxies.py). The
+limit: per API key, else per tenant, else per route class, else the default.
+Each identity is counted apart per limit name, so route classes do not share
+a quota.
+
+Every limited response, 2xx and 429 alike, carries ``RateLimit-Policy`` and
+``RateLimit`` (draft-ietf-httpapi-ratelimit-headers), ``X-RateLimit-Limit``,
+``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (seconds until the quota
+is full again); a 429 also ``Retry-After`` in whole seconds, at least 1.
+Open routes (health, metrics, the well-known documents) are not limited.
+If the Redis backend is unreachable the request is let through (fail open)
+and counted in ``agentcore_rejected_total{reason="ratelimit_backend_down"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from agentcore.auth import IDENTITY, Identity
+from agentcore.config import RateLimitConfig
+from agentcore.errors import RateLimited, StoreUnavailable
+from agentcore.http import reject
+from agentcore.metrics import Metrics
+from agentcore.proxies import TrustedProxies
+from agentcore.ratelimit.base import Decision, Limit, RateLimiter
+from agentcore.routing import route_class
+from agentcore.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("agentcore.ratelimit")
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class RateLimitMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limiter: RateLimiter,
+        config: RateLimitConfig,
+        proxies: TrustedProxies,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.proxies = proxies
+        self._metrics = metrics
+        self._default = Limit("default", config.rate, config.burst)
+        self._classes: dict[str, Limit] = {
+            k: Limit(k, v.rate, v.burst) for k, v in config.classes.items()
+        }
+        self._tenants = {
+            k: Limit(f"tenant-{k}", v.rate, v.burst) for k, v in config.tenants.items()
+        }
+        self._keys = {k: Limit(f"key-{k}", v.rate, v.burst) for k, v in config.keys.items()}
+        self._policies: dict[Limit, bytes] = {}
+
+    def limit_for(self, cls: str, identity: Identity | None) -> Limit:
+        if identity is not None and identity.kind != "anonymous":
+            found = self._keys.get(identity.subject) or self._tenants.get(identity.tenant)
+            if found is not None:
+                return found
+        return self._classes.get(cls, self._default)
+
+    def _headers(self, d: Decision) -> Headers:
+        limit = d.limit
+        policy = self._policies.get(limit)
+        if policy is None:
+            policy = f'"{limit.name}";q={limit.burst};w={limit.window_s}'.encode()
+            self._policies[limit] = policy
+        reset = str(math.ceil(d.reset_s)).encode()
+        remaining = str(d.remaining).encode()
+        return [
+            (b"ratelimit-policy", policy),
+            (b"ratelimit", b'"' + limit.name.encode() + b'";r=' + remaining + b";t=" + reset),
+            (b"x-ratelimit-limit", str(limit.burst).encode()),
+            (b"x-ratelimit-remaining", remaining),
+            (b"x-ratelimit-reset", reset),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cls = route_class(scope["path"]) if scope["type"] == "http" else None
+        if cls is None:
+            await self.app(scope, receive, send)
+            return
+        identity: Identity | None = scope.get(IDENTITY)
+        if identity is None or identity.kind == "anonymous":
+            key = "ip:" + self.proxies.client_ip(scope)
+        else:
+            key = f"{identity.kind}:{identity.subject}"
+        limit = self.limit_for(cls, identity)
+        try:
+            decision = await self.limiter.hit(key, limit)
+        except StoreUnavailable as exc:
+            log.warning("rate limit check skipped: %s", exc.message)
+            if self._metrics is not None:
+                self._metrics.rejected.labels("ratelimit_backend_down").inc()
+            await self.app(scope, receive, send)
+            return
+        headers = self._headers(decision)
+        if not decision.allowed:
+            if self._metrics is not None:
+                self._metrics.rate_limited.labels(cls).inc()
+            retry = max(1, math.ceil(decision.retry_after_s))
+            headers.append((b"retry-after", str(retry).encode()))
+            await reject(
+                scope,
+                send,
+                RateLimited(
+                    f"rate limit of {limit.rate:g} requests/s (burst {limit.burst}) exceeded; "
+                    f"retry after {retry} s",
+                    data={"retry_after_s": retry, "policy": limit.name},
+                ),
+                headers,
+            )
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

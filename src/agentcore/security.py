@@ -1,0 +1,67 @@
+"""Security headers on every HTTP response, and CORS with an explicit allow-list.
+
+Headers: ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``,
+``Referrer-Policy: no-referrer``, and ``Strict-Transport-Security`` when
+``server.hsts`` says TLS terminates in front of the gateway. CORS answers only
+origins listed in ``server.cors_allow_origins`` (none by default): a preflight
+from any other origin gets 403 and no CORS headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agentcore.errors import Forbidden
+from agentcore.http import Response, reject
+from agentcore.types import ASGIApp, Message, Receive, Scope, Send
+
+BASE_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
+CORS_METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
+CORS_HEADERS = b"authorization, content-type, x-api-key, last-event-id"
+
+
+class SecurityMiddleware:
+    def __init__(
+        self, app: ASGIApp, *, cors_origins: Sequence[str] = (), hsts: bool = False
+    ) -> None:
+        self.app = app
+        self.headers = [*BASE_HEADERS, *([HSTS] if hsts else [])]
+        self.origins = frozenset(o.encode("latin-1") for o in cors_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = self.headers
+        origin = None
+        if self.origins:
+            origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
+        if origin is not None:
+            if origin in self.origins:
+                extra = [*extra, (b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+                if scope["method"] == "OPTIONS":
+                    await Response(
+                        204,
+                        headers=[
+                            *extra,
+                            (b"access-control-allow-methods", CORS_METHODS),
+                            (b"access-control-allow-headers", CORS_HEADERS),
+                            (b"access-control-max-age", b"600"),
+                        ],
+                    )(scope, receive, send)
+                    return
+            elif scope["method"] == "OPTIONS":
+                await reject(scope, send, Forbidden("origin not allowed by CORS"), extra)
+                return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
