@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from agentcore.app import Gateway, create_app
+from agentcore.clock import ManualClock
 from agentcore.config import Config, build_config
+from agentcore.events.base import Event, Subscription
 
 REQUIRE_SERVICES = os.environ.get("AGENTCORE_REQUIRE_SERVICES") == "1"
 
@@ -145,3 +149,27 @@ class ServerProcess:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.signal(signal.SIGTERM)
+
+
+# -- in-process gateways with a custom configuration --------------------------
+
+
+@contextlib.asynccontextmanager
+async def gateway_client(
+    config: Config, clock: ManualClock | None = None
+) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
+    """A started gateway for ``config`` and an HTTP client over ASGI (like the fixtures)."""
+    app = create_app(config, clock=clock or ManualClock())
+    await app.startup()
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+            yield app, c
+    finally:
+        await app.shutdown()
+
+
+async def collect(subscription: Subscription) -> list[Event]:
+    """Close ``subscription`` and return the events it still holds, oldest first."""
+    subscription.close()
+    return [event async for event in subscription]

@@ -65,7 +65,11 @@ class Gateway:
     ) -> None:
         self.config = config
         self.clock = clock
-        self.store = store or open_store(config.database_url)
+        self.store = store or open_store(
+            config.database_url,
+            pool_min_size=config.database.pool_min_size,
+            pool_max_size=config.database.pool_max_size,
+        )
         self.metrics = Metrics(metrics_dir) if config.metrics.enabled else None
         self.bus = MemoryEventBus(config.events.subscriber_queue_size)
         self.registry = Registry(self.store, self.bus, config.registry, clock)

@@ -64,7 +64,11 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))
+    if isinstance(value, dict):
+        items = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + items + "}"
+    # A JSON string without ASCII escaping is a valid TOML basic string.
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 def to_toml(data: dict[str, Any]) -> str:

@@ -242,7 +242,7 @@ def _describe(exc: msgspec.ValidationError) -> str:
 
 def _check(config: Config) -> None:
     def positive(key: str, value: float) -> None:
-        if value <= 0:
+        if not value > 0:  # also refuses NaN
             raise ConfigError(f"invalid configuration: {key}: must be > 0, got {value}")
 
     if not 0 < config.server.port < 65536:
@@ -284,11 +284,19 @@ def _check(config: Config) -> None:
             "invalid configuration: auth.jwt_secret: mode 'jwt' needs jwt_secret, "
             "jwt_public_key_file or jwt_jwks_file"
         )
-    scheme = urlsplit(config.database_url).scheme
-    if scheme not in ("sqlite", "postgresql", "postgres"):
+    # The store parses the URL; ask it, so validation and use cannot disagree.
+    from agentcore.store import open_store
+
+    try:
+        open_store(config.database_url)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid configuration: database.url: {exc.message}") from exc
+    if config.database.pool_min_size < 1 or config.database.pool_max_size < max(
+        1, config.database.pool_min_size
+    ):
         raise ConfigError(
-            f"invalid configuration: database.url: unsupported scheme {scheme!r} "
-            "(use sqlite:/// or postgresql://)"
+            "invalid configuration: database.pool_max_size: need 1 <= pool_min_size <= "
+            "pool_max_size"
         )
 
 
@@ -308,8 +316,10 @@ def load_config(
                 file_layer = tomllib.load(fh)
         except FileNotFoundError as exc:
             raise ConfigError(f"config file not found: {path}") from exc
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
     return build_config(file_layer, env_overrides(env), overrides or {})
 
 
@@ -318,9 +328,9 @@ def mask_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    netloc = f"{user}:***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 

@@ -17,6 +17,7 @@ names the field (``at `$.agent_card.name```) but never echoes the input.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -117,7 +118,15 @@ class Method(Generic[P]):
         try:
             return self._decoder.decode(buf)
         except msgspec.ValidationError as exc:
-            raise InvalidParams(f"invalid params: {exc}") from exc
+            raise InvalidParams(f"invalid params: {safe_message(exc)}") from exc
+
+
+_QUOTED = re.compile(r"(['`])([^'`]{48,})\1")
+
+
+def safe_message(exc: Exception) -> str:
+    """msgspec's message without long input values (it quotes bad enum values and keys)."""
+    return _QUOTED.sub(lambda m: f"{m[1]}{m[2][:32]}...{m[1]}", str(exc))
 
 
 def _error(exc: AgentCoreError, rpc_id: RpcId) -> Failure:
@@ -155,7 +164,7 @@ class Dispatcher:
             return self._request.decode(buf)
         except msgspec.ValidationError as exc:
             _require_json(buf, exc)
-            raise InvalidRequest(f"invalid request: {exc}") from exc
+            raise InvalidRequest(f"invalid request: {safe_message(exc)}") from exc
         except msgspec.DecodeError as exc:
             raise ParseError("parse error: body is not valid JSON") from exc
 

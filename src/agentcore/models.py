@@ -94,7 +94,7 @@ class Agent(_Wire, kw_only=True):
     last_seen: float
 
 
-class AgentQuery(_Wire, kw_only=True):
+class AgentQuery(_Wire, kw_only=True, forbid_unknown_fields=True):
     """Filters of ``agent.list`` / ``agent.discover``; all given filters must match."""
 
     capabilities: list[Label] = []
@@ -175,7 +175,7 @@ class Task(_Wire, kw_only=True):
     version: int = 0
 
 
-class TaskQuery(_Wire, kw_only=True):
+class TaskQuery(_Wire, kw_only=True, forbid_unknown_fields=True):
     status: TaskStatus | None = None
     agent_id: Id | None = None
     type: Label | None = None

@@ -16,6 +16,8 @@ import logging
 import os
 import resource
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import msgspec
@@ -63,6 +65,10 @@ def prepare_environment(config: Config) -> None:
         os.environ.pop(MULTIPROC_ENV, None)
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    sys.exit(0)
+
+
 def serve(config: Config) -> None:
     server = config.server
     limit = raise_fd_limit()
@@ -94,6 +100,8 @@ def serve(config: Config) -> None:
         return
     import uvicorn
 
+    # uvicorn re-raises SIGTERM after its graceful shutdown; make that an exit 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         FACTORY,
         factory=True,

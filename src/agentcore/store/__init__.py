@@ -11,7 +11,7 @@ from agentcore.store.sqlite import SqliteDatabase
 __all__ = ["Store", "open_store"]
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, pool_min_size: int = 1, pool_max_size: int = 10) -> Store:
     """Build the store for ``url``; the caller awaits ``store.open()`` to connect.
 
     ``sqlite:///rel/path.db`` (relative to the working directory),
@@ -27,5 +27,5 @@ def open_store(url: str) -> Store:
             raise ConfigError("store url: sqlite needs a path, e.g. sqlite:///data/agentcore.db")
         return SqlStore(SqliteDatabase(path))
     if scheme in ("postgresql", "postgres"):
-        return SqlStore(PostgresDatabase(url))
+        return SqlStore(PostgresDatabase(url, min_size=pool_min_size, max_size=pool_max_size))
     raise ConfigError(f"store url: unsupported scheme {scheme!r} (sqlite, postgresql)")
