@@ -25,7 +25,14 @@ from agentcore import __version__
 from agentcore.auth import ANONYMOUS, IDENTITY, AuthMiddleware, Identity, build_authenticator
 from agentcore.clock import Clock, system_clock
 from agentcore.config import Config
-from agentcore.errors import AgentCoreError, HandlerTimeout, NotFound, StoreUnavailable
+from agentcore.errors import (
+    AgentCoreError,
+    HandlerTimeout,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    StoreUnavailable,
+)
 from agentcore.events.memory import MemoryEventBus
 from agentcore.http import Request, Response, error_response, json_response
 from agentcore.jsonrpc import Context, Dispatcher
@@ -50,6 +57,11 @@ log = logging.getLogger("agentcore")
 API = "/api/v1"
 #: Seconds a database health check result is reused.
 HEALTH_CACHE_S = 1.0
+#: Errors counted in agentcore_rejected_total, by reason.
+REJECTED: dict[type[AgentCoreError], str] = {
+    PayloadTooLarge: "body_too_large",
+    RequestTimeout: "read_timeout",
+}
 
 
 class Gateway:
@@ -80,7 +92,7 @@ class Gateway:
         self.dispatcher = Dispatcher(self.methods, max_batch_size=config.limits.max_batch_size)
         self.router = self._routes()
         self.limiter = _build_limiter(config, clock)
-        self.authenticator = build_authenticator(config.auth.mode)
+        self.authenticator = build_authenticator(config.auth, self.store, clock)
         self.shedder = LoadShedMiddleware(self._endpoint, config.limits.max_in_flight, self.metrics)
         self.stack: ASGIApp = SecurityMiddleware(
             AuthMiddleware(
@@ -184,6 +196,8 @@ class Gateway:
         try:
             check_json_depth(body, limits.max_json_depth)
         except AgentCoreError as exc:
+            if self.metrics is not None:
+                self.metrics.rejected.labels("json_too_deep").inc()
             return Response(exc.status, self.dispatcher.error_body(exc))
         identity: Identity = request.scope.get(IDENTITY, ANONYMOUS)
         context = Context(
@@ -251,6 +265,9 @@ class Gateway:
         except AgentCoreError as exc:
             if exc.status >= 500:
                 log.error("request %s %s failed: %s", method, scope["path"], exc.message)
+            reason = REJECTED.get(type(exc))
+            if reason is not None and metrics is not None:
+                metrics.rejected.labels(reason).inc()
             response = error_response(exc)
         except TimeoutError:
             timeout = self.config.limits.handler_timeout_s

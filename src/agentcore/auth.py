@@ -8,18 +8,31 @@ JSON-RPC context. Missing or bad credentials get 401 with a JSON body and
 with 403. Health, the well-known documents, /openapi.json and (unless
 ``auth.protect_metrics``) /metrics stay open. With ``auth.mode = "off"`` every
 caller is the anonymous identity of the default tenant with every scope.
+
+Credentials (:class:`StoreAuthenticator`): ``ak_...`` is an API key
+(``apikeys.py``), checked against the store; in ``jwt`` mode anything else is
+a bearer JWT (``tokens.py``). Serving a non-loopback address with
+authentication off is refused unless ``--insecure`` (:func:`check_bind`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from agentcore.errors import Forbidden, Unauthorized
+from agentcore import apikeys
+from agentcore.clock import Clock
+from agentcore.config import AuthConfig
+from agentcore.errors import AgentCoreError, ConfigError, Forbidden, Unauthorized
 from agentcore.http import reject
 from agentcore.metrics import Metrics
 from agentcore.models import DEFAULT_TENANT
 from agentcore.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from agentcore.store.base import Store
+    from agentcore.tokens import JwtVerifier
 
 IDENTITY = "agentcore.identity"
 
@@ -118,23 +131,119 @@ class AuthMiddleware:
             if credential is None:
                 raise Unauthorized("missing credentials: send Authorization: Bearer <key or token>")
             scope[IDENTITY] = await self.authenticator.authenticate(credential)
-        except Unauthorized as exc:
-            if self._metrics is not None:
+        except AgentCoreError as exc:  # Unauthorized, or the store being unavailable (503)
+            refused = isinstance(exc, Unauthorized)
+            if refused and self._metrics is not None:
                 self._metrics.unauthorized.labels(
                     "missing" if credential is None else "invalid"
                 ).inc()
             if kind == "websocket":
-                await send({"type": "websocket.close", "code": 1008, "reason": exc.message})
+                code = 1008 if refused else 1011
+                await send({"type": "websocket.close", "code": code, "reason": exc.message})
                 return
-            await reject(scope, send, exc, CHALLENGE)
+            await reject(scope, send, exc, CHALLENGE if refused else None)
             return
         await self.app(scope, receive, send)
 
 
-def build_authenticator(mode: str) -> Authenticator | None:
-    """The authenticator for ``auth.mode``; None when authentication is off."""
-    if mode == "off":
-        return None
-    from agentcore.errors import ConfigError
+#: Most API keys (and unknown key ids) remembered at once by one authenticator.
+KEY_CACHE_ENTRIES = 10_000
 
-    raise ConfigError(f"invalid configuration: auth.mode: {mode!r} is not implemented yet")
+
+class StoreAuthenticator:
+    """API keys from the store (cached), and JWTs in ``jwt`` mode.
+
+    A key's record is remembered for ``auth.cache_s`` seconds, so a request
+    costs a dict lookup and one SHA-256, not a database round trip. The price:
+    revoking through :meth:`revoke` of this authenticator takes effect at once
+    in this process, but revoking through another worker process, another
+    instance or ``agentcore keys revoke`` takes effect here only when the
+    cached record expires, within ``auth.cache_s`` seconds. Unknown key ids are
+    remembered as unknown for the same time (so a flood of made-up keys does
+    not reach the database); a key created meanwhile has a fresh id, so this
+    never delays a new key.
+    """
+
+    def __init__(self, store: Store, config: AuthConfig, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+        self._ttl = config.cache_s
+        self._keys: dict[str, tuple[apikeys.ApiKey | None, Identity | None, float]] = {}
+        self._jwt: JwtVerifier | None = None
+        if config.mode == "jwt":
+            # Imported only in jwt mode: PyJWT loads cryptography, costly at startup.
+            from agentcore.tokens import JwtVerifier
+
+            self._jwt = JwtVerifier(config, clock)
+
+    async def authenticate(self, credential: str) -> Identity:
+        if credential.startswith(apikeys.PREFIX):
+            return await self._api_key(credential)
+        if self._jwt is not None:
+            return self._jwt.verify(credential)
+        raise Unauthorized("invalid credentials: expected an API key (ak_...)")
+
+    async def _api_key(self, credential: str) -> Identity:
+        key_id, secret = apikeys.parse(credential)
+        now = self._clock()
+        cached = self._keys.get(key_id)
+        if cached is None or now >= cached[2]:
+            key = await self._store.get_api_key(key_id)
+            identity = None if key is None else _identity(key)
+            if cached is None and len(self._keys) >= KEY_CACHE_ENTRIES:
+                del self._keys[next(iter(self._keys))]
+            cached = self._keys[key_id] = (key, identity, now + self._ttl)
+        key, identity, _ = cached
+        # The secret is checked before revocation: only its holder learns the key is revoked.
+        if key is None or identity is None or not apikeys.verify(key, secret):
+            raise Unauthorized("invalid API key")
+        if key.revoked_at is not None:
+            raise Unauthorized("API key revoked")
+        return identity
+
+    async def revoke(self, key_id: str) -> bool:
+        """Revoke a key in the store and forget it here at once; False when unknown or revoked."""
+        revoked = await self._store.revoke_api_key(key_id, self._clock())
+        self._keys.pop(key_id, None)
+        return revoked
+
+
+def _identity(key: apikeys.ApiKey) -> Identity:
+    return Identity("api_key", key.id, key.tenant, frozenset(key.scopes), key.agent_id)
+
+
+def build_authenticator(config: AuthConfig, store: Store, clock: Clock) -> Authenticator | None:
+    """The authenticator for ``auth.mode``; None when authentication is off.
+
+    Raises :class:`ConfigError` when the JWT key material cannot be used.
+    """
+    if config.mode == "off":
+        return None
+    return StoreAuthenticator(store, config, clock)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False  # another name: it may resolve to anything
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def check_bind(host: str, config: AuthConfig, *, insecure: bool) -> None:
+    """Refuse to serve ``host`` beyond loopback with authentication off, unless ``insecure``.
+
+    Off is the default so the README tour and the seed load tests run as
+    written on 127.0.0.1; on any other address everyone would have every scope.
+    """
+    if config.mode == "off" and not insecure and not is_loopback(host):
+        raise ConfigError(
+            f'refusing to listen on {host} with auth.mode = "off": anyone who can reach it '
+            'could act as any agent. Configure [auth] mode = "api_key" or "jwt" '
+            "(see docs/authentication.md), bind to 127.0.0.1, or pass --insecure."
+        )

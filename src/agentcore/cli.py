@@ -4,21 +4,38 @@
 
     agentcore serve [--config F] [--host H] [--port P] [--workers N]
                     [--data-dir D] [--database-url URL] [--server uvicorn|granian]
+                    [--insecure]
     agentcore config show [same options]
+    agentcore keys create --tenant T [--scope S]... [--agent-id A] [--name N]
+    agentcore keys list [--tenant T]
+    agentcore keys revoke ID
+                    (keys: [--config F] [--data-dir D] [--database-url URL])
+
+``keys`` opens the configured store directly, so it works with the gateway
+stopped or running; a running gateway notices a revocation within
+``auth.cache_s`` seconds (docs/authentication.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
-from agentcore import __version__
+from agentcore import __version__, apikeys
+from agentcore.auth import check_bind
 from agentcore.config import Config, load_config, to_masked_dict
-from agentcore.errors import ConfigError
+from agentcore.errors import AgentCoreError, ConfigError
+from agentcore.store import Store, open_store
+
+T = TypeVar("T")
+log = logging.getLogger("agentcore.cli")
 
 
 def _config_options(parser: argparse.ArgumentParser) -> None:
@@ -34,16 +51,24 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
 
 
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML configuration file")
+    parser.add_argument(
+        "--data-dir", help="directory of the embedded database (default ./.agentcore)"
+    )
+    parser.add_argument("--database-url", help="sqlite:///path or postgresql://...")
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     server = {
         k: v
         for k in ("host", "port", "workers", "server", "log_level")
-        if (v := getattr(args, k)) is not None
+        if (v := getattr(args, k, None)) is not None
     }
     database = {
         k: v
         for k, attr in (("data_dir", "data_dir"), ("url", "database_url"))
-        if (v := getattr(args, attr)) is not None
+        if (v := getattr(args, attr, None)) is not None
     }
     out: dict[str, Any] = {}
     if server:
@@ -80,20 +105,144 @@ def to_toml(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- keys -----------------------------------------------------------------------
+
+
+def _keys_parser(commands: Any) -> None:
+    keys = commands.add_parser("keys", help="create, list and revoke API keys")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a key and print it (shown only once)")
+    create.add_argument("--tenant", required=True, help="the tenant the key acts for")
+    create.add_argument(
+        "--scope",
+        action="append",
+        dest="scopes",
+        metavar="SCOPE",
+        help="a scope to grant (repeatable; default: every scope but admin)",
+    )
+    create.add_argument("--agent-id", help="bind the key to one agent: it may act only as it")
+    create.add_argument("--name", default="", help="a label for the key")
+    _store_options(create)
+    listing = actions.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--tenant", help="only this tenant's keys")
+    _store_options(listing)
+    revoke = actions.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id", metavar="ID", help="the key id (or the full key)")
+    _store_options(revoke)
+
+
+async def _with_store(config: Config, job: Callable[[Store], Awaitable[T]]) -> T:
+    store = open_store(config.database_url, pool_min_size=1, pool_max_size=1)
+    await store.open()
+    try:
+        return await job(store)
+    finally:
+        await store.close()
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _keys(args: argparse.Namespace, config: Config) -> int:
+    if args.action == "create":
+        full, key = apikeys.generate(
+            tenant=args.tenant,
+            scopes=args.scopes or apikeys.default_scopes(),
+            now=time.time(),
+            name=args.name,
+            agent_id=args.agent_id,
+        )
+        if not asyncio.run(_with_store(config, lambda store: store.put_api_key(key))):
+            print("agentcore: key id collision, run the command again", file=sys.stderr)
+            return 1
+        print(f"id:     {key.id}")
+        print(f"tenant: {key.tenant}")
+        print(f"scopes: {' '.join(key.scopes)}")
+        print(f"agent:  {key.agent_id or '-'}")
+        print(f"key:    {full}")
+        print("Store the key now: it is not shown again (only its hash is kept).", file=sys.stderr)
+        if config.auth.mode == "off":
+            print(
+                'note: auth.mode is "off", so the gateway does not ask for keys yet.',
+                file=sys.stderr,
+            )
+        return 0
+    if args.action == "list":
+        keys = asyncio.run(_with_store(config, lambda store: store.list_api_keys(args.tenant)))
+        rows = [
+            [
+                k.id,
+                k.name or "-",
+                k.tenant,
+                ",".join(k.scopes),
+                k.agent_id or "-",
+                _when(k.created_at),
+                _when(k.revoked_at),
+            ]
+            for k in keys
+        ]
+        header = ["ID", "NAME", "TENANT", "SCOPES", "AGENT", "CREATED", "REVOKED"]
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print(
+                "  ".join(
+                    cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+                ).rstrip()
+            )
+        return 0
+    key_id: str = args.key_id
+    if key_id.startswith(apikeys.PREFIX):
+        key_id = apikeys.parse(key_id)[0]
+
+    async def revoke(store: Store) -> tuple[apikeys.ApiKey | None, bool]:
+        return await store.get_api_key(key_id), await store.revoke_api_key(key_id, time.time())
+
+    found, revoked = asyncio.run(_with_store(config, revoke))
+    if found is None:
+        print(f"agentcore: no API key with id {key_id!r}", file=sys.stderr)
+        return 1
+    if revoked:
+        print(
+            f"revoked {key_id}; running gateways refuse it within "
+            f"{config.auth.cache_s:g} s (auth.cache_s)"
+        )
+    else:
+        print(f"{key_id} was already revoked at {_when(found.revoked_at)}")
+    return 0
+
+
+# -- main -----------------------------------------------------------------------
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentcore", description="AgentCore Gateway")
     parser.add_argument("--version", action="version", version=f"agentcore {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gateway")
     _config_options(serve)
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host with auth.mode = off (everyone gets every scope)",
+    )
     config_cmd = commands.add_parser("config", help="inspect the configuration")
     config_sub = config_cmd.add_subparsers(dest="action", required=True)
     show = config_sub.add_parser("show", help="print the effective configuration, secrets masked")
     _config_options(show)
+    _keys_parser(commands)
     args = parser.parse_args(argv)
 
     try:
         config = _load(args)
+        if args.command == "serve":
+            check_bind(config.server.host, config.auth, insecure=args.insecure)
+            if config.auth.mode == "jwt":
+                from agentcore.tokens import JwtVerifier
+
+                JwtVerifier(config.auth)  # fail here, not in every worker, on bad key material
     except ConfigError as exc:
         print(f"agentcore: {exc.message}", file=sys.stderr)
         return 2
@@ -101,11 +250,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(to_toml(to_masked_dict(config)), end="")
         return 0
+    if args.command == "keys":
+        try:
+            return _keys(args, config)
+        except ConfigError as exc:
+            print(f"agentcore: {exc.message}", file=sys.stderr)
+            return 2
+        except AgentCoreError as exc:
+            print(f"agentcore: {exc.message}", file=sys.stderr)
+            return 1
 
     logging.basicConfig(
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if config.auth.mode == "off" and args.insecure:
+        log.warning(
+            "serving %s without authentication (--insecure): every caller has every scope",
+            config.server.host,
+        )
     from agentcore.server import serve as run_server
 
     run_server(config)

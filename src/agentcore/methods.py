@@ -139,7 +139,7 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
         return Registered(agent_id=agent.agent_id, status=agent.status, agent=agent)
 
     async def get_agent(p: AgentIdParams, ctx: Context) -> Agent:
-        return await registry.get(p.agent_id)
+        return await registry.get(p.agent_id, ctx.tenant)
 
     async def list_agents(p: ListAgentsParams, ctx: Context) -> AgentList:
         limit = _page(p.limit, max_page)
@@ -165,18 +165,18 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
 
     async def ping(p: AgentIdParams, ctx: Context) -> PingResult:
         ctx.require_agent(p.agent_id)
-        return await registry.ping(p.agent_id)
+        return await registry.ping(p.agent_id, ctx.tenant)
 
     async def unregister(p: AgentIdParams, ctx: Context) -> Unregistered:
         ctx.require_agent(p.agent_id)
-        await registry.unregister(p.agent_id)
+        await registry.unregister(p.agent_id, ctx.tenant)
         return Unregistered(agent_id=p.agent_id)
 
     async def create_task(p: CreateTaskParams, ctx: Context) -> Task:
         return await tasks.create(p.task_definition, tenant=ctx.tenant)
 
     async def get_task(p: TaskIdParams, ctx: Context) -> Task:
-        return await tasks.get(p.task_id)
+        return await tasks.get(p.task_id, ctx.tenant)
 
     async def query_tasks(p: TaskQuery, ctx: Context) -> TaskList:
         limit = _page(p.limit, max_page)
@@ -185,23 +185,35 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
         return TaskList(tasks=found, count=len(found), limit=limit, offset=p.offset)
 
     async def start_task(p: TaskActorParams, ctx: Context) -> Task:
-        return await tasks.start(p.task_id, actor(p.agent_id, ctx))
+        return await tasks.start(p.task_id, actor(p.agent_id, ctx), tenant=ctx.tenant)
 
     async def update_task(p: UpdateTaskParams, ctx: Context) -> Task:
         return await tasks.update(
-            p.task_id, progress=p.progress, step=p.step, agent_id=actor(p.agent_id, ctx)
+            p.task_id,
+            progress=p.progress,
+            step=p.step,
+            agent_id=actor(p.agent_id, ctx),
+            tenant=ctx.tenant,
         )
 
     async def complete_task(p: CompleteTaskParams, ctx: Context) -> Task:
         return await tasks.complete(
-            p.task_id, result=p.result, artifacts=p.artifacts, agent_id=actor(p.agent_id, ctx)
+            p.task_id,
+            result=p.result,
+            artifacts=p.artifacts,
+            agent_id=actor(p.agent_id, ctx),
+            tenant=ctx.tenant,
         )
 
     async def fail_task(p: FailTaskParams, ctx: Context) -> Task:
-        return await tasks.fail(p.task_id, error=p.error, agent_id=actor(p.agent_id, ctx))
+        return await tasks.fail(
+            p.task_id, error=p.error, agent_id=actor(p.agent_id, ctx), tenant=ctx.tenant
+        )
 
     async def cancel_task(p: CancelTaskParams, ctx: Context) -> Task:
-        return await tasks.cancel(p.task_id, reason=p.reason)
+        return await tasks.cancel(
+            p.task_id, reason=p.reason, agent_id=ctx.agent_id, tenant=ctx.tenant
+        )
 
     return [
         Method(

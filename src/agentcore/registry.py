@@ -42,8 +42,8 @@ class Registry:
         self._clock = clock
         #: Heartbeats not yet written: agent id -> epoch seconds.
         self._beats: dict[str, float] = {}
-        #: Agents this worker knows to be active, until the cached expiry time.
-        self._active_until: dict[str, float] = {}
+        #: Agents this worker knows to be active: id -> (cache expiry, tenant).
+        self._active_until: dict[str, tuple[float, str]] = {}
         #: Called with an agent id when it becomes available (registered or back
         #: from inactive) and when it goes away; the task service hooks in here.
         self.on_available: AgentHook | None = None
@@ -78,13 +78,17 @@ class Registry:
             updated_at=now,
             last_seen=now,
         )
+        if override:
+            existing = await self._store.get_agent(agent_id)
+            if existing is not None and existing.tenant != tenant:
+                override = False  # another tenant's agent is never taken over
         if not await self._store.put_agent(agent, replace=override):
             raise AgentAlreadyExists(
                 f"agent {agent_id!r} is already registered; "
                 "pass override_existing=true to replace it"
             )
         self._beats.pop(agent_id, None)
-        self._active_until[agent_id] = now + self._config.agent_cache_ttl_s
+        self._active_until[agent_id] = (now + self._config.agent_cache_ttl_s, tenant)
         self._emit(
             "agent.registered", agent_id, tenant, name=agent.name, capabilities=agent.capabilities
         )
@@ -92,9 +96,10 @@ class Registry:
             await self.on_available(agent_id)
         return agent
 
-    async def get(self, agent_id: str) -> Agent:
+    async def get(self, agent_id: str, tenant: str | None = None) -> Agent:
+        """The agent; another tenant's agent is reported as not found."""
         agent = await self._store.get_agent(agent_id)
-        if agent is None:
+        if agent is None or (tenant is not None and agent.tenant != tenant):
             raise AgentNotFound(f"agent {agent_id!r} not found")
         beat = self._beats.get(agent_id)
         if beat is not None and beat > agent.last_seen:
@@ -110,10 +115,13 @@ class Registry:
             query = msgspec.structs.replace(query, status=AgentStatus.ACTIVE)
         return await self._store.query_agents(query)
 
-    async def ping(self, agent_id: str) -> PingResult:
+    async def ping(self, agent_id: str, tenant: str = DEFAULT_TENANT) -> PingResult:
         now = self._clock()
-        if self._active_until.get(agent_id, 0.0) < now:
-            await self._refresh(agent_id, now)
+        cached = self._active_until.get(agent_id)
+        if cached is None or cached[0] < now:
+            await self._refresh(agent_id, now, tenant)
+        elif cached[1] != tenant:
+            raise AgentNotFound(f"agent {agent_id!r} not found")
         self._beats[agent_id] = now
         return PingResult(
             agent_id=agent_id,
@@ -122,22 +130,26 @@ class Registry:
             ttl_s=self._config.heartbeat_ttl_s,
         )
 
-    async def _refresh(self, agent_id: str, now: float) -> None:
+    async def _refresh(self, agent_id: str, now: float, tenant: str) -> None:
         agent = await self._store.get_agent(agent_id)
         if agent is None:
             self._active_until.pop(agent_id, None)
             self._beats.pop(agent_id, None)
+            raise AgentNotFound(f"agent {agent_id!r} not found")
+        if agent.tenant != tenant:
             raise AgentNotFound(f"agent {agent_id!r} not found")
         if agent.status is AgentStatus.INACTIVE:
             await self._store.touch_agents([(agent_id, now)])
             self._emit("agent.active", agent_id, agent.tenant)
             if self.on_available is not None:
                 await self.on_available(agent_id)
-        self._active_until[agent_id] = now + self._config.agent_cache_ttl_s
+        self._active_until[agent_id] = (now + self._config.agent_cache_ttl_s, agent.tenant)
 
-    async def unregister(self, agent_id: str) -> None:
+    async def unregister(self, agent_id: str, tenant: str | None = None) -> None:
         agent = await self._store.get_agent(agent_id)
-        if agent is None or not await self._store.delete_agent(agent_id):
+        if agent is None or (tenant is not None and agent.tenant != tenant):
+            raise AgentNotFound(f"agent {agent_id!r} not found")
+        if not await self._store.delete_agent(agent_id):
             raise AgentNotFound(f"agent {agent_id!r} not found")
         self._beats.pop(agent_id, None)
         self._active_until.pop(agent_id, None)

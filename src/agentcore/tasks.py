@@ -90,9 +90,10 @@ class TaskService:
 
     # -- reads ----------------------------------------------------------------
 
-    async def get(self, task_id: str) -> Task:
+    async def get(self, task_id: str, tenant: str | None = None) -> Task:
+        """The task; another tenant's task is reported as not found."""
         task = await self._store.get_task(task_id)
-        if task is None:
+        if task is None or (tenant is not None and task.tenant != tenant):
             raise TaskNotFound(f"task {task_id!r} not found")
         return task
 
@@ -189,10 +190,14 @@ class TaskService:
         )
 
     async def _transition(
-        self, task_id: str, acting_agent: str | None, build: Callable[[Task], Task]
+        self,
+        task_id: str,
+        acting_agent: str | None,
+        build: Callable[[Task], Task],
+        tenant: str | None = None,
     ) -> Task:
         for _ in range(CAS_ATTEMPTS):
-            task = await self.get(task_id)
+            task = await self.get(task_id, tenant)
             if acting_agent is not None and task.agent_id != acting_agent:
                 raise Forbidden(
                     f"task {task_id!r} is not assigned to agent {acting_agent!r}",
@@ -203,7 +208,9 @@ class TaskService:
                 return updated
         raise InvalidTransition(f"task {task_id!r} is changing concurrently; retry")
 
-    async def start(self, task_id: str, agent_id: str | None = None) -> Task:
+    async def start(
+        self, task_id: str, agent_id: str | None = None, *, tenant: str | None = None
+    ) -> Task:
         now = self._clock()
         task = await self._transition(
             task_id,
@@ -213,6 +220,7 @@ class TaskService:
                 if t.status is S.ASSIGNED
                 else _refuse(t, S.RUNNING)
             ),
+            tenant,
         )
         self._emit("task.started", task)
         return task
@@ -224,6 +232,7 @@ class TaskService:
         progress: float | None,
         step: str | None,
         agent_id: str | None = None,
+        tenant: str | None = None,
     ) -> Task:
         def build(t: Task) -> Task:
             if t.status is not S.RUNNING:
@@ -235,12 +244,18 @@ class TaskService:
                 step=t.step if step is None else step,
             )
 
-        task = await self._transition(task_id, agent_id, build)
+        task = await self._transition(task_id, agent_id, build, tenant)
         self._emit("task.progress", task, progress=task.progress, step=task.step)
         return task
 
     async def complete(
-        self, task_id: str, *, result: Any, artifacts: list[Any], agent_id: str | None = None
+        self,
+        task_id: str,
+        *,
+        result: Any,
+        artifacts: list[Any],
+        agent_id: str | None = None,
+        tenant: str | None = None,
     ) -> Task:
         now = self._clock()
 
@@ -257,11 +272,13 @@ class TaskService:
                 deadline=None,
             )
 
-        task = await self._transition(task_id, agent_id, build)
+        task = await self._transition(task_id, agent_id, build, tenant)
         self._emit("task.completed", task)
         return task
 
-    async def fail(self, task_id: str, *, error: Any, agent_id: str | None = None) -> Task:
+    async def fail(
+        self, task_id: str, *, error: Any, agent_id: str | None = None, tenant: str | None = None
+    ) -> Task:
         """Fail the task; while retries remain it goes back to pending and is reassigned."""
         now = self._clock()
 
@@ -282,19 +299,27 @@ class TaskService:
                 )
             return self._next(t, S.FAILED, error=error, completed_at=now, deadline=None)
 
-        task = await self._transition(task_id, agent_id, build)
+        task = await self._transition(task_id, agent_id, build, tenant)
         if task.status is S.PENDING:
             self._emit("task.retrying", task, retries=task.retries, error=error)
             return await self._try_assign(task) or task
         self._emit("task.failed", task, error=error)
         return task
 
-    async def cancel(self, task_id: str, *, reason: str | None = None) -> Task:
+    async def cancel(
+        self,
+        task_id: str,
+        *,
+        reason: str | None = None,
+        agent_id: str | None = None,
+        tenant: str | None = None,
+    ) -> Task:
         now = self._clock()
         task = await self._transition(
             task_id,
-            None,
+            agent_id,
             lambda t: self._next(t, S.CANCELLED, error=reason, completed_at=now, deadline=None),
+            tenant,
         )
         self._emit("task.cancelled", task, reason=reason)
         return task

@@ -98,7 +98,7 @@ async def store(store_url: str) -> AsyncIterator[Store]:
     if store_url.startswith("postgresql"):
         conn = await asyncpg.connect(store_url)
         try:
-            await conn.execute("TRUNCATE agents, agent_capabilities, agent_tags, tasks")
+            await conn.execute("TRUNCATE agents, agent_capabilities, agent_tags, tasks, api_keys")
         finally:
             await conn.close()
     yield store

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from agentcore import apikeys
+from agentcore.apikeys import ApiKey
 from agentcore.errors import ConfigError, StoreUnavailable
 from agentcore.models import (
     Agent,
@@ -604,3 +608,67 @@ def test_open_store_refuses_unknown_urls(url: str) -> None:
 )
 def test_open_store_does_not_connect(url: str) -> None:
     open_store(url)
+
+
+# -- API keys -------------------------------------------------------------------
+#
+# The PostgreSQL leg shares one database across tests and the store fixture does
+# not empty ``api_keys``, so every test uses tenants and ids of its own.
+
+
+def make_key(tenant: str, *, name: str = "", created_at: float = 100.0) -> ApiKey:
+    _, key = apikeys.generate(
+        tenant=tenant,
+        scopes=["tasks:read", "agents:write"],
+        now=created_at,
+        name=name,
+        agent_id="agent-1",
+    )
+    return key
+
+
+def unique_tenant() -> str:
+    return f"tenant-{secrets.token_hex(4)}"
+
+
+async def test_api_key_round_trips(store: Store) -> None:
+    key = make_key(unique_tenant(), name="ci")
+
+    assert await store.put_api_key(key)
+    assert await store.get_api_key(key.id) == key
+    assert await store.get_api_key("000000000000") is None
+
+
+async def test_put_api_key_refuses_a_taken_id(store: Store) -> None:
+    key = make_key(unique_tenant())
+    assert await store.put_api_key(key)
+
+    other = msgspec.structs.replace(make_key(unique_tenant()), id=key.id)
+    assert not await store.put_api_key(other)
+    assert await store.get_api_key(key.id) == key
+
+
+async def test_list_api_keys_by_tenant_oldest_first(store: Store) -> None:
+    a, b = unique_tenant(), unique_tenant()
+    newer = make_key(a, created_at=300.0)
+    older = make_key(a, created_at=200.0)
+    theirs = make_key(b, created_at=100.0)
+    for key in (newer, older, theirs):
+        assert await store.put_api_key(key)
+
+    assert await store.list_api_keys(a) == [older, newer]
+    assert await store.list_api_keys(b) == [theirs]
+    everyone = [k.id for k in await store.list_api_keys(None)]
+    assert {older.id, newer.id, theirs.id} <= set(everyone)
+    assert everyone.index(theirs.id) < everyone.index(older.id) < everyone.index(newer.id)
+
+
+async def test_revoke_api_key_once(store: Store) -> None:
+    key = make_key(unique_tenant())
+    assert await store.put_api_key(key)
+
+    assert await store.revoke_api_key(key.id, 500.0)
+    assert not await store.revoke_api_key(key.id, 600.0)  # already revoked: time kept
+    assert not await store.revoke_api_key("000000000000", 600.0)
+    stored = await store.get_api_key(key.id)
+    assert stored == msgspec.structs.replace(key, revoked_at=500.0)

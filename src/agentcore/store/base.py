@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from agentcore.apikeys import ApiKey
 from agentcore.models import Agent, AgentQuery, Task, TaskQuery
 
 
@@ -74,3 +75,17 @@ class Store(Protocol):
 
     async def count_tasks(self) -> dict[str, int]:
         """Number of tasks by status."""
+
+    # -- API keys -------------------------------------------------------------
+
+    async def put_api_key(self, key: ApiKey) -> bool:
+        """Insert a new key; False (nothing written) when its id is taken."""
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        """The key, revoked or not."""
+
+    async def list_api_keys(self, tenant: str | None) -> list[ApiKey]:
+        """Keys of ``tenant`` (None: every tenant), revoked ones included, oldest first."""
+
+    async def revoke_api_key(self, key_id: str, now: float) -> bool:
+        """Set ``revoked_at`` to ``now`` (epoch s); False when unknown or already revoked."""

@@ -6,8 +6,9 @@ that SQLite (3.40+) and PostgreSQL share: ``ON CONFLICT``, ``RETURNING``,
 library's connection errors into :class:`~agentcore.errors.StoreUnavailable`.
 
 Columns duplicate the fields that are filtered or sorted on; the JSON columns
-(``agents.card``, ``agents.capabilities``, ``agents.tags``, ``tasks.body``)
-hold the rest, so a row decodes back into exactly the struct that was stored.
+(``agents.card``, ``agents.capabilities``, ``agents.tags``, ``tasks.body``,
+``api_keys.scopes``) hold the rest, so a row decodes back into exactly the
+struct that was stored.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from agentcore.apikeys import ApiKey
 from agentcore.errors import ConfigError
 from agentcore.models import (
     ACTIVE_TASK,
@@ -109,6 +111,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX tasks_agent_status ON tasks (agent_id, status)",
         "CREATE INDEX tasks_created_id ON tasks (created_at, id)",
     ),
+    (
+        """CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            agent_id TEXT,
+            hash TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            revoked_at DOUBLE PRECISION
+        )""",
+        "CREATE INDEX api_keys_tenant_created ON api_keys (tenant, created_at)",
+    ),
 )
 
 #: Key of the PostgreSQL advisory lock that serialises migrations ("agentcor").
@@ -168,6 +183,8 @@ _UPDATE_TASK = (
     "created_at = $7, updated_at = $8, deadline = $9, version = $10, body = $11 "
     "WHERE id = $1 AND version = $12"
 )
+
+_API_KEY_COLUMNS = "id, name, tenant, scopes, agent_id, hash, created_at, revoked_at"
 
 _card_decoder = msgspec.json.Decoder(AgentCard)
 _labels_decoder = msgspec.json.Decoder(list[str])
@@ -236,6 +253,19 @@ def _task_row(task: Task) -> tuple[Any, ...]:
 
 def _tasks(rows: list[Sequence[Any]]) -> list[Task]:
     return [_task_decoder.decode(row[0]) for row in rows]
+
+
+def _api_key(row: Sequence[Any]) -> ApiKey:
+    return ApiKey(
+        id=row[0],
+        name=row[1],
+        tenant=row[2],
+        scopes=_labels_decoder.decode(row[3]),
+        agent_id=row[4],
+        hash=row[5],
+        created_at=row[6],
+        revoked_at=row[7],
+    )
 
 
 class _Args(list[Any]):
@@ -431,6 +461,45 @@ class SqlStore:
 
     async def count_tasks(self) -> dict[str, int]:
         return _counts(await self._db.fetch("SELECT status, COUNT(*) FROM tasks GROUP BY status"))
+
+    # -- API keys -------------------------------------------------------------
+
+    async def put_api_key(self, key: ApiKey) -> bool:
+        changed = await self._db.execute(
+            f"INSERT INTO api_keys ({_API_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+            "ON CONFLICT (id) DO NOTHING",
+            key.id,
+            key.name,
+            key.tenant,
+            _json(key.scopes),
+            key.agent_id,
+            key.hash,
+            float(key.created_at),
+            None if key.revoked_at is None else float(key.revoked_at),
+        )
+        return changed > 0
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        rows = await self._db.fetch(
+            f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id
+        )
+        return _api_key(rows[0]) if rows else None
+
+    async def list_api_keys(self, tenant: str | None) -> list[ApiKey]:
+        args = _Args()
+        where = "" if tenant is None else f" WHERE tenant = {args(tenant)}"
+        rows = await self._db.fetch(
+            f"SELECT {_API_KEY_COLUMNS} FROM api_keys{where} ORDER BY created_at, id", *args
+        )
+        return [_api_key(row) for row in rows]
+
+    async def revoke_api_key(self, key_id: str, now: float) -> bool:
+        changed = await self._db.execute(
+            "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            key_id,
+            float(now),
+        )
+        return changed > 0
 
 
 async def _delete_labels(tx: Driver, agent_id: str) -> None:
