@@ -389,16 +389,18 @@ async def test_wrong_method_is_405_json(
     assert allowed in error["message"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: app.py renders MethodNotAllowed (routing.py:69) through error_response "
-    "without the Allow header RFC 9110 section 15.5.6 requires on a 405",
-    strict=True,
-)
 async def test_405_carries_the_allow_header(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/v1/jsonrpc")
 
     assert response.status_code == 405
     assert response.headers.get("allow") == "POST"
+
+
+async def test_head_is_answered_like_get(client: httpx.AsyncClient) -> None:
+    response = await client.head("/api/v1/health/live")
+
+    assert response.status_code == 200
+    assert response.content == b""
 
 
 async def test_unexpected_error_is_500_without_details(

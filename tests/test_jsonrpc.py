@@ -111,6 +111,13 @@ async def test_notification_answers_204_and_runs(client: httpx.AsyncClient) -> N
     assert agent["agent_id"] == "quiet"
 
 
+async def test_204_has_no_content_length(client: httpx.AsyncClient) -> None:
+    response = await post(client, notify("agent.list"))
+
+    assert response.status_code == 204
+    assert "content-length" not in response.headers
+
+
 async def test_failing_notification_is_still_silent(client: httpx.AsyncClient) -> None:
     for body in (notify("no.such.method"), notify("agent.get", {"agent_id": "missing"})):
         response = await post(client, body)
@@ -446,9 +453,10 @@ async def test_body_over_the_limit_is_413_json(small_limits: httpx.AsyncClient) 
 
     assert response.status_code == 413
     assert response.headers["content-type"] == "application/json"
-    error = response.json()["error"]
-    assert error["type"] == "payload_too_large"
-    assert "1024" in error["message"]
+    data = response.json()
+    assert (data["jsonrpc"], data["id"]) == ("2.0", None)  # the JSON-RPC envelope
+    assert data["error"]["code"] == -32600
+    assert "exceeds 1024 bytes" in data["error"]["message"]
 
 
 async def test_streamed_body_over_the_limit_is_413_without_content_length(
@@ -468,7 +476,7 @@ async def test_streamed_body_over_the_limit_is_413_without_content_length(
     response = await small_limits.send(request)
 
     assert response.status_code == 413
-    assert response.json()["error"]["type"] == "payload_too_large"
+    assert "exceeds 1024 bytes" in response.json()["error"]["message"]
     assert len(sent) < 10  # stopped reading once over the limit
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -9,6 +10,7 @@ import pytest
 
 from agentcore.app import Gateway
 from agentcore.clock import ManualClock
+from agentcore.jsonrpc import Context
 from tests.support import RpcError, agent_card, rpc
 
 CAPABILITY_OBJECTS = [
@@ -655,3 +657,78 @@ async def test_query_rejects_unknown_fields(client: httpx.AsyncClient) -> None:
     error = await rpc_error(client, "task.query", {"state": "pending"})
 
     assert (error.status, error.code) == (400, -32602)
+
+
+# -- tenants -------------------------------------------------------------------
+
+
+async def call_as(gateway: Gateway, tenant: str, method: str, params: dict[str, Any]) -> Any:
+    """Call through the dispatcher as a caller of ``tenant`` (what the auth layer sets)."""
+    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+    _, payload = await gateway.dispatcher.handle(body.encode(), Context(tenant=tenant))
+    assert payload is not None
+    return json.loads(payload)
+
+
+async def two_tenants(gateway: Gateway) -> str:
+    """Tenant "a" has agent "shared-id" with an assigned task; returns the task id."""
+    await call_as(gateway, "a", "agent.register", {"agent_card": agent_card("shared-id", "x")})
+    created = await call_as(
+        gateway, "a", "task.create", {"task_definition": {"required_capabilities": ["x"]}}
+    )
+    task_id: str = created["result"]["task_id"]
+    assert created["result"]["agent_id"] == "shared-id"
+    return task_id
+
+
+async def test_collections_are_per_tenant(gateway: Gateway) -> None:
+    await two_tenants(gateway)
+
+    for method in ("agent.list", "agent.discover"):
+        assert (await call_as(gateway, "b", method, {}))["result"]["agents"] == []
+    assert (await call_as(gateway, "b", "task.query", {}))["result"]["tasks"] == []
+    # Tenant b's task is not assigned to tenant a's agent.
+    created = await call_as(
+        gateway, "b", "task.create", {"task_definition": {"required_capabilities": ["x"]}}
+    )
+    assert created["result"]["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    ("method", "code"),
+    [
+        ("agent.get", -32001),
+        ("agent.ping", -32001),
+        ("agent.unregister", -32001),
+        ("task.get", -32002),
+        ("task.start", -32002),
+        ("task.cancel", -32002),
+    ],
+)
+async def test_another_tenants_objects_are_not_found(
+    gateway: Gateway, method: str, code: int
+) -> None:
+    task_id = await two_tenants(gateway)
+    params = {"agent_id": "shared-id"} if method.startswith("agent.") else {"task_id": task_id}
+
+    reply = await call_as(gateway, "b", method, params)
+
+    assert reply.get("error", {}).get("code") == code
+    assert (await call_as(gateway, "a", "task.get", {"task_id": task_id}))["result"][
+        "status"
+    ] == "assigned"
+
+
+async def test_override_cannot_take_another_tenants_agent(gateway: Gateway) -> None:
+    await two_tenants(gateway)
+
+    reply = await call_as(
+        gateway,
+        "b",
+        "agent.register",
+        {"agent_card": agent_card("shared-id", "evil"), "override_existing": True},
+    )
+
+    assert reply.get("error", {}).get("code") == -32006
+    listed = (await call_as(gateway, "a", "agent.list", {}))["result"]["agents"]
+    assert [a["capabilities"] for a in listed] == [["x"]]

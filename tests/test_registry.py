@@ -256,11 +256,6 @@ async def test_failed_registration_publishes_nothing(gateway: Gateway) -> None:
     assert await collect(subscription) == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: registry.py:171 publishes agent.inactive with DEFAULT_TENANT instead of the "
-    "agent's tenant (Store.expire_agents returns ids only)",
-    strict=True,
-)
 async def test_inactive_event_carries_the_agents_tenant(
     gateway: Gateway, clock: ManualClock
 ) -> None:

@@ -56,8 +56,8 @@ async def task_in(gateway: Gateway, clock: ManualClock, state: TaskStatus, retri
         if state is S.COMPLETED:
             await tasks.complete(task.task_id, result=None, artifacts=[])
     elif state is S.FAILED:
-        while (await tasks.fail(task.task_id, error="x")).status is not S.FAILED:
-            pass
+        for _ in range(retries + 1):  # each retry is reassigned to w1
+            await tasks.fail(task.task_id, error="x")
     task = await tasks.get(task.task_id)
     assert task.status is state
     return task
@@ -327,6 +327,22 @@ async def test_completed_task_never_times_out(gateway: Gateway, clock: ManualClo
 
     assert await gateway.tasks.expire_due() == []
     assert await status_of(gateway, task.task_id) is S.COMPLETED
+
+
+async def test_pending_tasks_are_assigned_highest_priority_then_oldest_first(
+    gateway: Gateway, clock: ManualClock
+) -> None:
+    low = await new_task(gateway, priority="low")
+    clock.advance(1)
+    high_old = await new_task(gateway, priority="high")
+    clock.advance(1)
+    high_new = await new_task(gateway, priority=8)
+    subscription = gateway.bus.subscribe(patterns=("task.assigned",))
+
+    await add_agent(gateway, "a", "work")
+
+    order = [e.data["task_id"] for e in await collect(subscription)]
+    assert order == [high_old.task_id, high_new.task_id, low.task_id]
 
 
 # -- agents going away ---------------------------------------------------------------

@@ -189,11 +189,11 @@ class Gateway:
 
     async def jsonrpc(self, request: Request) -> Response:
         limits = self.config.limits
-        body = await request.body(
-            limits.max_body_bytes_by_class.get("control", limits.max_body_bytes),
-            limits.read_timeout_s,
-        )
         try:
+            body = await request.body(
+                limits.max_body_bytes_by_class.get("control", limits.max_body_bytes),
+                limits.read_timeout_s,
+            )
             check_json_depth(body, limits.max_json_depth)
         except AgentCoreError as exc:
             if self.metrics is not None:

@@ -27,6 +27,7 @@ handler only ever ``raise``\\ s.
         ├── InvalidTransition       409  -32003  task state machine refused the change
         ├── NoCapableAgent          409  -32005  (only when a caller demands assignment)
         ├── AgentAlreadyExists      409  -32006  register without override_existing
+        ├── TaskAlreadyExists       409  -32008  task.create with an id in use
         ├── Forbidden               403  -32007  missing scope, or acting for another agent
         ├── Unauthorized            401  -32010  missing or invalid credentials
         ├── RequestTimeout          408  -32031  the body did not arrive in time
@@ -48,10 +49,17 @@ class AgentCoreError(Exception):
     code: ClassVar[int] = -32603
     title: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str = "", data: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        data: dict[str, Any] | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
         super().__init__(message or self.title.replace("_", " "))
         self.message = message or self.title.replace("_", " ")
         self.data = data
+        #: Extra HTTP response headers (e.g. ``Allow`` on 405).
+        self.headers = headers
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message, "type": self.title}
@@ -184,3 +192,9 @@ class HandlerTimeout(AgentCoreError):
     status = 503
     code = -32032
     title = "handler_timeout"
+
+
+class TaskAlreadyExists(ClientError):
+    status = 409
+    code = -32008
+    title = "task_already_exists"

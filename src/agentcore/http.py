@@ -16,6 +16,8 @@ from agentcore.errors import AgentCoreError, PayloadTooLarge, RequestTimeout
 from agentcore.types import Message, Receive, Scope, Send
 
 JSON = b"application/json"
+#: Statuses that carry neither a body nor Content-Length (RFC 9110 sections 6.4.1, 8.6).
+NO_BODY_STATUSES = frozenset({204, 304})
 _encoder = msgspec.json.Encoder()
 
 
@@ -99,14 +101,20 @@ class Response:
         self.headers = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [
-            (b"content-type", self.content_type),
-            (b"content-length", str(len(self.body)).encode()),
-        ]
+        if self.status in NO_BODY_STATUSES:
+            headers: list[tuple[bytes, bytes]] = []
+            body = b""
+        else:
+            headers = [
+                (b"content-type", self.content_type),
+                (b"content-length", str(len(self.body)).encode()),
+            ]
+            # HEAD: the headers GET would send, without the body.
+            body = b"" if scope.get("method") == "HEAD" else self.body
         if self.headers:
             headers.extend(self.headers)
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": self.body})
+        await send({"type": "http.response.body", "body": body})
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -115,7 +123,9 @@ def json_response(data: Any, status: int = 200) -> Response:
 
 def error_response(exc: AgentCoreError) -> Response:
     """The JSON error body every non-JSON-RPC route uses."""
-    return Response(exc.status, _encoder.encode({"error": exc.to_dict()}))
+    return Response(
+        exc.status, _encoder.encode({"error": exc.to_dict()}), headers=list(exc.headers) or None
+    )
 
 
 JSONRPC_PATH = "/api/v1/jsonrpc"

@@ -38,6 +38,9 @@ log = logging.getLogger("agentcore.jsonrpc")
 P = TypeVar("P")
 RpcId = int | float | str | None
 
+#: msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 inside a string.
+INVALID_UTF8 = "parse error: body is not valid UTF-8"
+
 
 class Empty(msgspec.Struct, forbid_unknown_fields=True):
     """Params of a method that takes none."""
@@ -119,6 +122,8 @@ class Method(Generic[P]):
             return self._decoder.decode(buf)
         except msgspec.ValidationError as exc:
             raise InvalidParams(f"invalid params: {safe_message(exc)}") from exc
+        except UnicodeDecodeError as exc:
+            raise ParseError(INVALID_UTF8) from exc
 
 
 _QUOTED = re.compile(r"(['`])([^'`]{48,})\1")
@@ -167,6 +172,8 @@ class Dispatcher:
             raise InvalidRequest(f"invalid request: {safe_message(exc)}") from exc
         except msgspec.DecodeError as exc:
             raise ParseError("parse error: body is not valid JSON") from exc
+        except UnicodeDecodeError as exc:
+            raise ParseError(INVALID_UTF8) from exc
 
     async def _handle_batch(self, buf: bytes, context: Context) -> tuple[int, bytes | None]:
         try:
@@ -219,5 +226,5 @@ def _require_json(buf: bytes, exc: Exception) -> None:
     """A typed decode can fail on a type before reaching malformed JSON; prefer -32700."""
     try:
         msgspec.json.decode(buf)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise ParseError("parse error: body is not valid JSON") from exc

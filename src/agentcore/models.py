@@ -18,8 +18,10 @@ Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@
 Name = Annotated[str, Meta(min_length=1, max_length=256)]
 Text = Annotated[str, Meta(max_length=8192)]
 Label = Annotated[str, Meta(min_length=1, max_length=128)]
-Limit = Annotated[int, Meta(ge=1)]
-Offset = Annotated[int, Meta(ge=0)]
+#: The stores' integers are signed 64-bit; a larger page bound cannot reach the database.
+MAX_INT64 = 2**63 - 1
+Limit = Annotated[int, Meta(ge=1, le=MAX_INT64)]
+Offset = Annotated[int, Meta(ge=0, le=MAX_INT64)]
 PriorityInt = Annotated[int, Meta(ge=1, le=10)]
 PriorityName = Literal["low", "normal", "high", "critical"]
 

@@ -176,9 +176,9 @@ class Registry:
         await self.flush()
         now = self._clock()
         expired = await self._store.expire_agents(now - self._config.heartbeat_ttl_s, now)
-        for agent_id in expired:
+        for agent_id, tenant in expired:
             self._active_until.pop(agent_id, None)
-            self._emit("agent.inactive", agent_id, DEFAULT_TENANT)
+            self._emit("agent.inactive", agent_id, tenant)
             if self.on_unavailable is not None:
                 await self.on_unavailable(agent_id)
-        return expired
+        return [agent_id for agent_id, _ in expired]

@@ -63,9 +63,16 @@ class Router:
             else:
                 raise NotFound(f"no route for {path[:200]}")
         handler = route.handlers.get(method)
+        if handler is None and method == "HEAD":
+            handler = route.handlers.get("GET")
         if handler is None:
-            allowed = ", ".join(sorted(route.handlers))
-            raise MethodNotAllowed(f"{method} not allowed on {route.path}; allowed: {allowed}")
+            allowed = ", ".join(
+                sorted({*route.handlers, *(["HEAD"] if "GET" in route.handlers else [])})
+            )
+            raise MethodNotAllowed(
+                f"{method[:20]} not allowed on {route.path}; allowed: {allowed}",
+                headers=((b"allow", allowed.encode()),),
+            )
         return route, handler, params
 
     def routes(self) -> list[Route]:

@@ -27,7 +27,7 @@ import msgspec
 
 from agentcore.clock import Clock
 from agentcore.config import TasksConfig
-from agentcore.errors import Forbidden, InvalidTransition, TaskNotFound
+from agentcore.errors import Forbidden, InvalidTransition, TaskAlreadyExists, TaskNotFound
 from agentcore.events.base import Event, EventBus
 from agentcore.models import (
     DEFAULT_TENANT,
@@ -124,7 +124,7 @@ class TaskService:
             version=1,
         )
         if not await self._store.insert_task(task):
-            raise InvalidTransition(
+            raise TaskAlreadyExists(
                 f"task {task.task_id!r} already exists", data={"task_id": task.task_id}
             )
         self._emit("task.created", task, type=task.type, priority=task.priority)

@@ -289,7 +289,7 @@ async def test_expire_agents_marks_stale_active_agents_inactive(store: Store) ->
     await store.put_agent(
         make_agent("gone", last_seen=1.0, status=AgentStatus.INACTIVE), replace=False
     )
-    assert await store.expire_agents(cutoff=50.0, now=100.0) == ["stale"]
+    assert await store.expire_agents(cutoff=50.0, now=100.0) == [("stale", "default")]
     stale = await store.get_agent("stale")
     assert stale is not None
     assert (stale.status, stale.updated_at, stale.last_seen) == (
@@ -299,7 +299,10 @@ async def test_expire_agents_marks_stale_active_agents_inactive(store: Store) ->
     )
     gone = await store.get_agent("gone")
     assert gone is not None and gone.updated_at == 20.0
-    assert sorted(await store.expire_agents(cutoff=95.0, now=101.0)) == ["edge", "fresh"]
+    assert sorted(await store.expire_agents(cutoff=95.0, now=101.0)) == [
+        ("edge", "default"),
+        ("fresh", "default"),
+    ]
     assert await store.expire_agents(cutoff=1000.0, now=102.0) == []
 
 

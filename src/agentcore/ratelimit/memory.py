@@ -14,15 +14,17 @@ class MemoryRateLimiter:
 
     def __init__(self, clock: Clock = system_clock, prune_threshold: int = PRUNE_THRESHOLD) -> None:
         self._clock = clock
-        self._tats: dict[str, float] = {}
+        #: TAT per (limit name, key): one identity is counted apart per limit.
+        self._tats: dict[tuple[str, str], float] = {}
         self._prune_threshold = prune_threshold
 
     def hit_now(self, key: str, limit: Limit, cost: int = 1) -> Decision:
         """The synchronous check; :meth:`hit` wraps it (no await between read and write)."""
         now = self._clock()
-        decision, new_tat = gcra(self._tats.get(key, now), now, limit, cost)
+        slot = (limit.name, key)
+        decision, new_tat = gcra(self._tats.get(slot, now), now, limit, cost)
         if new_tat is not None:
-            self._tats[key] = new_tat
+            self._tats[slot] = new_tat
             if len(self._tats) > self._prune_threshold:
                 self._prune(now)
         return decision
@@ -38,7 +40,9 @@ class MemoryRateLimiter:
         return len(self._tats)
 
     async def reset(self, key: str) -> None:
-        self._tats.pop(key, None)
+        """Give ``key`` its whole quota back under every limit."""
+        for slot in [s for s in self._tats if s[1] == key]:
+            del self._tats[slot]
 
     async def close(self) -> None:
         self._tats.clear()

@@ -41,11 +41,21 @@ return {1, remaining, tostring(new_tat - now), '0'}
 """
 
 
+#: Connections per worker. A check past this many at once waits for a free
+#: connection (up to POOL_WAIT_S) instead of failing: a failed check fails open,
+#: so a plain pool (which raises "Too many connections") would let a burst through.
+POOL_SIZE = 64
+POOL_WAIT_S = 5.0
+
+
 class RedisRateLimiter:
     shared = True
 
     def __init__(self, url: str, *, prefix: str = "agentcore:rl:") -> None:
-        self._client: aioredis.Redis = aioredis.Redis.from_url(url)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S
+        )
+        self._client: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._prefix = prefix
         self._script = self._client.register_script(GCRA_LUA)
 

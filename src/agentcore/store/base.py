@@ -45,8 +45,8 @@ class Store(Protocol):
     async def touch_agents(self, beats: Sequence[tuple[str, float]]) -> None:
         """Batch heartbeat: set ``last_seen`` (epoch s) and reactivate inactive agents."""
 
-    async def expire_agents(self, cutoff: float, now: float) -> list[str]:
-        """Mark active agents last seen before ``cutoff`` inactive; return their ids."""
+    async def expire_agents(self, cutoff: float, now: float) -> list[tuple[str, str]]:
+        """Mark active agents last seen before ``cutoff`` inactive; return (id, tenant) of each."""
 
     async def count_agents(self) -> dict[str, int]:
         """Number of agents by status."""

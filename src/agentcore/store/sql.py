@@ -378,16 +378,16 @@ class SqlStore:
                 [(agent_id, float(ts), inactive, active) for agent_id, ts in beats],
             )
 
-    async def expire_agents(self, cutoff: float, now: float) -> list[str]:
+    async def expire_agents(self, cutoff: float, now: float) -> list[tuple[str, str]]:
         rows = await self._db.fetch(
             "UPDATE agents SET status = $3, updated_at = $2 "
-            "WHERE status = $4 AND last_seen < $1 RETURNING id",
+            "WHERE status = $4 AND last_seen < $1 RETURNING id, tenant",
             float(cutoff),
             float(now),
             str(AgentStatus.INACTIVE),
             str(AgentStatus.ACTIVE),
         )
-        return [row[0] for row in rows]
+        return [(row[0], row[1]) for row in rows]
 
     async def count_agents(self) -> dict[str, int]:
         return _counts(await self._db.fetch("SELECT status, COUNT(*) FROM agents GROUP BY status"))
