@@ -384,8 +384,12 @@ async def test_wrong_method_is_405_json(
 
     assert response.status_code == 405
     assert response.headers["content-type"] == "application/json"
-    error = response.json()["error"]
-    assert error["type"] == "method_not_allowed"
+    body = response.json()
+    error = body["error"]
+    if path == "/api/v1/jsonrpc":  # the JSON-RPC path answers in the JSON-RPC envelope
+        assert (body["jsonrpc"], body["id"], error["code"]) == ("2.0", None, -32600)
+    else:
+        assert error["type"] == "method_not_allowed"
     assert allowed in error["message"]
 
 

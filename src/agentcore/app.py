@@ -197,7 +197,8 @@ class Gateway:
             check_json_depth(body, limits.max_json_depth)
         except AgentCoreError as exc:
             if self.metrics is not None:
-                self.metrics.rejected.labels("json_too_deep").inc()
+                # Too large, too slow, else (InvalidRequest) too deep.
+                self.metrics.rejected.labels(REJECTED.get(type(exc), "json_too_deep")).inc()
             return Response(exc.status, self.dispatcher.error_body(exc))
         identity: Identity = request.scope.get(IDENTITY, ANONYMOUS)
         context = Context(
@@ -268,13 +269,14 @@ class Gateway:
             reason = REJECTED.get(type(exc))
             if reason is not None and metrics is not None:
                 metrics.rejected.labels(reason).inc()
-            response = error_response(exc)
+            response = error_response(exc, scope["path"])
         except TimeoutError:
             timeout = self.config.limits.handler_timeout_s
             if metrics is not None:
                 metrics.rejected.labels("handler_timeout").inc()
             response = error_response(
-                HandlerTimeout(f"the request took longer than {timeout:g} s to handle")
+                HandlerTimeout(f"the request took longer than {timeout:g} s to handle"),
+                scope["path"],
             )
         except Exception:
             log.exception("unhandled error on %s %s", method, scope["path"])

@@ -121,14 +121,20 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(status, _encoder.encode(data))
 
 
-def error_response(exc: AgentCoreError) -> Response:
-    """The JSON error body every non-JSON-RPC route uses."""
-    return Response(
-        exc.status, _encoder.encode({"error": exc.to_dict()}), headers=list(exc.headers) or None
-    )
-
-
 JSONRPC_PATH = "/api/v1/jsonrpc"
+
+
+def error_response(exc: AgentCoreError, path: str | None = None) -> Response:
+    """The JSON error response: a JSON-RPC error object (id null) on the JSON-RPC
+    path, ``{"error": {"code", "message", "type", "data"?}}`` everywhere else."""
+    if path == JSONRPC_PATH:
+        error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if exc.data:
+            error["data"] = exc.data
+        body = _encoder.encode({"jsonrpc": "2.0", "error": error, "id": None})
+    else:
+        body = _encoder.encode({"error": exc.to_dict()})
+    return Response(exc.status, body, headers=list(exc.headers) or None)
 
 
 async def reject(
@@ -137,26 +143,10 @@ async def reject(
     exc: AgentCoreError,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Answer a request refused before it reached its handler (middleware).
-
-    On the JSON-RPC endpoint the body is a JSON-RPC error object (id null, the
-    request was not read); elsewhere the plain JSON error body.
-    """
-    if scope.get("path") == JSONRPC_PATH:
-        body = _encoder.encode(
-            {
-                "jsonrpc": "2.0",
-                "error": {
-                    "code": exc.code,
-                    "message": exc.message,
-                    **({"data": exc.data} if exc.data else {}),
-                },
-                "id": None,
-            }
-        )
-    else:
-        body = _encoder.encode({"error": exc.to_dict()})
-    response = Response(exc.status, body, headers=headers)
+    """Answer a request refused before it reached its handler (middleware)."""
+    response = error_response(exc, scope.get("path"))
+    if headers:
+        response.headers = [*(response.headers or ()), *headers]
     await response(scope, _no_receive, send)
 
 

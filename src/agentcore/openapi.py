@@ -116,7 +116,8 @@ def openapi_document(methods: list[Method[Any]]) -> dict[str, Any]:
                     "400": _json(failure, "parse error, invalid request or invalid params"),
                     "404": _json(failure, "unknown method, agent or task"),
                     "409": _json(failure, "invalid state transition or conflict"),
-                    "413": _json(ERROR, "body too large"),
+                    "413": _json(failure, "body too large"),
+                    "429": _json(failure, "over the client's rate limit; see Retry-After"),
                 },
             }
         },

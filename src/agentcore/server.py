@@ -116,5 +116,8 @@ def serve(config: Config) -> None:
         ws_per_message_deflate=False,
         backlog=4096,
         server_header=False,
+        # The client address is the socket peer; X-Forwarded-For is the gateway's
+        # own business (server.trusted_proxies), never uvicorn's.
+        proxy_headers=False,
         date_header=False,
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import get_args
 
 from agentcore.auth import IDENTITY, Identity
 from agentcore.config import RateLimitConfig
@@ -27,7 +28,7 @@ from agentcore.http import reject
 from agentcore.metrics import Metrics
 from agentcore.proxies import TrustedProxies
 from agentcore.ratelimit.base import Decision, Limit, RateLimiter
-from agentcore.routing import route_class
+from agentcore.routing import RouteClass, route_class
 from agentcore.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("agentcore.ratelimit")
@@ -49,9 +50,11 @@ class RateLimitMiddleware:
         self.proxies = proxies
         self._metrics = metrics
         self._default = Limit("default", config.rate, config.burst)
+        # Every class has its own quota, at the default rate unless configured.
         self._classes: dict[str, Limit] = {
-            k: Limit(k, v.rate, v.burst) for k, v in config.classes.items()
+            k: Limit(k, config.rate, config.burst) for k in get_args(RouteClass)
         }
+        self._classes.update({k: Limit(k, v.rate, v.burst) for k, v in config.classes.items()})
         self._tenants = {
             k: Limit(f"tenant-{k}", v.rate, v.burst) for k, v in config.tenants.items()
         }

@@ -46,6 +46,8 @@ return {1, remaining, tostring(new_tat - now), '0'}
 #: so a plain pool (which raises "Too many connections") would let a burst through.
 POOL_SIZE = 64
 POOL_WAIT_S = 5.0
+#: A hung Redis delays a request by at most this much before the check fails open.
+SOCKET_TIMEOUT_S = 0.5
 
 
 class RedisRateLimiter:
@@ -53,7 +55,11 @@ class RedisRateLimiter:
 
     def __init__(self, url: str, *, prefix: str = "agentcore:rl:") -> None:
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S
+            url,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT_S,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
         )
         self._client: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._prefix = prefix

@@ -1,0 +1,199 @@
+"""Security headers on every response, and CORS with an explicit allow-list (none by default)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from agentcore.app import Gateway
+from agentcore.security import SecurityMiddleware
+from agentcore.types import Message, Receive, Scope, Send
+from tests.support import gateway_client, make_config
+
+JSONRPC = "/api/v1/jsonrpc"
+LIST = {"jsonrpc": "2.0", "method": "agent.list", "params": {}, "id": 1}
+APP_ORIGIN = "https://app.example.com"
+BASE = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+HSTS = "strict-transport-security"
+CORS = (
+    "access-control-allow-origin",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+)
+
+
+async def responses(client: httpx.AsyncClient) -> dict[str, httpx.Response]:
+    """A 200, 404s, a 405 and a 429 from one gateway (burst of 3: the 405 counts too)."""
+    return {
+        "200": await client.get("/api/v1/health"),
+        "404": await client.get("/no/such/route"),
+        "405": await client.get(JSONRPC),
+        "jsonrpc-404": await client.post(JSONRPC, json={**LIST, "method": "no.such"}),
+        "jsonrpc-200": await client.post(JSONRPC, json=LIST),
+        "429": await client.post(JSONRPC, json=LIST),
+    }
+
+
+def expect(found: dict[str, httpx.Response]) -> None:
+    assert {k: r.status_code for k, r in found.items()} == {
+        "200": 200,
+        "404": 404,
+        "405": 405,
+        "jsonrpc-404": 404,
+        "jsonrpc-200": 200,
+        "429": 429,
+    }
+
+
+async def test_security_headers_on_every_response() -> None:
+    config = make_config(rate_limit={"rate": 0.001, "burst": 3})
+    async with gateway_client(config) as (_, client):
+        found = await responses(client)
+
+    expect(found)
+    for name, response in found.items():
+        for header, value in BASE.items():
+            assert response.headers.get(header) == value, (name, header)
+        assert HSTS not in response.headers, name
+        assert not any(h in response.headers for h in CORS), name
+
+
+async def test_hsts_only_when_configured() -> None:
+    config = make_config(server={"hsts": True}, rate_limit={"rate": 0.001, "burst": 3})
+    async with gateway_client(config) as (_, client):
+        found = await responses(client)
+
+    expect(found)
+    for response in found.values():
+        assert response.headers[HSTS] == "max-age=63072000; includeSubDomains"
+        assert response.headers["x-frame-options"] == "DENY"
+
+
+async def test_security_headers_on_refused_bodies() -> None:
+    """Headers come from the outermost layer, so even middleware refusals carry them."""
+    config = make_config(limits={"max_body_bytes": 10})
+    async with gateway_client(config) as (_, client):
+        too_large = await client.post(JSONRPC, json=LIST)
+
+    assert too_large.status_code == 413
+    assert too_large.headers["x-content-type-options"] == "nosniff"
+
+
+# -- CORS ------------------------------------------------------------------------------
+
+
+def preflight(origin: str, path: str = JSONRPC) -> dict[str, Any]:
+    return {
+        "method": "OPTIONS",
+        "url": path,
+        "headers": {
+            "origin": origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type, authorization",
+        },
+    }
+
+
+async def test_preflight_from_an_allowed_origin_is_204() -> None:
+    config = make_config(server={"cors_allow_origins": [APP_ORIGIN, "http://localhost:3000"]})
+    async with gateway_client(config) as (_, client):
+        response = await client.request(**preflight(APP_ORIGIN))
+        other = await client.request(**preflight("http://localhost:3000"))
+
+    assert response.status_code == 204
+    assert response.content == b""
+    assert response.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert response.headers["vary"] == "Origin"
+    methods = {m.strip() for m in response.headers["access-control-allow-methods"].split(",")}
+    assert {"GET", "POST", "OPTIONS"} <= methods
+    allowed = {h.strip() for h in response.headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "content-type", "x-api-key"} <= allowed
+    assert response.headers["access-control-max-age"] == "600"
+    assert "access-control-allow-credentials" not in response.headers
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert other.status_code == 204
+    assert other.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://evil.example.com",
+        "https://app.example.com.evil.example.com",
+        "http://app.example.com",  # another scheme is another origin
+        "https://APP.example.com",  # origins are compared exactly
+        "null",
+    ],
+)
+async def test_preflight_from_another_origin_is_403(origin: str) -> None:
+    config = make_config(server={"cors_allow_origins": [APP_ORIGIN]})
+    async with gateway_client(config) as (_, client):
+        response = await client.request(**preflight(origin))
+
+    assert response.status_code == 403
+    assert response.json()["jsonrpc"] == "2.0"  # refused on the JSON-RPC path
+    assert response.json()["error"]["code"] == -32007
+    assert not any(h in response.headers for h in CORS)
+    assert response.headers["x-frame-options"] == "DENY"
+
+
+async def test_simple_request_from_an_allowed_origin_gets_the_allow_origin_header() -> None:
+    config = make_config(server={"cors_allow_origins": [APP_ORIGIN]})
+    async with gateway_client(config) as (_, client):
+        allowed = await client.post(JSONRPC, json=LIST, headers={"origin": APP_ORIGIN})
+        other = await client.post(JSONRPC, json=LIST, headers={"origin": "https://evil.example"})
+        no_origin = await client.post(JSONRPC, json=LIST)
+
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert allowed.headers["vary"] == "Origin"
+    # Not a preflight: the request is served, but the browser gets no CORS grant.
+    assert other.status_code == 200
+    assert "access-control-allow-origin" not in other.headers
+    assert "access-control-allow-origin" not in no_origin.headers
+
+
+async def test_no_cors_by_default(client: httpx.AsyncClient) -> None:
+    simple = await client.post(JSONRPC, json=LIST, headers={"origin": APP_ORIGIN})
+    options = await client.request(**preflight(APP_ORIGIN))
+
+    assert simple.status_code == 200
+    assert options.status_code != 204
+    for response in (simple, options):
+        assert not any(h in response.headers for h in CORS)
+        assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_preflight_is_answered_before_authentication_and_rate_limits() -> None:
+    config = make_config(
+        server={"cors_allow_origins": [APP_ORIGIN]}, rate_limit={"rate": 0.001, "burst": 1}
+    )
+    async with gateway_client(config) as (_, client):
+        statuses = [(await client.request(**preflight(APP_ORIGIN))).status_code for _ in range(3)]
+
+    assert statuses == [204, 204, 204]
+
+
+async def test_websocket_scopes_pass_through_untouched(gateway: Gateway) -> None:
+    sent: list[Message] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept", "headers": []})
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    middleware = SecurityMiddleware(inner, cors_origins=[APP_ORIGIN], hsts=True)
+    scope: Scope = {"type": "websocket", "path": "/ws", "headers": [(b"origin", b"https://x")]}
+    await middleware(scope, receive, send)
+
+    assert sent == [{"type": "websocket.accept", "headers": []}]
