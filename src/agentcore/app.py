@@ -33,6 +33,7 @@ from agentcore.errors import (
     RequestTimeout,
     StoreUnavailable,
 )
+from agentcore.events.log import EventLog
 from agentcore.events.memory import MemoryEventBus
 from agentcore.http import Request, Response, error_response, json_response
 from agentcore.jsonrpc import Context, Dispatcher
@@ -57,6 +58,8 @@ log = logging.getLogger("agentcore")
 API = "/api/v1"
 #: Seconds a database health check result is reused.
 HEALTH_CACHE_S = 1.0
+#: Seconds shutdown waits for background tasks before cancelling them.
+SHUTDOWN_GRACE_S = 10.0
 #: Errors counted in agentcore_rejected_total, by reason.
 REJECTED: dict[type[AgentCoreError], str] = {
     PayloadTooLarge: "body_too_large",
@@ -83,9 +86,11 @@ class Gateway:
             pool_max_size=config.database.pool_max_size,
         )
         self.metrics = Metrics(metrics_dir) if config.metrics.enabled else None
+        #: The in-process hub every stream subscribes to; fed by the event log.
         self.bus = MemoryEventBus(config.events.subscriber_queue_size)
-        self.registry = Registry(self.store, self.bus, config.registry, clock)
-        self.tasks = TaskService(self.store, self.bus, config.tasks, clock)
+        self.events = EventLog(self.store, self.bus, config.events, clock)
+        self.registry = Registry(self.store, self.events, config.registry, clock)
+        self.tasks = TaskService(self.store, self.events, config.tasks, clock)
         self.registry.on_available = self.tasks.on_agent_available
         self.registry.on_unavailable = self.tasks.on_agent_unavailable
         self.methods = build_methods(self.registry, self.tasks, config.tasks.max_page_size)
@@ -114,6 +119,8 @@ class Gateway:
         )
         self.started_at = time.monotonic()
         self._stop = asyncio.Event()
+        #: Background tasks owned by the lifespan: started by startup(), ended by shutdown().
+        self._background: set[asyncio.Task[None]] = set()
         self._static: dict[str, bytes] = {}
         self._health: tuple[float, dict[str, Any]] | None = None
 
@@ -297,12 +304,8 @@ class Gateway:
             log.exception("startup failed")
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
-        async with asyncio.TaskGroup() as group:
-            for loop in self._loops():
-                group.create_task(loop)
-            await send({"type": "lifespan.startup.complete"})
-            await receive()  # lifespan.shutdown
-            self._stop.set()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
         await self.shutdown()
         await send({"type": "lifespan.shutdown.complete"})
 
@@ -315,6 +318,11 @@ class Gateway:
         if self.metrics is not None:
             events = self.metrics.events
             self.bus.on_publish = lambda event: events.labels(event.type).inc()
+        self.events.open()
+        for job in self._loops():
+            task = asyncio.create_task(job)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         await self.tasks.assign_pending()
         rate_limit = self._rate_limit_status()
         if "warning" in rate_limit:
@@ -329,6 +337,12 @@ class Gateway:
         self._stop.set()
         with contextlib.suppress(StoreUnavailable):
             await self.registry.flush()
+        await self.events.close()  # the writer commits what is queued, then returns
+        if self._background:
+            _, pending = await asyncio.wait(self._background, timeout=SHUTDOWN_GRACE_S)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         await self.bus.close()
         await self.limiter.close()
         await self.store.close()
@@ -339,6 +353,8 @@ class Gateway:
             self._every(cfg.heartbeat_flush_interval_s, self.registry.flush),
             self._every(cfg.sweep_interval_s, self.registry.sweep),
             self._every(cfg.sweep_interval_s, self.tasks.expire_due),
+            self._every(self.config.events.trim_interval_s, self.events.trim),
+            self.events.run(),
         ]
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[object]]) -> None:

@@ -87,8 +87,18 @@ class TasksConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 
 
 class EventsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    #: Capacity of each subscriber queue of the in-process event bus.
+    #: Capacity of each internal subscriber queue of the in-process hub.
     subscriber_queue_size: int = 10_000
+    #: Events waiting for the log writer; past it publishers wait (back-pressure).
+    writer_queue_size: int = 10_000
+    #: Most events committed in one transaction.
+    batch_max: int = 1_000
+    #: Events kept for replay: the newest this many...
+    retention_count: int = 1_000_000
+    #: ...and none older than this (seconds).
+    retention_s: float = 7 * 24 * 3600.0
+    #: How often old events are trimmed.
+    trim_interval_s: float = 60.0
 
 
 class LimitsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -253,7 +263,15 @@ def _check(config: Config) -> None:
     positive("registry.sweep_interval_s", config.registry.sweep_interval_s)
     positive("limits.max_body_bytes", config.limits.max_body_bytes)
     positive("limits.max_batch_size", config.limits.max_batch_size)
-    positive("events.subscriber_queue_size", config.events.subscriber_queue_size)
+    for key in (
+        "subscriber_queue_size",
+        "writer_queue_size",
+        "batch_max",
+        "retention_count",
+        "retention_s",
+        "trim_interval_s",
+    ):
+        positive(f"events.{key}", getattr(config.events, key))
     positive("tasks.max_page_size", config.tasks.max_page_size)
     positive("limits.max_json_depth", config.limits.max_json_depth)
     positive("limits.max_in_flight", config.limits.max_in_flight)

@@ -22,6 +22,7 @@ from agentcore.models import (
     Id,
     Label,
     Limit,
+    NamePattern,
     Offset,
     Task,
     TaskDefinition,
@@ -55,7 +56,7 @@ class DiscoverParams(_Params, kw_only=True):
     capabilities: Annotated[list[Label], Meta(max_length=64)] = []
     tags: Annotated[list[Label], Meta(max_length=64)] = []
     status: AgentStatus | None = None
-    name_pattern: Annotated[str, Meta(max_length=256)] | None = None
+    name_pattern: NamePattern | None = None
     limit: Limit = 100
     offset: Offset = 0
 

@@ -14,10 +14,16 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
-Name = Annotated[str, Meta(min_length=1, max_length=256)]
+#: ``(?!\n)``: msgspec matches with Python's ``re``, whose ``$`` also matches before a
+#: final newline; the ECMA 262 ``$`` of JSON Schema (and of /openapi.json) does not.
+Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$(?!\n)")]
+#: No U+0000: names and labels are stored in TEXT columns, and PostgreSQL refuses it there.
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, Meta(min_length=1, max_length=256, pattern=NO_NUL)]
 Text = Annotated[str, Meta(max_length=8192)]
-Label = Annotated[str, Meta(min_length=1, max_length=128)]
+Label = Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_NUL)]
+#: Glob on agent names, ``*`` and ``?`` wildcards, case-insensitive.
+NamePattern = Annotated[str, Meta(max_length=256, pattern=NO_NUL)]
 #: The stores' integers are signed 64-bit; a larger page bound cannot reach the database.
 MAX_INT64 = 2**63 - 1
 Limit = Annotated[int, Meta(ge=1, le=MAX_INT64)]
@@ -103,7 +109,7 @@ class AgentQuery(_Wire, kw_only=True, forbid_unknown_fields=True):
     tags: list[Label] = []
     status: AgentStatus | None = None
     #: Glob on the name, ``*`` and ``?`` wildcards, case-insensitive.
-    name_pattern: Annotated[str, Meta(max_length=256)] | None = None
+    name_pattern: NamePattern | None = None
     tenant: str | None = None
     limit: Limit = 100
     offset: Offset = 0

@@ -19,7 +19,7 @@ import msgspec
 from agentcore.clock import Clock
 from agentcore.config import RegistryConfig
 from agentcore.errors import AgentAlreadyExists, AgentNotFound
-from agentcore.events.base import Event, EventBus
+from agentcore.events.base import Publisher
 from agentcore.models import DEFAULT_TENANT, Agent, AgentCard, AgentQuery, AgentStatus
 from agentcore.store.base import Store
 
@@ -35,9 +35,11 @@ class PingResult(msgspec.Struct, kw_only=True):
 
 
 class Registry:
-    def __init__(self, store: Store, bus: EventBus, config: RegistryConfig, clock: Clock) -> None:
+    def __init__(
+        self, store: Store, events: Publisher, config: RegistryConfig, clock: Clock
+    ) -> None:
         self._store = store
-        self._bus = bus
+        self._events = events
         self._config = config
         self._clock = clock
         #: Heartbeats not yet written: agent id -> epoch seconds.
@@ -49,15 +51,9 @@ class Registry:
         self.on_available: AgentHook | None = None
         self.on_unavailable: AgentHook | None = None
 
-    def _emit(self, event_type: str, agent_id: str, tenant: str, **data: object) -> None:
-        self._bus.publish(
-            Event(
-                type=event_type,
-                timestamp=self._clock(),
-                tenant=tenant,
-                source="registry",
-                data={"agent_id": agent_id, **data},
-            )
+    async def _emit(self, event_type: str, agent_id: str, tenant: str, **data: object) -> None:
+        await self._events.publish(
+            event_type, {"agent_id": agent_id, **data}, tenant=tenant, source="registry"
         )
 
     async def register(
@@ -89,7 +85,7 @@ class Registry:
             )
         self._beats.pop(agent_id, None)
         self._active_until[agent_id] = (now + self._config.agent_cache_ttl_s, tenant)
-        self._emit(
+        await self._emit(
             "agent.registered", agent_id, tenant, name=agent.name, capabilities=agent.capabilities
         )
         if self.on_available is not None:
@@ -140,7 +136,7 @@ class Registry:
             raise AgentNotFound(f"agent {agent_id!r} not found")
         if agent.status is AgentStatus.INACTIVE:
             await self._store.touch_agents([(agent_id, now)])
-            self._emit("agent.active", agent_id, agent.tenant)
+            await self._emit("agent.active", agent_id, agent.tenant)
             if self.on_available is not None:
                 await self.on_available(agent_id)
         self._active_until[agent_id] = (now + self._config.agent_cache_ttl_s, agent.tenant)
@@ -153,7 +149,7 @@ class Registry:
             raise AgentNotFound(f"agent {agent_id!r} not found")
         self._beats.pop(agent_id, None)
         self._active_until.pop(agent_id, None)
-        self._emit("agent.unregistered", agent_id, agent.tenant)
+        await self._emit("agent.unregistered", agent_id, agent.tenant)
         if self.on_unavailable is not None:
             await self.on_unavailable(agent_id)
 
@@ -178,7 +174,7 @@ class Registry:
         expired = await self._store.expire_agents(now - self._config.heartbeat_ttl_s, now)
         for agent_id, tenant in expired:
             self._active_until.pop(agent_id, None)
-            self._emit("agent.inactive", agent_id, tenant)
+            await self._emit("agent.inactive", agent_id, tenant)
             if self.on_unavailable is not None:
                 await self.on_unavailable(agent_id)
         return [agent_id for agent_id, _ in expired]

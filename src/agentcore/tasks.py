@@ -28,7 +28,7 @@ import msgspec
 from agentcore.clock import Clock
 from agentcore.config import TasksConfig
 from agentcore.errors import Forbidden, InvalidTransition, TaskAlreadyExists, TaskNotFound
-from agentcore.events.base import Event, EventBus
+from agentcore.events.base import Publisher
 from agentcore.models import (
     DEFAULT_TENANT,
     AgentQuery,
@@ -66,26 +66,23 @@ def check_transition(task: Task, target: TaskStatus) -> None:
 
 
 class TaskService:
-    def __init__(self, store: Store, bus: EventBus, config: TasksConfig, clock: Clock) -> None:
+    def __init__(self, store: Store, events: Publisher, config: TasksConfig, clock: Clock) -> None:
         self._store = store
-        self._bus = bus
+        self._events = events
         self._config = config
         self._clock = clock
 
-    def _emit(self, event_type: str, task: Task, **data: object) -> None:
-        self._bus.publish(
-            Event(
-                type=event_type,
-                timestamp=self._clock(),
-                tenant=task.tenant,
-                source="tasks",
-                data={
-                    "task_id": task.task_id,
-                    "status": task.status.value,
-                    "agent_id": task.agent_id,
-                    **data,
-                },
-            )
+    async def _emit(self, event_type: str, task: Task, **data: object) -> None:
+        await self._events.publish(
+            event_type,
+            {
+                "task_id": task.task_id,
+                "status": task.status.value,
+                "agent_id": task.agent_id,
+                **data,
+            },
+            tenant=task.tenant,
+            source="tasks",
         )
 
     # -- reads ----------------------------------------------------------------
@@ -127,7 +124,7 @@ class TaskService:
             raise TaskAlreadyExists(
                 f"task {task.task_id!r} already exists", data={"task_id": task.task_id}
             )
-        self._emit("task.created", task, type=task.type, priority=task.priority)
+        await self._emit("task.created", task, type=task.type, priority=task.priority)
         assigned = await self._try_assign(task)
         return assigned or task
 
@@ -155,7 +152,7 @@ class TaskService:
         updated = self._next(task, S.ASSIGNED, agent_id=agent_id, deadline=deadline)
         if not await self._store.update_task(updated):
             return None  # someone else assigned or cancelled it meanwhile
-        self._emit("task.assigned", updated)
+        await self._emit("task.assigned", updated)
         return updated
 
     async def assign_pending(self) -> int:
@@ -177,7 +174,7 @@ class TaskService:
         for task in tasks:
             released = self._next(task, S.PENDING, agent_id=None, deadline=None)
             if await self._store.update_task(released):
-                self._emit("task.released", released, previous_agent_id=agent_id)
+                await self._emit("task.released", released, previous_agent_id=agent_id)
         if tasks:
             await self.assign_pending()
 
@@ -222,7 +219,7 @@ class TaskService:
             ),
             tenant,
         )
-        self._emit("task.started", task)
+        await self._emit("task.started", task)
         return task
 
     async def update(
@@ -245,7 +242,7 @@ class TaskService:
             )
 
         task = await self._transition(task_id, agent_id, build, tenant)
-        self._emit("task.progress", task, progress=task.progress, step=task.step)
+        await self._emit("task.progress", task, progress=task.progress, step=task.step)
         return task
 
     async def complete(
@@ -273,7 +270,7 @@ class TaskService:
             )
 
         task = await self._transition(task_id, agent_id, build, tenant)
-        self._emit("task.completed", task)
+        await self._emit("task.completed", task)
         return task
 
     async def fail(
@@ -301,9 +298,9 @@ class TaskService:
 
         task = await self._transition(task_id, agent_id, build, tenant)
         if task.status is S.PENDING:
-            self._emit("task.retrying", task, retries=task.retries, error=error)
+            await self._emit("task.retrying", task, retries=task.retries, error=error)
             return await self._try_assign(task) or task
-        self._emit("task.failed", task, error=error)
+        await self._emit("task.failed", task, error=error)
         return task
 
     async def cancel(
@@ -321,7 +318,7 @@ class TaskService:
             lambda t: self._next(t, S.CANCELLED, error=reason, completed_at=now, deadline=None),
             tenant,
         )
-        self._emit("task.cancelled", task, reason=reason)
+        await self._emit("task.cancelled", task, reason=reason)
         return task
 
     async def expire_due(self) -> list[str]:
@@ -332,7 +329,7 @@ class TaskService:
             timed_out = self._next(task, S.TIMED_OUT, completed_at=now, deadline=None)
             if await self._store.update_task(timed_out):
                 expired.append(task.task_id)
-                self._emit("task.timed_out", timed_out)
+                await self._emit("task.timed_out", timed_out)
         return expired
 
 

@@ -1,10 +1,10 @@
-"""The in-process event bus: ids, pattern filtering, bounded queues and their policies."""
+"""The in-process hub: filtering, bounded queues and their policies (ids come from the log)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from agentcore.events.base import Event
+from agentcore.events.base import Event, EventFilter
 from agentcore.events.memory import MemoryEventBus
 from tests.support import collect
 
@@ -13,12 +13,34 @@ def event(event_type: str, **data: object) -> Event:
     return Event(type=event_type, timestamp=1.0, data=dict(data))
 
 
-async def test_publish_assigns_increasing_ids() -> None:
+async def test_events_are_delivered_as_committed_in_order() -> None:
     bus = MemoryEventBus()
+    sub = bus.subscribe()
+    committed = [Event(id=i, type="a.x", timestamp=1.0) for i in (7, 8, 9)]
 
-    published = [bus.publish(event("a.x")) for _ in range(3)]
+    for e in committed:
+        bus.publish(e)
 
-    assert [e.id for e in published] == [1, 2, 3]
+    assert await collect(sub) == committed
+
+
+async def test_filters_by_tenant_task_and_agent() -> None:
+    bus = MemoryEventBus()
+    tenant = bus.subscribe(filter=EventFilter(tenant="acme"))
+    task = bus.subscribe(filter=EventFilter(task_id="t1", patterns=("task.*",)))
+    agent = bus.subscribe(filter=EventFilter(agent_id="a1"))
+    events = [
+        Event(id=1, type="task.created", timestamp=1.0, tenant="acme", data={"task_id": "t1"}),
+        Event(id=2, type="task.created", timestamp=1.0, data={"task_id": "t2", "agent_id": "a1"}),
+        Event(id=3, type="agent.ping", timestamp=1.0, data={"task_id": "t1", "agent_id": "a2"}),
+    ]
+
+    for e in events:
+        bus.publish(e)
+
+    assert [e.id for e in await collect(tenant)] == [1]
+    assert [e.id for e in await collect(task)] == [1]
+    assert [e.id for e in await collect(agent)] == [2]
 
 
 async def test_subscribers_get_only_matching_events() -> None:
@@ -26,8 +48,8 @@ async def test_subscribers_get_only_matching_events() -> None:
     agents = bus.subscribe(patterns=("agent.*",))
     several = bus.subscribe(patterns=("task.completed", "task.failed"))
     everything = bus.subscribe()
-    for event_type in ("agent.registered", "task.created", "task.failed", "agentx"):
-        bus.publish(event(event_type))
+    for i, event_type in enumerate(("agent.registered", "task.created", "task.failed", "agentx")):
+        bus.publish(Event(id=i + 1, type=event_type, timestamp=1.0))
 
     assert [e.type for e in await collect(agents)] == ["agent.registered"]
     assert [e.type for e in await collect(several)] == ["task.failed"]
@@ -39,8 +61,8 @@ async def test_on_publish_sees_every_event_with_its_id() -> None:
     seen: list[Event] = []
     bus.on_publish = seen.append
 
-    bus.publish(event("a"))
-    bus.publish(event("b"))
+    bus.publish(Event(id=1, type="a", timestamp=1.0))
+    bus.publish(Event(id=2, type="b", timestamp=1.0))
 
     assert [(e.type, e.id) for e in seen] == [("a", 1), ("b", 2)]
 

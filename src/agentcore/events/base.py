@@ -1,20 +1,24 @@
-"""The internal event interface: every agent and task state change is an event.
+"""The event vocabulary: what an event is, how a subscriber filters, how events leave the process.
 
-Producers call :meth:`EventBus.publish` and never wait: publishing is a
-non-blocking hand-off so the request path is never slowed by a consumer.
-Each subscriber owns a bounded queue with an explicit overflow policy:
+Every agent and task state change (and, later, every event published through
+the integration API) becomes an :class:`Event` in the durable event log
+(``events/log.py``), which gives it a gap-free id. Subscribers (WebSocket and
+SSE streams, webhooks) read from an in-process hub (``events/memory.py``),
+each with a bounded queue and an explicit overflow policy:
 
 - ``drop_oldest``: the oldest queued event is discarded and ``dropped`` counts it
-  (for consumers that can re-read history, e.g. from the event log);
+  (for consumers that can re-read history from the log);
 - ``close``: the subscription is closed and marked ``overflowed``; the consumer
   sees the end of the stream and decides (a WebSocket closes with 1013).
 
-The real-time streams and webhooks subscribe here.
+A :class:`Fanout` carries committed events to the hubs of other workers and
+instances (Redis pub/sub); with one worker there is none.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import fnmatch
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -25,13 +29,37 @@ OverflowPolicy = Literal["drop_oldest", "close"]
 
 
 class Event(msgspec.Struct, kw_only=True, frozen=True):
-    #: Monotonic per bus; 0 until the bus assigns it.
+    #: Position in the event log: gap-free, increasing; 0 until the log assigns it.
     id: int = 0
+    #: Dotted, e.g. ``task.completed``.
     type: str
+    #: Epoch seconds.
     timestamp: float
     source: str = "gateway"
     tenant: str = DEFAULT_TENANT
     data: dict[str, Any] = {}
+
+
+class EventFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which events a subscriber wants; every given field must match."""
+
+    #: Glob patterns on the type (``task.*``, ``agent.registered``); any may match.
+    patterns: tuple[str, ...] = ("*",)
+    #: None: every tenant (internal consumers only; streams always set it).
+    tenant: str | None = None
+    task_id: str | None = None
+    agent_id: str | None = None
+
+    def matches(self, event: Event) -> bool:
+        if self.tenant is not None and event.tenant != self.tenant:
+            return False
+        if self.task_id is not None and event.data.get("task_id") != self.task_id:
+            return False
+        if self.agent_id is not None and event.data.get("agent_id") != self.agent_id:
+            return False
+        return "*" in self.patterns or any(
+            fnmatch.fnmatchcase(event.type, p) for p in self.patterns
+        )
 
 
 class Subscription(Protocol):
@@ -44,8 +72,10 @@ class Subscription(Protocol):
 
 
 class EventBus(Protocol):
-    def publish(self, event: Event) -> Event:
-        """Assign the id and hand the event to every subscriber; never blocks."""
+    """The in-process hub: hands committed events to matching subscribers."""
+
+    def publish(self, event: Event) -> None:
+        """Offer ``event`` to every matching subscriber; never blocks."""
 
     def subscribe(
         self,
@@ -53,7 +83,33 @@ class EventBus(Protocol):
         patterns: tuple[str, ...] = ("*",),
         maxsize: int | None = None,
         policy: OverflowPolicy = "drop_oldest",
+        filter: EventFilter | None = None,
     ) -> Subscription: ...
 
     async def close(self) -> None:
         """End every subscription."""
+
+
+class Publisher(Protocol):
+    """What producers (registry, tasks, the integration API) call."""
+
+    async def publish(
+        self,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        tenant: str = DEFAULT_TENANT,
+        source: str = "gateway",
+    ) -> Event:
+        """Append to the log; returns once the event is durable, with its id."""
+
+
+class Fanout(Protocol):
+    """Carries committed events between worker processes and gateway instances."""
+
+    async def publish(self, events: Sequence[Event]) -> None: ...
+
+    async def run(self, deliver: Callable[[Event], None]) -> None:
+        """Receive events published by other processes and ``deliver`` them until cancelled."""
+
+    async def close(self) -> None: ...

@@ -1,25 +1,24 @@
-"""In-process event bus: bounded per-subscriber queues, no I/O."""
+"""The in-process hub: bounded per-subscriber queues, no I/O."""
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
-import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
-from msgspec import structs
-
-from agentcore.events.base import Event, OverflowPolicy
+from agentcore.events.base import Event, EventFilter, OverflowPolicy
 
 
 class MemorySubscription:
     def __init__(
-        self, bus: MemoryEventBus, patterns: tuple[str, ...], maxsize: int, policy: OverflowPolicy
+        self,
+        bus: MemoryEventBus,
+        event_filter: EventFilter,
+        maxsize: int,
+        policy: OverflowPolicy,
     ) -> None:
         self._bus = bus
-        self._patterns = patterns
-        self._match_all = "*" in patterns
+        self.filter = event_filter
         self._queue: deque[Event] = deque()
         self._maxsize = maxsize
         self._policy = policy
@@ -27,9 +26,6 @@ class MemorySubscription:
         self.closed = False
         self.dropped = 0
         self.overflowed = False
-
-    def matches(self, event_type: str) -> bool:
-        return self._match_all or any(fnmatch.fnmatchcase(event_type, p) for p in self._patterns)
 
     def offer(self, event: Event) -> None:
         if self.closed:
@@ -53,6 +49,12 @@ class MemorySubscription:
     def pending(self) -> int:
         return len(self._queue)
 
+    def drain(self) -> list[Event]:
+        """Take every queued event without waiting."""
+        events = list(self._queue)
+        self._queue.clear()
+        return events
+
     async def __aiter__(self) -> AsyncIterator[Event]:
         while True:
             while self._queue:
@@ -65,20 +67,17 @@ class MemorySubscription:
 
 class MemoryEventBus:
     def __init__(self, default_maxsize: int = 10_000) -> None:
-        self._ids = itertools.count(1)
         self._subs: set[MemorySubscription] = set()
         self._default_maxsize = default_maxsize
-        #: Called with every published event (metrics); must not block.
+        #: Called with every event offered to subscribers (metrics); must not block.
         self.on_publish: Callable[[Event], None] | None = None
 
-    def publish(self, event: Event) -> Event:
-        event = structs.replace(event, id=next(self._ids))
+    def publish(self, event: Event) -> None:
         if self.on_publish is not None:
             self.on_publish(event)
         for sub in tuple(self._subs):
-            if sub.matches(event.type):
+            if sub.filter.matches(event):
                 sub.offer(event)
-        return event
 
     def subscribe(
         self,
@@ -86,8 +85,10 @@ class MemoryEventBus:
         patterns: tuple[str, ...] = ("*",),
         maxsize: int | None = None,
         policy: OverflowPolicy = "drop_oldest",
+        filter: EventFilter | None = None,
     ) -> MemorySubscription:
-        sub = MemorySubscription(self, patterns, maxsize or self._default_maxsize, policy)
+        event_filter = filter or EventFilter(patterns=patterns)
+        sub = MemorySubscription(self, event_filter, maxsize or self._default_maxsize, policy)
         self._subs.add(sub)
         return sub
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from agentcore.apikeys import ApiKey
+from agentcore.events.base import Event
 from agentcore.models import Agent, AgentQuery, Task, TaskQuery
 
 
@@ -89,3 +90,22 @@ class Store(Protocol):
 
     async def revoke_api_key(self, key_id: str, now: float) -> bool:
         """Set ``revoked_at`` to ``now`` (epoch s); False when unknown or already revoked."""
+
+    # -- events ---------------------------------------------------------------
+
+    async def append_events(self, events: Sequence[Event]) -> list[Event]:
+        """Store events in one transaction; return them with their ids.
+
+        Ids are gap-free and increase in commit order, across processes too.
+        """
+
+    async def read_events(
+        self, after_id: int, limit: int, tenant: str | None = None
+    ) -> list[Event]:
+        """Events with id > ``after_id``, oldest first (optionally of one tenant)."""
+
+    async def last_event_id(self) -> int:
+        """The id of the newest event ever appended (0 when none)."""
+
+    async def trim_events(self, keep: int, older_than: float) -> int:
+        """Delete all but the newest ``keep`` events and those older than ``older_than``."""

@@ -21,6 +21,7 @@ import msgspec
 
 from agentcore.apikeys import ApiKey
 from agentcore.errors import ConfigError
+from agentcore.events.base import Event
 from agentcore.models import (
     ACTIVE_TASK,
     Agent,
@@ -123,6 +124,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             revoked_at DOUBLE PRECISION
         )""",
         "CREATE INDEX api_keys_tenant_created ON api_keys (tenant, created_at)",
+    ),
+    (
+        # The event log. Ids come from event_seq, bumped in the appending
+        # transaction: that row lock serialises appenders, so ids are gap-free
+        # and commit in order (a reader never sees id N+1 before id N).
+        """CREATE TABLE events (
+            id BIGINT PRIMARY KEY,
+            type TEXT NOT NULL,
+            timestamp DOUBLE PRECISION NOT NULL,
+            source TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            data TEXT NOT NULL
+        )""",
+        "CREATE INDEX events_timestamp ON events (timestamp)",
+        "CREATE TABLE event_seq (n BIGINT NOT NULL)",
+        "INSERT INTO event_seq (n) VALUES (0)",
     ),
 )
 
@@ -296,6 +313,20 @@ def _counts(rows: list[Sequence[Any]]) -> dict[str, int]:
 
 
 # -- the store ----------------------------------------------------------------
+
+
+_EVENT_COLUMNS = "id, type, timestamp, source, tenant, data"
+
+
+def _event(row: Sequence[Any]) -> Event:
+    return Event(
+        id=int(row[0]),
+        type=row[1],
+        timestamp=float(row[2]),
+        source=row[3],
+        tenant=row[4],
+        data=msgspec.json.decode(row[5]),
+    )
 
 
 class SqlStore:
@@ -500,6 +531,48 @@ class SqlStore:
             float(now),
         )
         return changed > 0
+
+    # -- events ---------------------------------------------------------------
+
+    async def append_events(self, events: Sequence[Event]) -> list[Event]:
+        if not events:
+            return []
+        async with self._db.transaction() as tx:
+            rows = await tx.fetch("UPDATE event_seq SET n = n + $1 RETURNING n", len(events))
+            first = int(rows[0][0]) - len(events) + 1
+            stored = [msgspec.structs.replace(e, id=first + i) for i, e in enumerate(events)]
+            await tx.executemany(
+                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",
+                [
+                    (e.id, e.type, float(e.timestamp), e.source, e.tenant, _json(e.data))
+                    for e in stored
+                ],
+            )
+        return stored
+
+    async def read_events(
+        self, after_id: int, limit: int, tenant: str | None = None
+    ) -> list[Event]:
+        args = _Args()
+        conditions = [f"id > {args(int(after_id))}"]
+        if tenant is not None:
+            conditions.append(f"tenant = {args(tenant)}")
+        rows = await self._db.fetch(
+            f"SELECT {_EVENT_COLUMNS} FROM events{_where(conditions)} "
+            f"ORDER BY id LIMIT {args(int(limit))}",
+            *args,
+        )
+        return [_event(row) for row in rows]
+
+    async def last_event_id(self) -> int:
+        rows = await self._db.fetch("SELECT n FROM event_seq")
+        return int(rows[0][0])
+
+    async def trim_events(self, keep: int, older_than: float) -> int:
+        last = await self.last_event_id()
+        return await self._db.execute(
+            "DELETE FROM events WHERE id <= $1 OR timestamp < $2", last - keep, float(older_than)
+        )
 
 
 async def _delete_labels(tx: Driver, agent_id: str) -> None:

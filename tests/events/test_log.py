@@ -1,0 +1,164 @@
+"""The durable event log: gap-free ids, group commit, replay, retention, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from agentcore.clock import ManualClock
+from agentcore.config import EventsConfig
+from agentcore.errors import StoreUnavailable
+from agentcore.events.base import Event, EventFilter
+from agentcore.events.log import EventLog
+from agentcore.events.memory import MemoryEventBus
+from agentcore.store import open_store
+from agentcore.store.base import Store
+from tests.support import collect
+
+
+class Running:
+    def __init__(self, store: Store, clock: ManualClock, **config: float) -> None:
+        self.hub = MemoryEventBus()
+        self.log = EventLog(store, self.hub, EventsConfig(**config), clock)  # type: ignore[arg-type]
+        self.writer: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> EventLog:
+        self.log.open()
+        self.writer = asyncio.create_task(self.log.run())
+        return self.log
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.log.close()
+        assert self.writer is not None
+        await asyncio.wait_for(self.writer, 5)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path / 'events.db'}")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_concurrent_publishes_get_gap_free_increasing_ids(store: Store) -> None:
+    clock = ManualClock()
+    async with Running(store, clock) as log:
+        events = await asyncio.gather(*(log.publish("task.created", {"n": i}) for i in range(200)))
+
+    assert sorted(e.id for e in events) == list(range(1, 201))
+    stored = await store.read_events(0, 1000)
+    assert [e.id for e in stored] == list(range(1, 201))
+    assert {e.data["n"] for e in stored} == set(range(200))
+
+
+async def test_a_burst_is_committed_in_few_transactions(store: Store) -> None:
+    calls: list[int] = []
+    append = store.append_events
+
+    async def counting(events: Sequence[Event]) -> list[Event]:
+        calls.append(len(events))
+        return await append(events)
+
+    store.append_events = counting  # type: ignore[method-assign]
+    async with Running(store, ManualClock(), batch_max=1000) as log:
+        await asyncio.gather(*(log.publish("e", {}) for _ in range(300)))
+
+    assert sum(calls) == 300
+    assert len(calls) < 10  # group commit, not one transaction per event
+
+
+async def test_subscribers_see_committed_events_with_their_ids(store: Store) -> None:
+    runner = Running(store, ManualClock())
+    sub = runner.hub.subscribe(patterns=("task.*",))
+    async with runner as log:
+        first = await log.publish("task.created", {"task_id": "t"}, tenant="acme", source="x")
+        await log.publish("agent.registered", {})
+
+    received = await collect(sub)
+    assert received == [first]
+    assert (first.tenant, first.source, first.timestamp) == ("acme", "x", 1_700_000_000.0)
+
+
+async def test_events_survive_a_reopen_and_ids_continue(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    first = open_store(url)
+    await first.open()
+    async with Running(first, ManualClock()) as log:
+        await log.publish("a", {})
+        await log.publish("b", {})
+    await first.close()
+
+    second = open_store(url)
+    await second.open()
+    async with Running(second, ManualClock()) as log:
+        third = await log.publish("c", {})
+        replayed = await log.replay(0, EventFilter(), 10)
+    await second.close()
+
+    assert third.id == 3
+    assert [e.type for e in replayed] == ["a", "b", "c"]
+
+
+async def test_replay_filters_and_pages(store: Store) -> None:
+    async with Running(store, ManualClock()) as log:
+        for i in range(2500):
+            tenant = "acme" if i % 2 else "default"
+            await log.publish(
+                "task.progress" if i % 3 else "agent.x", {"task_id": f"t{i % 5}"}, tenant=tenant
+            )
+        wanted = EventFilter(patterns=("task.*",), tenant="acme", task_id="t1")
+        replayed = await log.replay(0, wanted, 10_000)
+        after = await log.replay(replayed[3].id, wanted, 2)
+
+    assert replayed and all(wanted.matches(e) for e in replayed)
+    expected = [i + 1 for i in range(2500) if i % 2 and i % 3 and i % 5 == 1]
+    assert [e.id for e in replayed] == expected
+    assert after == replayed[4:6]
+
+
+async def test_trim_keeps_the_newest_and_drops_the_old(store: Store) -> None:
+    clock = ManualClock()
+    async with Running(store, clock, retention_count=5, retention_s=100.0) as log:
+        for _ in range(10):
+            await log.publish("e", {})
+        assert await log.trim() == 5
+        clock.advance(500)
+        await log.publish("late", {})
+        assert await log.trim() == 5  # the rest are now too old
+        remaining = await store.read_events(0, 100)
+        last = await log.last_id()
+
+    assert [e.type for e in remaining] == ["late"]
+    assert last == 11
+
+
+async def test_close_commits_what_is_queued_then_refuses(store: Store) -> None:
+    runner = Running(store, ManualClock())
+    async with runner as log:
+        pending = [asyncio.create_task(log.publish("e", {"n": i})) for i in range(50)]
+        await asyncio.sleep(0)
+    done = await asyncio.gather(*pending)
+
+    assert len({e.id for e in done}) == 50
+    with pytest.raises(StoreUnavailable):
+        await runner.log.publish("after", {})
+
+
+async def test_a_failed_append_fails_its_publishers_only(store: Store) -> None:
+    async with Running(store, ManualClock()) as log:
+        original = store.append_events
+
+        async def broken(events: Sequence[Event]) -> list[Event]:
+            raise StoreUnavailable("disk gone")
+
+        store.append_events = broken  # type: ignore[method-assign]
+        with pytest.raises(StoreUnavailable):
+            await log.publish("lost", {})
+        store.append_events = original  # type: ignore[method-assign]
+        kept = await log.publish("kept", {})
+
+    assert kept.id == 1
