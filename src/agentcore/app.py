@@ -33,11 +33,12 @@ from agentcore.errors import (
     RequestTimeout,
     StoreUnavailable,
 )
+from agentcore.events.base import Event, Fanout
 from agentcore.events.log import EventLog
 from agentcore.events.memory import MemoryEventBus
 from agentcore.http import Request, Response, error_response, json_response
 from agentcore.jsonrpc import Context, Dispatcher
-from agentcore.limits import LoadShedMiddleware, check_json_depth
+from agentcore.limits import Deadlines, LoadShedMiddleware, check_json_depth
 from agentcore.methods import build_methods
 from agentcore.metrics import CONTENT_TYPE, Metrics
 from agentcore.openapi import agent_card, method_listing, openapi_document
@@ -45,6 +46,9 @@ from agentcore.proxies import TrustedProxies
 from agentcore.ratelimit.base import RateLimiter
 from agentcore.ratelimit.memory import MemoryRateLimiter
 from agentcore.ratelimit.middleware import RateLimitMiddleware
+from agentcore.realtime.connections import Connections
+from agentcore.realtime.sse import SSE_PATH, SseEndpoint
+from agentcore.realtime.websocket import WS_PATH, WebSocketEndpoint
 from agentcore.registry import Registry
 from agentcore.routing import Router
 from agentcore.security import SecurityMiddleware
@@ -88,7 +92,9 @@ class Gateway:
         self.metrics = Metrics(metrics_dir) if config.metrics.enabled else None
         #: The in-process hub every stream subscribes to; fed by the event log.
         self.bus = MemoryEventBus(config.events.subscriber_queue_size)
-        self.events = EventLog(self.store, self.bus, config.events, clock)
+        #: Carries committed events to the other workers and instances; None: local only.
+        self.fanout = _build_fanout(config)
+        self.events = EventLog(self.store, self.bus, config.events, clock, self.fanout)
         self.registry = Registry(self.store, self.events, config.registry, clock)
         self.tasks = TaskService(self.store, self.events, config.tasks, clock)
         self.registry.on_available = self.tasks.on_agent_available
@@ -98,7 +104,18 @@ class Gateway:
         self.router = self._routes()
         self.limiter = _build_limiter(config, clock)
         self.authenticator = build_authenticator(config.auth, self.store, clock)
-        self.shedder = LoadShedMiddleware(self._endpoint, config.limits.max_in_flight, self.metrics)
+        #: Open WebSocket and SSE streams: the event router, keepalive sweeper, shutdown.
+        self.streams = Connections(
+            self.events, self.store, self.tasks, config.realtime, metrics=self.metrics,
+            wall_clock=clock,
+        )
+        self.websocket = WebSocketEndpoint(
+            self.streams, self.authenticator, self.dispatcher, config, self.metrics
+        )
+        self.sse = SseEndpoint(self.streams, config)
+        self.shedder = LoadShedMiddleware(
+            self._endpoint, config.limits.max_in_flight, self.metrics, streams={SSE_PATH}
+        )
         self.stack: ASGIApp = SecurityMiddleware(
             AuthMiddleware(
                 RateLimitMiddleware(
@@ -119,6 +136,13 @@ class Gateway:
         )
         self.started_at = time.monotonic()
         self._stop = asyncio.Event()
+        limits = config.limits
+        self.deadlines = Deadlines(
+            min(1.0, limits.read_timeout_s / 4, limits.handler_timeout_s / 4)
+        )
+        #: With one worker the in-flight gauge is read from the shedder at scrape
+        #: time; in multiprocess mode each request moves it (slower, but summed).
+        self._count_in_flight = metrics_dir is not None
         #: Background tasks owned by the lifespan: started by startup(), ended by shutdown().
         self._background: set[asyncio.Task[None]] = set()
         self._static: dict[str, bytes] = {}
@@ -150,6 +174,7 @@ class Gateway:
                 "workers": self.config.server.workers,
                 "dependencies": {"database": database},
                 "rate_limit": self._rate_limit_status(),
+                "events": self._events_status(),
             }
         )
 
@@ -161,6 +186,16 @@ class Gateway:
                 "limits are per worker: each of the "
                 f"{self.config.server.workers} workers counts on its own; "
                 'use backend = "redis" for exact shared limits'
+            )
+        return status
+
+    def _events_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {"fanout": self.config.events.fanout}
+        if self.fanout is None and self.config.server.workers > 1:
+            status["warning"] = (
+                f"event fan-out is local with {self.config.server.workers} workers: streams on "
+                "one worker will not see events published through another; "
+                'set events.fanout = "redis"'
             )
         return status
 
@@ -197,10 +232,11 @@ class Gateway:
     async def jsonrpc(self, request: Request) -> Response:
         limits = self.config.limits
         try:
+            task = self.deadlines.arm(limits.read_timeout_s, "read", request.task)
             body = await request.body(
-                limits.max_body_bytes_by_class.get("control", limits.max_body_bytes),
-                limits.read_timeout_s,
+                limits.max_body_bytes_by_class.get("control", limits.max_body_bytes)
             )
+            self.deadlines.arm(limits.handler_timeout_s, "handler", task)
             check_json_depth(body, limits.max_json_depth)
         except AgentCoreError as exc:
             if self.metrics is not None:
@@ -231,6 +267,8 @@ class Gateway:
     async def metrics_endpoint(self, request: Request) -> Response:
         if self.metrics is None:
             raise NotFound("metrics are disabled")
+        if not self._count_in_flight:
+            self.metrics.in_flight.set(self.shedder.in_flight)
         body = self.metrics.render(await self.store.count_agents(), await self.store.count_tasks())
         return Response(200, body, content_type=CONTENT_TYPE)
 
@@ -252,24 +290,37 @@ class Gateway:
     async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            if scope["path"] == SSE_PATH and scope["method"] == "GET":
+                await self.sse(scope, receive, send)  # long-lived: no handler deadline
+            else:
+                await self._http(scope, receive, send)
         elif kind == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": "no such endpoint"})
+            if scope["path"] == WS_PATH:
+                await self.websocket(scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1008, "reason": "no such endpoint"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         metrics = self.metrics
-        if metrics is not None:
+        if self._count_in_flight and metrics is not None:
             metrics.in_flight.inc()
         route_name = "unmatched"
         method: str = scope["method"]
+        deadlines = self.deadlines
+        task = deadlines.arm(self.config.limits.handler_timeout_s, "handler")
         try:
             route, handler, params = self.router.match(method, scope["path"])
             route_name = route.path
             request = Request(scope, receive)
             request.path_params = params
-            async with asyncio.timeout(self.config.limits.handler_timeout_s):
-                response = await handler(request)
+            request.task = task
+            response = await handler(request)
+        except asyncio.CancelledError:
+            kind = deadlines.missed(task)
+            if kind is None:
+                raise
+            response = self._timed_out(kind, scope["path"])
         except AgentCoreError as exc:
             if exc.status >= 500:
                 log.error("request %s %s failed: %s", method, scope["path"], exc.message)
@@ -277,23 +328,31 @@ class Gateway:
             if reason is not None and metrics is not None:
                 metrics.rejected.labels(reason).inc()
             response = error_response(exc, scope["path"])
-        except TimeoutError:
-            timeout = self.config.limits.handler_timeout_s
-            if metrics is not None:
-                metrics.rejected.labels("handler_timeout").inc()
-            response = error_response(
-                HandlerTimeout(f"the request took longer than {timeout:g} s to handle"),
-                scope["path"],
-            )
         except Exception:
             log.exception("unhandled error on %s %s", method, scope["path"])
             response = error_response(AgentCoreError("internal error"))
+        finally:
+            deadlines.disarm(task)
         try:
             await response(scope, receive, send)
         finally:
             if metrics is not None:
-                metrics.in_flight.dec()
+                if self._count_in_flight:
+                    metrics.in_flight.dec()
                 metrics.observe(route_name, method, response.status, time.perf_counter() - started)
+
+    def _timed_out(self, kind: str, path: str) -> Response:
+        limits = self.config.limits
+        exc: AgentCoreError
+        if kind == "read":
+            exc = RequestTimeout(f"request body not received within {limits.read_timeout_s:g} s")
+        else:
+            exc = HandlerTimeout(
+                f"the request took longer than {limits.handler_timeout_s:g} s to handle"
+            )
+        if self.metrics is not None:
+            self.metrics.rejected.labels(f"{kind}_timeout").inc()
+        return error_response(exc, path)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -327,14 +386,26 @@ class Gateway:
         rate_limit = self._rate_limit_status()
         if "warning" in rate_limit:
             log.warning("rate limiting: %s", rate_limit["warning"])
+        events_status = self._events_status()
+        if "warning" in events_status:
+            log.warning("events: %s", events_status["warning"])
         log.info(
             "agentcore %s ready (database: %s)",
             __version__,
             self.config.database_url.split(":", 1)[0],
         )
 
+    async def close_streams(self) -> None:
+        """Close every WebSocket with 1001 and end every SSE stream; refuse new ones.
+
+        Called by the server before it closes connections itself (server.py),
+        and again, harmlessly, by :meth:`shutdown`.
+        """
+        await self.streams.close(1001, "server shutting down")
+
     async def shutdown(self) -> None:
         self._stop.set()
+        await self.close_streams()
         with contextlib.suppress(StoreUnavailable):
             await self.registry.flush()
         await self.events.close()  # the writer commits what is queued, then returns
@@ -343,6 +414,8 @@ class Gateway:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self.fanout is not None:
+            await self.fanout.close()  # after the writer: its last batches were fanned out
         await self.bus.close()
         await self.limiter.close()
         await self.store.close()
@@ -355,7 +428,25 @@ class Gateway:
             self._every(cfg.sweep_interval_s, self.tasks.expire_due),
             self._every(self.config.events.trim_interval_s, self.events.trim),
             self.events.run(),
+            self.streams.route(),
+            self._every(self.streams.tick_s, self.streams.sweep),
+            self._receive_fanout(),
+            self._every(self.deadlines.resolution_s, self.deadlines.tick),
         ]
+
+    async def _receive_fanout(self) -> None:
+        """Deliver events committed by other workers and instances until shutdown begins."""
+        if self.fanout is None:
+            return
+        async with asyncio.TaskGroup() as group:
+            receiving = group.create_task(self.fanout.run(self._deliver_remote))
+            await self._stop.wait()
+            receiving.cancel()
+
+    def _deliver_remote(self, event: Event) -> None:
+        if self.metrics is not None:
+            self.metrics.fanout_received.inc()
+        self.events.deliver(event)
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
         """Run ``job`` every ``seconds`` until shutdown; a failing run is logged, not fatal."""
@@ -376,6 +467,15 @@ def _build_limiter(config: Config, clock: Clock) -> RateLimiter:
 
         return RedisRateLimiter(config.rate_limit.redis_url)
     return MemoryRateLimiter(clock)
+
+
+def _build_fanout(config: Config) -> Fanout | None:
+    events = config.events
+    if events.fanout == "redis":
+        from agentcore.events.redis import RedisFanout
+
+        return RedisFanout(events.redis_url, events.redis_channel)
+    return None
 
 
 def create_app(config: Config, **kwargs: Any) -> Gateway:

@@ -5,9 +5,12 @@ The middleware reads ``Authorization: Bearer <credential>`` (or
 it under ``scope["agentcore.identity"]`` for the rate limiter and the
 JSON-RPC context. Missing or bad credentials get 401 with a JSON body and
 ``WWW-Authenticate: Bearer``; a missing scope is refused later, per method,
-with 403. Health, the well-known documents, /openapi.json and (unless
-``auth.protect_metrics``) /metrics stay open. With ``auth.mode = "off"`` every
-caller is the anonymous identity of the default tenant with every scope.
+with 403. A WebSocket without credential headers passes with no identity,
+and its endpoint demands an ``auth`` message first (docs/realtime.md); with
+bad ones it is refused at the handshake. Health, the well-known documents,
+/openapi.json and (unless ``auth.protect_metrics``) /metrics stay open. With
+``auth.mode = "off"`` every caller is the anonymous identity of the default
+tenant with every scope.
 
 Credentials (:class:`StoreAuthenticator`): ``ak_...`` is an API key
 (``apikeys.py``), checked against the store; in ``jwt`` mode anything else is
@@ -127,6 +130,12 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         credential = credential_of(scope)
+        if credential is None and kind == "websocket":
+            # No identity in the scope: the WebSocket endpoint asks for
+            # {"type": "auth", "token": ...} as the first message (closing with
+            # 1008 when it does not come in time); browsers cannot set headers.
+            await self.app(scope, receive, send)
+            return
         try:
             if credential is None:
                 raise Unauthorized("missing credentials: send Authorization: Bearer <key or token>")

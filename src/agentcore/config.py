@@ -99,6 +99,15 @@ class EventsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     retention_s: float = 7 * 24 * 3600.0
     #: How often old events are trimmed.
     trim_interval_s: float = 60.0
+    #: How committed events reach the streams of other worker processes and
+    #: gateway instances. ``local``: they do not (right for one worker);
+    #: ``redis``: Redis pub/sub on ``redis_channel``, at most once to live
+    #: streams (a stream cut off meanwhile resumes from its cursor).
+    fanout: Literal["local", "redis"] = "local"
+    #: Redis for ``fanout = "redis"``.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Pub/sub channel; gateways that share a Redis but not a database need different ones.
+    redis_channel: str = "agentcore:events"
 
 
 class LimitsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -172,6 +181,36 @@ class MetricsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     multiproc_dir: str = ""
 
 
+class RealtimeConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """WebSocket and SSE event streams (docs/realtime.md)."""
+
+    #: Seconds a WebSocket client may stay silent before the server sends it
+    #: ``{"type": "ping"}`` (one sweeper per worker, no timer per connection).
+    ping_interval_s: float = 20.0
+    #: Seconds without any message from a WebSocket client (a ``pong`` counts)
+    #: before it is closed with 1000 "idle timeout".
+    idle_timeout_s: float = 60.0
+    #: Messages queued for one connection (events not yet written to its
+    #: socket); one more closes it as a slow consumer (WebSocket 1013, SSE
+    #: ``event: error``) so it can resume from its cursor. Bounds memory.
+    send_queue_size: int = 1024
+    #: Largest client message in bytes; a larger one closes the WebSocket with 1009.
+    max_message_bytes: int = 65_536
+    #: Client messages per second per WebSocket, with this burst; over it a
+    #: message is answered with an ``error`` and dropped, and a client still
+    #: sending after ``client_messages_burst`` refusals in a row is closed with 1008.
+    client_messages_per_s: float = 20.0
+    client_messages_burst: int = 50
+    #: Subscriptions one WebSocket may hold at once.
+    max_subscriptions: int = 16
+    #: Seconds an SSE stream may go without output before a ``: heartbeat`` comment.
+    sse_heartbeat_s: float = 15.0
+    #: Seconds a WebSocket without credential headers has to send ``{"type": "auth"}``.
+    auth_timeout_s: float = 5.0
+    #: Seconds shutdown waits for streams to take their close (1001) before dropping them.
+    shutdown_grace_s: float = 5.0
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -182,6 +221,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     rate_limit: RateLimitConfig = RateLimitConfig()
     auth: AuthConfig = AuthConfig()
     metrics: MetricsConfig = MetricsConfig()
+    realtime: RealtimeConfig = RealtimeConfig()
 
     @property
     def database_url(self) -> str:
@@ -273,6 +313,19 @@ def _check(config: Config) -> None:
     ):
         positive(f"events.{key}", getattr(config.events, key))
     positive("tasks.max_page_size", config.tasks.max_page_size)
+    for key in (
+        "ping_interval_s",
+        "idle_timeout_s",
+        "send_queue_size",
+        "max_message_bytes",
+        "client_messages_per_s",
+        "client_messages_burst",
+        "max_subscriptions",
+        "sse_heartbeat_s",
+        "auth_timeout_s",
+        "shutdown_grace_s",
+    ):
+        positive(f"realtime.{key}", getattr(config.realtime, key))
     positive("limits.max_json_depth", config.limits.max_json_depth)
     positive("limits.max_in_flight", config.limits.max_in_flight)
     positive("limits.read_timeout_s", config.limits.read_timeout_s)
@@ -358,6 +411,7 @@ def to_masked_dict(config: Config) -> dict[str, Any]:
     data["database"]["url"] = mask_url(config.database.url)
     data["database"]["effective_url"] = mask_url(config.database_url)
     data["rate_limit"]["redis_url"] = mask_url(config.rate_limit.redis_url)
+    data["events"]["redis_url"] = mask_url(config.events.redis_url)
     if config.auth.jwt_secret:
         data["auth"]["jwt_secret"] = "***"
     return data

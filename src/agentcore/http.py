@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from agentcore.errors import AgentCoreError, PayloadTooLarge, RequestTimeout
+from agentcore.errors import AgentCoreError, PayloadTooLarge
 from agentcore.types import Message, Receive, Scope, Send
 
 JSON = b"application/json"
@@ -22,13 +22,15 @@ _encoder = msgspec.json.Encoder()
 
 
 class Request:
-    __slots__ = ("_body", "path_params", "receive", "scope")
+    __slots__ = ("_body", "path_params", "receive", "scope", "task")
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.scope = scope
         self.receive = receive
         self.path_params: dict[str, str] = {}
         self._body: bytes | None = None
+        #: The task serving this request (deadlines cancel it).
+        self.task: asyncio.Task[Any] | None = None
 
     @property
     def method(self) -> str:
@@ -53,19 +55,17 @@ class Request:
         client = self.scope.get("client")
         return str(client[0]) if client else ""
 
-    async def body(self, limit: int, timeout_s: float | None = None) -> bytes:
-        """The whole body; 413 as soon as it is known to exceed ``limit`` bytes,
-        408 when it has not arrived within ``timeout_s``."""
+    async def body(self, limit: int) -> bytes:
+        """The whole body; 413 as soon as it is known to exceed ``limit`` bytes.
+
+        The read deadline (408) is the caller's: see ``limits.Deadlines``.
+        """
         if self._body is not None:
             return self._body
         declared = self.header(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-        try:
-            async with asyncio.timeout(timeout_s):
-                self._body = await self._read(limit)
-        except TimeoutError as exc:
-            raise RequestTimeout(f"request body not received within {timeout_s:g} s") from exc
+        self._body = await self._read(limit)
         return self._body
 
     async def _read(self, limit: int) -> bytes:

@@ -103,6 +103,11 @@ class Metrics:
             ["type"],
             registry=self.registry,
         )
+        self.fanout_received = Counter(
+            "agentcore_events_fanout_received_total",
+            "Events committed by other workers or instances and delivered here (events.fanout).",
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
             "agentcore_rate_limited_total",
             "Requests refused with 429 by route class.",
@@ -125,6 +130,36 @@ class Metrics:
             "agentcore_unauthorized_total",
             "Requests refused with 401/403, by reason.",
             ["reason"],
+            registry=self.registry,
+        )
+        self.stream_connections = Gauge(
+            "agentcore_stream_connections",
+            "Open event streams by transport (websocket, sse).",
+            ["transport"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.stream_subscriptions = Gauge(
+            "agentcore_stream_subscriptions",
+            "Subscriptions held by open event streams.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.stream_events_sent = Counter(
+            "agentcore_stream_events_sent_total",
+            "Events written to stream clients by transport (replayed ones included).",
+            ["transport"],
+            registry=self.registry,
+        )
+        self.stream_slow_consumers = Counter(
+            "agentcore_stream_slow_consumers_total",
+            "Streams closed because their send queue overflowed (WebSocket 1013).",
+            registry=self.registry,
+        )
+        self.stream_publish_to_send = Histogram(
+            "agentcore_stream_publish_to_send_seconds",
+            "Seconds from an event's timestamp to its write to a stream client (live events).",
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}

@@ -8,6 +8,13 @@ plain ASGI app either way.
 Workers are separate processes that each rebuild the app from the effective
 configuration, which the parent hands over as JSON in ``AGENTCORE_CONFIG_JSON``
 (so flags and the config file reach every worker identically).
+
+Graceful stop (SIGTERM): under uvicorn every worker runs :class:`GatewayServer`,
+which closes the event streams with 1001 before uvicorn's own shutdown would
+close WebSockets with 1012 (docs/realtime.md). WebSocket keepalive is the
+gateway's (app-level pings from one sweeper per worker), so uvicorn's protocol
+pings are off, and uvicorn refuses client messages above
+``realtime.max_message_bytes`` with close code 1009.
 """
 
 from __future__ import annotations
@@ -17,10 +24,16 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import multiprocess
 
 from agentcore.app import Gateway, create_app
 from agentcore.config import Config
@@ -98,11 +111,9 @@ def serve(config: Config) -> None:
             log_access=server.access_log,
         ).serve()
         return
-    import uvicorn
-
     # uvicorn re-raises SIGTERM after its graceful shutdown; make that an exit 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
+    uv_config = uvicorn.Config(
         FACTORY,
         factory=True,
         host=server.host,
@@ -114,6 +125,10 @@ def serve(config: Config) -> None:
         access_log=server.access_log,
         log_level=server.log_level,
         ws_per_message_deflate=False,
+        ws_max_size=config.realtime.max_message_bytes,
+        # Keepalive is the gateway's sweeper (app-level ping/pong, one per worker).
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
         backlog=4096,
         server_header=False,
         # The client address is the socket peer; X-Forwarded-For is the gateway's
@@ -121,3 +136,68 @@ def serve(config: Config) -> None:
         proxy_headers=False,
         date_header=False,
     )
+    if server.workers > 1:
+        sockets = [uv_config.bind_socket()]
+        with _gateway_workers():
+            multiprocess.Multiprocess(uv_config, sockets=sockets).run()
+        return
+    uv_server = GatewayServer(uv_config)
+    uv_server.run()
+    if not uv_server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, closing the gateway's event streams first when it stops.
+
+    uvicorn's ``shutdown`` closes every open WebSocket with 1012 and then waits
+    for unfinished HTTP responses (an SSE stream never finishes by itself), all
+    *before* the lifespan shutdown in which the gateway would close them. So
+    the streams are closed here first: WebSocket clients get 1001 "server
+    shutting down", SSE clients a terminal ``event: error``, and both can
+    resume from their cursor on another instance.
+    """
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        gateway = _gateway_of(self.config.loaded_app)
+        if gateway is not None:
+            try:
+                await gateway.close_streams()
+            except Exception:  # boundary: the rest of the shutdown must still run
+                log.exception("closing the event streams failed")
+        await super().shutdown(sockets)
+
+
+def _gateway_of(app: object) -> Gateway | None:
+    """The gateway inside uvicorn's wrappers (each keeps the wrapped app as ``.app``)."""
+    for _ in range(8):
+        if isinstance(app, Gateway):
+            return app
+        app = getattr(app, "app", None)
+    return None
+
+
+class _GatewayProcess(multiprocess.Process):
+    """A uvicorn worker process that runs :class:`GatewayServer`."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = GatewayServer(config=self.config)
+        return self._server
+
+
+@contextmanager
+def _gateway_workers() -> Iterator[None]:
+    """Have uvicorn's supervisor start :class:`_GatewayProcess` workers.
+
+    ``Multiprocess`` names its ``Process`` class directly (no hook), so the
+    supervisor's module attribute is swapped for the subclass while it runs,
+    in the parent process only; the workers unpickle the subclass from here.
+    """
+    original = multiprocess.Process
+    setattr(multiprocess, "Process", _GatewayProcess)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(multiprocess, "Process", original)  # noqa: B010

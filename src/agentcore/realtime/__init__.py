@@ -1,0 +1,1 @@
+"""Real-time streams of the event log: WebSocket and SSE."""

@@ -1,0 +1,471 @@
+"""The open event streams of one worker: routing events to them, keepalive, shutdown.
+
+Cost per idle connection is the point (10,000 per worker at <= 30 KB each):
+a connection is one small object and, while it is idle, exactly one task,
+the ASGI call itself, blocked on ``receive()``. Nothing else runs for it:
+
+- one *router* task per worker takes every committed event from the hub
+  (one hub subscription in all, not one per client) and offers it to the
+  matching feeds, indexed by tenant. Offering never blocks: it appends to
+  the connection's bounded send queue and, when no writer is running,
+  starts one (the *flusher*), which writes the queue out and ends. A burst
+  costs one short-lived task per busy connection; idle ones cost none;
+- one *sweeper* per worker (run by the app every :attr:`Connections.tick_s`)
+  sends WebSocket keepalive pings, closes idle WebSockets, writes SSE
+  heartbeats and gives up on connections that cannot take their close:
+  no timer per connection.
+
+Slow consumers: when a connection's queue (``realtime.send_queue_size``) is
+full, the queue is dropped and the stream is closed (WebSocket 1013, SSE
+``event: error``); the client resumes from its cursor. One slow client never
+delays the router or anyone else, and memory stays bounded.
+
+Writes to one connection are serialised by a lock, so the connection's own
+replies (written by its ASGI task), replayed events and queued events never
+interleave inside a message. Shutdown (:meth:`Connections.close`) closes
+every stream with 1001 and waits ``realtime.shutdown_grace_s`` for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from agentcore.auth import Identity
+from agentcore.clock import Clock, system_clock
+from agentcore.config import RealtimeConfig
+from agentcore.errors import AgentCoreError
+from agentcore.events.base import Event, EventFilter
+from agentcore.events.log import EventLog
+from agentcore.events.memory import MemorySubscription
+from agentcore.metrics import Metrics
+from agentcore.realtime.feed import Feed
+from agentcore.store.base import Store
+from agentcore.tasks import TaskService
+from agentcore.types import Message, Send
+
+log = logging.getLogger("agentcore.realtime")
+
+Transport = Literal["websocket", "sse"]
+#: Events the router's hub subscription holds; the router drains it without
+#: awaiting anything, so only a starved event loop could fill it.
+ROUTER_QUEUE = 100_000
+#: Seconds a connection may take to deliver its close before it is dropped.
+CLOSE_TIMEOUT_S = 10.0
+#: Encoded events remembered, so a broadcast is encoded once, not once per client.
+ENCODED_CACHE = 256
+#: Longest close reason a WebSocket close frame carries (bytes).
+MAX_REASON = 123
+
+_Item = tuple[Feed, Event] | bytes
+
+
+class EventBody(msgspec.Struct):
+    """An event as streams send it (after ``type``, and the WebSocket ``subscription``)."""
+
+    id: int
+    event_type: str
+    data: dict[str, Any]
+    timestamp: float
+    source: str
+
+
+class DispatchedBody(EventBody):
+    """``task.assigned`` on an agent's own subscription: with the task as it is now."""
+
+    task: Any = None
+
+
+def close_reason(reason: str) -> str:
+    """``reason`` cut to what a close frame can carry (123 bytes of UTF-8)."""
+    data = reason.encode()
+    if len(data) <= MAX_REASON:
+        return reason
+    return data[:MAX_REASON].decode(errors="ignore")
+
+
+class Connection:
+    """One open stream; the transports (``websocket.py``, ``sse.py``) fill in the framing."""
+
+    transport: ClassVar[Transport]
+
+    __slots__ = (
+        "_closing",
+        "_flusher",
+        "_lock",
+        "_outbox",
+        "_send",
+        "client",
+        "closed",
+        "closing_since",
+        "feeds",
+        "hub",
+        "identity",
+        "killed",
+        "last_heard",
+        "last_pinged",
+        "last_sent",
+        "task",
+    )
+
+    def __init__(self, hub: Connections, identity: Identity, send: Send, client: str) -> None:
+        self.hub = hub
+        self.identity = identity
+        self.client = client
+        self._send = send
+        #: Subscriptions by id.
+        self.feeds: dict[str, Feed] = {}
+        self._lock = asyncio.Lock()
+        self._outbox: deque[_Item] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        #: (code, reason) once a close was asked for.
+        self._closing: tuple[int, str] | None = None
+        #: True once the close was written or the peer went away: writes are no-ops.
+        self.closed = False
+        self.killed = False
+        now = hub.now()
+        self.last_heard = now
+        self.last_sent = now
+        self.last_pinged = now
+        self.closing_since = 0.0
+        #: The ASGI call serving the connection (cancelled only by :meth:`kill`).
+        self.task = asyncio.current_task()
+
+    # -- framing (per transport) ------------------------------------------------
+
+    def frame(self, payload: bytes) -> Message:
+        """The ASGI message that writes ``payload``."""
+        raise NotImplementedError
+
+    def event_payload(self, feed: Feed, event: Event, body: bytes) -> bytes:
+        """``body`` (``event`` encoded as an :class:`EventBody`) as this transport sends it."""
+        raise NotImplementedError
+
+    async def finish(self, code: int, reason: str) -> None:
+        """Write the end of the stream (called once, with the write lock held)."""
+        raise NotImplementedError
+
+    def tick(self, now: float, config: RealtimeConfig) -> None:
+        """The sweeper's visit: keepalive and timeouts."""
+        if self._closing is not None and now - self.closing_since > CLOSE_TIMEOUT_S:
+            self.kill()
+
+    # -- what the router and the sweeper call (never block) ---------------------
+
+    @property
+    def queue_limit(self) -> int:
+        return self.hub.config.send_queue_size
+
+    @property
+    def closing(self) -> bool:
+        return self._closing is not None
+
+    def enqueue(self, feed: Feed, event: Event) -> None:
+        self._put((feed, event))
+
+    def push(self, payload: bytes) -> None:
+        """Queue a transport-ready message (keepalive ping, heartbeat) behind the events."""
+        self._put(payload)
+
+    def _put(self, item: _Item) -> None:
+        if self._closing is not None:
+            return
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = deque()
+        elif len(outbox) >= self.hub.config.send_queue_size:
+            self.overflow()
+            return
+        outbox.append(item)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    def overflow(self) -> None:
+        """The client does not keep up: drop what is queued and close (1013)."""
+        if self._closing is not None:
+            return
+        self.hub.slow_consumer()
+        self.close(
+            1013,
+            f"slow consumer: more than {self.hub.config.send_queue_size} messages queued; "
+            "resume from your cursor",
+        )
+
+    def close(self, code: int, reason: str) -> None:
+        """Drop what is queued, stop every feed and write the close as soon as possible."""
+        if self._closing is not None:
+            return
+        self._closing = (code, close_reason(reason))
+        self.closing_since = self.hub.now()
+        self._outbox = None
+        for feed in self.feeds.values():
+            feed.stop()
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    def kill(self) -> None:
+        """Give up on a connection that cannot even take its close: end its tasks."""
+        if self.killed:
+            return
+        self.killed = True
+        self.closed = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+        if self.task is not None:
+            self.task.cancel()
+
+    # -- writing -----------------------------------------------------------------
+
+    async def write(self, payload: bytes, feed: Feed | None = None) -> bool:
+        """Write one message now, after any write in progress; False when it was not written."""
+        async with self._lock:
+            if self.closed or (feed is not None and not feed.active):
+                return False
+            try:
+                await self._send(self.frame(payload))
+            except OSError:  # uvicorn's ClientDisconnected: the peer went away
+                self.closed = True
+                return False
+            self.last_sent = self.hub.now()
+            return True
+
+    async def write_event(self, feed: Feed, event: Event, *, live: bool) -> bool:
+        body = await self.hub.encode(feed, event)
+        if not await self.write(self.event_payload(feed, event, body), feed):
+            return False
+        self.hub.sent(self.transport, event, live=live)
+        return True
+
+    async def _flush(self) -> None:
+        try:
+            while self._outbox:
+                item = self._outbox.popleft()
+                if isinstance(item, bytes):
+                    await self.write(item)
+                elif item[0].active:
+                    await self.write_event(item[0], item[1], live=True)
+            if self._closing is not None:
+                async with self._lock:
+                    if not self.closed:
+                        self.closed = True
+                        await self.finish(*self._closing)
+        except OSError:
+            self.closed = True
+        except Exception:  # boundary: one connection's failure is logged, never spreads
+            log.exception("%s stream to %s failed", self.transport, self.client)
+            self.closed = True
+        finally:
+            self._flusher = None
+
+    def release(self) -> None:
+        """Forget the connection's feeds and writer (its ASGI call is ending)."""
+        self.closed = True
+        self._outbox = None
+        for feed in self.feeds.values():
+            self.hub.detach(feed)
+        self.feeds.clear()
+        if self._flusher is not None:
+            self._flusher.cancel()
+
+
+class Connections:
+    """The registry of one worker's open streams (see the module docstring)."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        store: Store,
+        tasks: TaskService,
+        config: RealtimeConfig,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Clock = system_clock,
+    ) -> None:
+        self.log = log
+        self.config = config
+        self._store = store
+        self._tasks = tasks
+        self._metrics = metrics
+        #: Monotonic seconds: keepalive, idle and rate-limit arithmetic.
+        self.now = clock
+        #: Epoch seconds, the event timestamps' clock: publish-to-send latency.
+        self._wall = wall_clock
+        self._open: set[Connection] = set()
+        #: Live feeds by tenant: an event is matched only against its tenant's feeds.
+        self._feeds: dict[str, set[Feed]] = {}
+        self._subscription: MemorySubscription | None = None
+        self._encoded: dict[int, bytes] = {}
+        self._encoder = msgspec.json.Encoder()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        #: True from shutdown on: new streams are refused.
+        self.closing = False
+        self.tick_s = max(
+            0.05,
+            min(
+                1.0,
+                config.ping_interval_s / 4,
+                config.idle_timeout_s / 4,
+                config.sse_heartbeat_s / 4,
+            ),
+        )
+        self._gauges = (
+            {t: metrics.stream_connections.labels(t) for t in ("websocket", "sse")}
+            if metrics is not None
+            else {}
+        )
+        self._sent = (
+            {t: metrics.stream_events_sent.labels(t) for t in ("websocket", "sse")}
+            if metrics is not None
+            else {}
+        )
+
+    # -- connections and feeds ---------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def count(self, transport: Transport) -> int:
+        return sum(1 for c in self._open if c.transport == transport)
+
+    @property
+    def subscriptions(self) -> int:
+        return sum(len(feeds) for feeds in self._feeds.values())
+
+    def open(self, conn: Connection) -> None:
+        self._open.add(conn)
+        self._empty.clear()
+        if self._metrics is not None:
+            self._gauges[conn.transport].inc()
+
+    def release(self, conn: Connection) -> None:
+        conn.release()
+        if conn in self._open:
+            self._open.discard(conn)
+            if self._metrics is not None:
+                self._gauges[conn.transport].dec()
+        if not self._open:
+            self._empty.set()
+
+    def attach(self, feed: Feed) -> None:
+        tenant = feed.filter.tenant
+        assert tenant is not None, "stream feeds are always bound to a tenant"
+        self._feeds.setdefault(tenant, set()).add(feed)
+        if self._metrics is not None:
+            self._metrics.stream_subscriptions.inc()
+
+    def detach(self, feed: Feed) -> None:
+        feed.stop()
+        feeds = self._feeds.get(feed.filter.tenant or "")
+        if feeds is not None and feed in feeds:
+            feeds.discard(feed)
+            if not feeds:
+                del self._feeds[feed.filter.tenant or ""]
+            if self._metrics is not None:
+                self._metrics.stream_subscriptions.dec()
+
+    async def position(self, since: int | None) -> tuple[int, bool]:
+        """The log's head and whether events after ``since`` were trimmed away (retention)."""
+        head = await self.log.last_id()
+        truncated = False
+        if since is not None and since < head:
+            first = await self._store.read_events(since, 1)
+            truncated = not first or first[0].id > since + 1
+        return head, truncated
+
+    # -- the router ----------------------------------------------------------------
+
+    async def route(self) -> None:
+        """Offer every committed event to the matching feeds until :meth:`close`."""
+        while not self.closing:
+            subscription = self.log.hub.subscribe(
+                filter=EventFilter(), maxsize=ROUTER_QUEUE, policy="close"
+            )
+            self._subscription = subscription
+            async for event in subscription:
+                self.dispatch(event)
+            if not subscription.overflowed:
+                return
+            log.error("the stream router fell %d events behind; closing every stream", ROUTER_QUEUE)
+            for conn in tuple(self._open):
+                conn.close(1013, "the server fell behind; resume from your cursor")
+
+    def dispatch(self, event: Event) -> None:
+        feeds = self._feeds.get(event.tenant)
+        if not feeds:
+            return
+        # Offering never changes the set (a closing connection only stops its feeds).
+        for feed in feeds:
+            if feed.filter.matches(event):
+                feed.offer(event)
+
+    # -- encoding and accounting ---------------------------------------------------
+
+    async def encode(self, feed: Feed, event: Event) -> bytes:
+        """The event as a JSON object; ``task.assigned`` on an agent's feed carries the task."""
+        if feed.dispatch and event.type == "task.assigned":
+            task: Any = None
+            try:
+                task = await self._tasks.get(str(event.data.get("task_id")), event.tenant)
+            except AgentCoreError as exc:  # gone, or the store is down: send the event alone
+                log.warning("task of event %d not attached: %s", event.id, exc.message)
+            return self._encoder.encode(
+                DispatchedBody(
+                    event.id, event.type, event.data, event.timestamp, event.source, task
+                )
+            )
+        body = self._encoded.get(event.id)
+        if body is None:
+            body = self._encoder.encode(
+                EventBody(event.id, event.type, event.data, event.timestamp, event.source)
+            )
+            if len(self._encoded) >= ENCODED_CACHE:
+                del self._encoded[next(iter(self._encoded))]
+            self._encoded[event.id] = body
+        return body
+
+    def sent(self, transport: Transport, event: Event, *, live: bool) -> None:
+        if self._metrics is None:
+            return
+        self._sent[transport].inc()
+        if live:
+            self._metrics.stream_publish_to_send.observe(max(0.0, self._wall() - event.timestamp))
+
+    def slow_consumer(self) -> None:
+        if self._metrics is not None:
+            self._metrics.stream_slow_consumers.inc()
+
+    # -- the sweeper and shutdown ----------------------------------------------------
+
+    async def sweep(self) -> None:
+        """One visit to every connection: keepalive pings, idle closes, heartbeats."""
+        now = self.now()
+        config = self.config
+        for conn in tuple(self._open):
+            conn.tick(now, config)
+
+    async def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        """Close every stream and refuse new ones; returns when they are gone (or dropped)."""
+        self.closing = True
+        if self._subscription is not None:
+            self._subscription.close()
+        for conn in tuple(self._open):
+            conn.close(code, reason)
+        try:
+            async with asyncio.timeout(self.config.shutdown_grace_s):
+                await self._empty.wait()
+        except TimeoutError:
+            log.warning("%d streams did not take their close in time; dropping them", len(self))
+            for conn in tuple(self._open):
+                conn.kill()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._empty.wait()
