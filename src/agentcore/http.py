@@ -8,14 +8,25 @@ a thin view over the ASGI scope and a response is an ASGI callable.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import re
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 import msgspec
 
-from agentcore.errors import AgentCoreError, PayloadTooLarge
+from agentcore.errors import AgentCoreError, InvalidParams, ParseError, PayloadTooLarge
 from agentcore.types import Message, Receive, Scope, Send
 
+T = TypeVar("T")
 JSON = b"application/json"
+_QUOTED = re.compile(r"(['`])([^'`]{48,})\1")
+
+
+def safe_message(exc: Exception) -> str:
+    """msgspec's message without long input values (it quotes bad enum values and keys)."""
+    return _QUOTED.sub(lambda m: f"{m[1]}{m[2][:32]}...{m[1]}", str(exc))
+
+
 #: Statuses that carry neither a body nor Content-Length (RFC 9110 sections 6.4.1, 8.6).
 NO_BODY_STATUSES = frozenset({204, 304})
 _encoder = msgspec.json.Encoder()
@@ -49,6 +60,29 @@ class Request:
                 found: bytes = value
                 return found
         return None
+
+    @property
+    def query_params(self) -> dict[str, str]:
+        """The query string, last value of each name winning."""
+        raw: bytes = self.scope.get("query_string", b"")
+        return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+
+    async def json(self, kind: type[T], limit: int) -> T:
+        """The body decoded into ``kind``; 400 naming the field when it does not fit."""
+        body = await self.body(limit)
+        try:
+            return msgspec.json.decode(body, type=kind)
+        except msgspec.ValidationError as exc:
+            raise InvalidParams(f"invalid body: {safe_message(exc)}") from exc
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise ParseError("body is not valid JSON") from exc
+
+    def query(self, kind: type[T]) -> T:
+        """The query parameters converted into ``kind`` (strings to numbers)."""
+        try:
+            return msgspec.convert(self.query_params, kind, strict=False)
+        except msgspec.ValidationError as exc:
+            raise InvalidParams(f"invalid query: {safe_message(exc)}") from exc
 
     @property
     def client_host(self) -> str:

@@ -17,7 +17,6 @@ names the field (``at `$.agent_card.name```) but never echoes the input.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -32,6 +31,7 @@ from agentcore.errors import (
     MethodNotFound,
     ParseError,
 )
+from agentcore.http import safe_message as safe_message  # re-exported for the streams
 
 log = logging.getLogger("agentcore.jsonrpc")
 
@@ -124,14 +124,6 @@ class Method(Generic[P]):
             raise InvalidParams(f"invalid params: {safe_message(exc)}") from exc
         except UnicodeDecodeError as exc:
             raise ParseError(INVALID_UTF8) from exc
-
-
-_QUOTED = re.compile(r"(['`])([^'`]{48,})\1")
-
-
-def safe_message(exc: Exception) -> str:
-    """msgspec's message without long input values (it quotes bad enum values and keys)."""
-    return _QUOTED.sub(lambda m: f"{m[1]}{m[2][:32]}...{m[1]}", str(exc))
 
 
 def _error(exc: AgentCoreError, rpc_id: RpcId) -> Failure:

@@ -7,12 +7,15 @@ decodes with, so documentation cannot drift from behaviour.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from agentcore import __version__
 from agentcore.jsonrpc import Failure, Method, Request, Success
+from agentcore.routing import Route
 
 REF = "#/components/schemas/{name}"
 
@@ -62,7 +65,55 @@ ERROR = {
 }
 
 
-def openapi_document(methods: list[Method[Any]]) -> dict[str, Any]:
+def _rest_paths(routes: list[Route], components: dict[str, Any]) -> dict[str, Any]:
+    """Path items of the documented REST routes, schemas from their msgspec types."""
+    documented = [(r, m, d) for r in routes for m, d in r.docs.items()]
+    types: list[Any] = []
+    for _, _, doc in documented:
+        types.extend(t for t in (doc.body, doc.query, doc.response) if t is not None)
+    schemas, extra = msgspec.json.schema_components(types, ref_template=REF)
+    components.update(extra)
+    by_type = dict(zip(map(id, types), schemas, strict=True))
+    paths: dict[str, Any] = {}
+    for route, method, doc in documented:
+        params: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in re.findall(r"\{(\w+)\}", route.path)
+        ]
+        if doc.query is not None:
+            query = extra[doc.query.__name__]
+            params.extend(
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": name in query.get("required", []),
+                    "schema": schema,
+                }
+                for name, schema in query.get("properties", {}).items()
+            )
+        operation: dict[str, Any] = {"summary": doc.summary, "tags": list(doc.tags)}
+        if params:
+            operation["parameters"] = params
+        if doc.body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": by_type[id(doc.body)]}},
+            }
+        ok: dict[str, Any] = {"description": doc.summary}
+        if doc.response is not None:
+            ok["content"] = {"application/json": {"schema": by_type[id(doc.response)]}}
+        responses: dict[str, Any] = {str(doc.status): ok}
+        for status, description in {
+            400: "invalid input (the message names the field)",
+            **doc.errors,
+        }.items():
+            responses[str(status)] = _json({"$ref": REF.format(name="Error")}, description)
+        operation["responses"] = responses
+        paths.setdefault(route.path, {})[method.lower()] = operation
+    return paths
+
+
+def openapi_document(methods: list[Method[Any]], routes: Sequence[Route] = ()) -> dict[str, Any]:
     schemas, components = _components(methods)
     request, success, failure = schemas[:3]
     rpc_body = {"oneOf": [request, {"type": "array", "items": request, "minItems": 1}]}
@@ -144,6 +195,7 @@ def openapi_document(methods: list[Method[Any]]) -> dict[str, Any]:
         },
     }
     components["Error"] = ERROR
+    paths.update(_rest_paths(list(routes), components))
     return {
         "openapi": "3.1.0",
         "info": {"title": "AgentCore Gateway", "version": __version__},

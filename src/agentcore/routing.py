@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from agentcore.errors import MethodNotAllowed, NotFound
 from agentcore.http import Request, Response
@@ -25,11 +25,29 @@ def route_class(path: str) -> RouteClass | None:
     return None
 
 
+@dataclass(frozen=True)
+class Doc:
+    """How a REST route appears in /openapi.json; the types are the ones that validate."""
+
+    summary: str
+    #: msgspec type of the JSON body, if any.
+    body: Any = None
+    #: msgspec type of the query string parameters, if any.
+    query: Any = None
+    #: msgspec type of the success response body, if any.
+    response: Any = None
+    status: int = 200
+    #: Other documented statuses -> description (all with the JSON error body).
+    errors: dict[int, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+
+
 @dataclass
 class Route:
     path: str
     handlers: dict[str, Handler] = field(default_factory=dict)
     pattern: re.Pattern[str] | None = None
+    docs: dict[str, Doc] = field(default_factory=dict)
 
 
 class Router:
@@ -37,7 +55,7 @@ class Router:
         self._exact: dict[str, Route] = {}
         self._patterns: list[Route] = []
 
-    def add(self, method: str, path: str, handler: Handler) -> None:
+    def add(self, method: str, path: str, handler: Handler, doc: Doc | None = None) -> None:
         route = self._exact.get(path) or next((r for r in self._patterns if r.path == path), None)
         if route is None:
             route = Route(path)
@@ -48,6 +66,8 @@ class Router:
             else:
                 self._exact[path] = route
         route.handlers[method] = handler
+        if doc is not None:
+            route.docs[method] = doc
 
     def match(self, method: str, path: str) -> tuple[Route, Handler, dict[str, str]]:
         """The route, its handler and path params; NotFound / MethodNotAllowed otherwise."""
