@@ -21,6 +21,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -78,6 +79,9 @@ class Metrics:
         self.multiprocess_dir = multiprocess_dir
         disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created samples only add scrape size here
         self.registry = CollectorRegistry()
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds: what
+        # the load-test runner samples (of the worker that answers the scrape).
+        ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "agentcore_http_requests_total",
             "HTTP requests by route, method and status.",
@@ -160,6 +164,69 @@ class Metrics:
             "agentcore_stream_publish_to_send_seconds",
             "Seconds from an event's timestamp to its write to a stream client (live events).",
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "agentcore_webhook_attempts_total",
+            "Webhook delivery attempts by outcome (succeeded, retry, dead, gone).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_attempt_seconds = Histogram(
+            "agentcore_webhook_attempt_duration_seconds",
+            "Seconds one webhook attempt took (resolve, connect, send, response).",
+            buckets=(*LATENCY_BUCKETS, 15.0, 30.0),
+            registry=self.registry,
+        )
+        self.webhook_dead_letters = Counter(
+            "agentcore_webhook_dead_letters_total",
+            "Webhook deliveries given up (attempts exhausted or 410 Gone).",
+            registry=self.registry,
+        )
+        self.webhook_disabled = Counter(
+            "agentcore_webhook_endpoints_disabled_total",
+            "Webhook endpoints disabled by delivery, by reason (gone, failing).",
+            ["reason"],
+            registry=self.registry,
+        )
+        # LLM routing (docs/llm.md). Tenant and agent labels: one series per
+        # agent that calls, so keep agents per gateway in the thousands at most.
+        self.llm_requests = Counter(
+            "agentcore_llm_requests_total",
+            "LLM calls by tenant, agent, provider, model and outcome (ok, error, timeout, "
+            "rejected).",
+            ["tenant", "agent", "provider", "model", "outcome"],
+            registry=self.registry,
+        )
+        self.llm_tokens = Counter(
+            "agentcore_llm_tokens_total",
+            "LLM tokens by tenant, agent, provider, model and kind (prompt, completion).",
+            ["tenant", "agent", "provider", "model", "kind"],
+            registry=self.registry,
+        )
+        self.llm_cost = Counter(
+            "agentcore_llm_cost_total",
+            "LLM cost (in the unit of the configured prices) by tenant, agent, provider, model.",
+            ["tenant", "agent", "provider", "model"],
+            registry=self.registry,
+        )
+        self.llm_provider_latency = Histogram(
+            "agentcore_llm_provider_latency_seconds",
+            "Seconds per provider call (to the first chunk when streaming), by provider and model.",
+            ["provider", "model"],
+            buckets=(*LATENCY_BUCKETS, 30.0, 60.0),
+            registry=self.registry,
+        )
+        self.llm_fallbacks = Counter(
+            "agentcore_llm_fallbacks_total",
+            "Failed LLM attempts that moved on to the next candidate, by provider, model, reason.",
+            ["provider", "model", "reason"],
+            registry=self.registry,
+        )
+        self.llm_budget_exceeded = Counter(
+            "agentcore_llm_budget_exceeded_total",
+            "LLM calls refused with 429 because the tenant's daily budget was used up.",
+            ["tenant"],
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}

@@ -37,11 +37,18 @@ class HttpLoadUser(GatewayUser):
 
     @task(3)
     def create_task(self) -> None:
-        self.rpc("task.create", {"task_definition": {
-            "type": "summarize", "title": "load test task",
-            "required_capabilities": ["summarization"], "priority": "normal",
-            "input": {"text": "lorem ipsum"},
-        }})
+        self.rpc(
+            "task.create",
+            {
+                "task_definition": {
+                    "type": "summarize",
+                    "title": "load test task",
+                    "required_capabilities": ["summarization"],
+                    "priority": "normal",
+                    "input": {"text": "lorem ipsum"},
+                }
+            },
+        )
 
     @task(2)
     def query_tasks(self) -> None:
