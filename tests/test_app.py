@@ -34,6 +34,7 @@ METHODS = [
     "task.complete",
     "task.fail",
     "task.cancel",
+    "llm.complete",
 ]
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from agentcore import __version__
@@ -33,12 +34,14 @@ from agentcore.errors import (
     RequestTimeout,
     StoreUnavailable,
 )
+from agentcore.events.api import add_routes as add_event_routes
 from agentcore.events.base import Event, Fanout
 from agentcore.events.log import EventLog
 from agentcore.events.memory import MemoryEventBus
 from agentcore.http import Request, Response, error_response, json_response
 from agentcore.jsonrpc import Context, Dispatcher
 from agentcore.limits import Deadlines, LoadShedMiddleware, check_json_depth
+from agentcore.llm.api import LlmApi
 from agentcore.methods import build_methods
 from agentcore.metrics import CONTENT_TYPE, Metrics
 from agentcore.openapi import agent_card, method_listing, openapi_document
@@ -52,10 +55,18 @@ from agentcore.realtime.websocket import WS_PATH, WebSocketEndpoint
 from agentcore.registry import Registry
 from agentcore.routing import Router
 from agentcore.security import SecurityMiddleware
+from agentcore.storage import open_blob_store
+from agentcore.storage.api import add_routes as add_storage_routes
+from agentcore.storage.base import BlobStore
 from agentcore.store import open_store
 from agentcore.store.base import Store
+from agentcore.store.sql import SqlStore
 from agentcore.tasks import TaskService
 from agentcore.types import ASGIApp, Receive, Scope, Send
+from agentcore.webhooks.api import add_routes as add_webhook_routes
+from agentcore.webhooks.ssrf import AddressPolicy
+from agentcore.webhooks.store import WebhookStore
+from agentcore.webhooks.worker import WebhookWorker
 
 log = logging.getLogger("agentcore")
 
@@ -79,8 +90,10 @@ class Gateway:
         config: Config,
         *,
         store: Store | None = None,
+        blobs: BlobStore | None = None,
         clock: Clock = system_clock,
         metrics_dir: str | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -99,14 +112,39 @@ class Gateway:
         self.tasks = TaskService(self.store, self.events, config.tasks, clock)
         self.registry.on_available = self.tasks.on_agent_available
         self.registry.on_unavailable = self.tasks.on_agent_unavailable
-        self.methods = build_methods(self.registry, self.tasks, config.tasks.max_page_size)
+        #: Blob storage (local files or S3); clients are created on first use.
+        self.blobs = blobs or open_blob_store(
+            config.storage, config.database.data_dir, os.environ, clock
+        )
+        #: LLM routing (docs/llm.md); provider API keys are read from ``environ`` here, once.
+        self.llm = LlmApi(
+            config.llm, self.store, clock, os.environ if environ is None else environ, self.metrics
+        )
+        self.methods = [
+            *build_methods(self.registry, self.tasks, config.tasks.max_page_size),
+            *self.llm.methods(),
+        ]
         self.dispatcher = Dispatcher(self.methods, max_batch_size=config.limits.max_batch_size)
+        #: Webhooks (docs/webhooks.md): the store when enabled; the worker when
+        #: this process delivers too (``webhooks.run_in_gateway``).
+        self.webhook_store: WebhookStore | None = None
+        self.webhook_worker: WebhookWorker | None = None
+        if config.webhooks.enabled and isinstance(self.store, SqlStore):
+            self.webhook_store = WebhookStore(self.store.db)
+            if config.webhooks.run_in_gateway:
+                self.webhook_worker = WebhookWorker(
+                    self.webhook_store, config.webhooks, clock, self.events, self.metrics
+                )
         self.router = self._routes()
         self.limiter = _build_limiter(config, clock)
         self.authenticator = build_authenticator(config.auth, self.store, clock)
         #: Open WebSocket and SSE streams: the event router, keepalive sweeper, shutdown.
         self.streams = Connections(
-            self.events, self.store, self.tasks, config.realtime, metrics=self.metrics,
+            self.events,
+            self.store,
+            self.tasks,
+            config.realtime,
+            metrics=self.metrics,
             wall_clock=clock,
         )
         self.websocket = WebSocketEndpoint(
@@ -161,6 +199,16 @@ class Gateway:
         r.add("GET", "/openapi.json", self.openapi)
         r.add("GET", "/.well-known/agent-card.json", self.agent_card)
         r.add("GET", "/.well-known/agent.json", self.agent_card)
+        limits = self.config.limits
+        integration_body = limits.max_body_bytes_by_class.get("integration", limits.max_body_bytes)
+        add_event_routes(r, self.events, integration_body)
+        if self.webhook_store is not None:
+            policy = AddressPolicy(self.config.webhooks.allowed_networks)
+            add_webhook_routes(
+                r, self.webhook_store, policy, self.config.webhooks, self.clock, integration_body
+            )
+        add_storage_routes(r, self.blobs, self.config.storage, integration_body)
+        self.llm.add_routes(r, limits.max_body_bytes_by_class.get("llm", limits.max_body_bytes))
         return r
 
     async def health(self, request: Request) -> Response:
@@ -257,7 +305,7 @@ class Gateway:
         return self._cached("methods", lambda: method_listing(self.methods))
 
     async def openapi(self, request: Request) -> Response:
-        return self._cached("openapi", lambda: openapi_document(self.methods))
+        return self._cached("openapi", lambda: openapi_document(self.methods, self.router.routes()))
 
     async def agent_card(self, request: Request) -> Response:
         host = (request.header(b"host") or b"127.0.0.1").decode("latin-1")
@@ -373,6 +421,7 @@ class Gateway:
     async def startup(self) -> None:
         self._stop.clear()
         await self.store.open()
+        await self.llm.open()
         self.started_at = time.monotonic()
         if self.metrics is not None:
             events = self.metrics.events
@@ -418,6 +467,8 @@ class Gateway:
             await self.fanout.close()  # after the writer: its last batches were fanned out
         await self.bus.close()
         await self.limiter.close()
+        await self.blobs.close()
+        await self.llm.close()
         await self.store.close()
 
     def _loops(self) -> list[Coroutine[Any, Any, None]]:
@@ -432,7 +483,26 @@ class Gateway:
             self._every(self.streams.tick_s, self.streams.sweep),
             self._receive_fanout(),
             self._every(self.deadlines.resolution_s, self.deadlines.tick),
+            self._every(self.config.llm.usage_flush_interval_s, self.llm.flush),
+            self._run_webhooks(),
         ]
+
+    async def _run_webhooks(self) -> None:
+        """Match and deliver webhooks until shutdown; committed events wake the dispatcher."""
+        worker = self.webhook_worker
+        if worker is None:
+            return
+        committed = self.bus.subscribe(maxsize=1, policy="drop_oldest")
+
+        async def wake_on_events() -> None:
+            async for _ in committed:
+                worker.wake()
+
+        async with asyncio.TaskGroup() as group:
+            waking = group.create_task(wake_on_events())
+            await worker.run(self._stop)
+            committed.close()
+            waking.cancel()
 
     async def _receive_fanout(self) -> None:
         """Deliver events committed by other workers and instances until shutdown begins."""

@@ -5,11 +5,15 @@
     agentcore serve [--config F] [--host H] [--port P] [--workers N]
                     [--data-dir D] [--database-url URL] [--server uvicorn|granian]
                     [--insecure]
+    agentcore worker [same options as serve]   (webhook delivery, no HTTP)
     agentcore config show [same options]
     agentcore keys create --tenant T [--scope S]... [--agent-id A] [--name N]
     agentcore keys list [--tenant T]
     agentcore keys revoke ID
+    agentcore fake-llm [--port P] [--latency-ms MS] [--failure-rate R]
+                       [--stream-chunk-delay-ms MS]
                     (keys: [--config F] [--data-dir D] [--database-url URL])
+                           [--host URL] [--processes N] [--targets F] ...
 
 ``keys`` opens the configured store directly, so it works with the gateway
 stopped or running; a running gateway notices a revocation within
@@ -214,6 +218,56 @@ def _keys(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+# -- fake-llm -------------------------------------------------------------------
+
+
+def _fake_llm_parser(commands: Any) -> None:
+    fake = commands.add_parser(
+        "fake-llm", help="run a fake OpenAI/Anthropic-compatible LLM server (tests, demos)"
+    )
+    fake.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    fake.add_argument("--port", type=int, default=8100, help="port (default 8100)")
+    fake.add_argument("--latency-ms", type=float, default=0.0, help="delay before answering")
+    fake.add_argument(
+        "--failure-rate", type=float, default=0.0, help="share of requests that fail (0-1)"
+    )
+    fake.add_argument(
+        "--failure-status", type=int, default=500, help="status of a failure (default 500)"
+    )
+    fake.add_argument(
+        "--stream-chunk-delay-ms", type=float, default=0.0, help="delay between stream chunks"
+    )
+    fake.add_argument(
+        "--models", default="fake-small,fake-large", help="comma-separated model names"
+    )
+    fake.add_argument(
+        "--api-key-env", default="", help="require the key held by this environment variable"
+    )
+    fake.add_argument("--seed", type=int, help="seed of the failure draws")
+
+
+def _fake_llm(args: argparse.Namespace) -> int:
+    import os
+
+    from agentcore.llm.fake import FakeBehavior, run
+
+    if not 0 <= args.failure_rate <= 1:
+        print("agentcore: --failure-rate must be between 0 and 1", file=sys.stderr)
+        return 2
+    behavior = FakeBehavior(
+        latency_ms=args.latency_ms,
+        failure_rate=args.failure_rate,
+        failure_status=args.failure_status,
+        stream_chunk_delay_ms=args.stream_chunk_delay_ms,
+        models=tuple(m for m in args.models.split(",") if m),
+        api_key=os.environ.get(args.api_key_env, "") if args.api_key_env else "",
+        seed=args.seed,
+    )
+    print(f"fake LLM on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    run(args.host, args.port, behavior)
+    return 0
+
+
 # -- main -----------------------------------------------------------------------
 
 
@@ -228,12 +282,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="allow a non-loopback --host with auth.mode = off (everyone gets every scope)",
     )
+    worker = commands.add_parser(
+        "worker", help="deliver webhooks against the configured database (no HTTP) until SIGTERM"
+    )
+    _config_options(worker)
     config_cmd = commands.add_parser("config", help="inspect the configuration")
     config_sub = config_cmd.add_subparsers(dest="action", required=True)
     show = config_sub.add_parser("show", help="print the effective configuration, secrets masked")
     _config_options(show)
     _keys_parser(commands)
+    _fake_llm_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "fake-llm":
+        return _fake_llm(args)
 
     try:
         config = _load(args)
@@ -264,6 +325,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "worker":
+        from agentcore.webhooks.worker import run_standalone
+
+        try:
+            asyncio.run(run_standalone(config))
+        except AgentCoreError as exc:
+            print(f"agentcore: {exc.message}", file=sys.stderr)
+            return 1
+        return 0
     if config.auth.mode == "off" and args.insecure:
         log.warning(
             "serving %s without authentication (--insecure): every caller has every scope",

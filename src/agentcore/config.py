@@ -211,6 +211,153 @@ class RealtimeConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     shutdown_grace_s: float = 5.0
 
 
+class StorageConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Blob storage under ``/api/v1/integration/storage`` (docs/storage.md)."""
+
+    #: ``local``: files under ``<data_dir>/storage``; ``s3``: an S3-compatible bucket.
+    backend: Literal["local", "s3"] = "local"
+    #: Largest object in bytes, enforced while the upload streams in (413, nothing stored).
+    max_object_bytes: int = 100 * 1024 * 1024
+    #: Largest page ``GET /storage`` returns.
+    max_page_size: int = 1000
+    #: S3 endpoint, e.g. ``https://s3.eu-west-1.amazonaws.com`` or a MinIO URL; empty: AWS default.
+    s3_endpoint_url: str = ""
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    #: Names of the environment variables holding the credentials (never the
+    #: secrets themselves); empty: boto3's default chain (instance role, ...).
+    s3_access_key_env: str = ""
+    s3_secret_key_env: str = ""
+    #: Prefix of every object key in the bucket (e.g. ``"agentcore/"``).
+    s3_prefix: str = ""
+
+
+class WebhooksConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Outbound webhooks (docs/webhooks.md)."""
+
+    #: Serve the webhook API and deliver; false: neither.
+    enabled: bool = True
+    #: Run the dispatcher and delivery workers inside the gateway; false: only
+    #: ``agentcore worker`` processes deliver (the API still works).
+    run_in_gateway: bool = True
+    #: Seconds before each attempt: the first is the delay of attempt 1 (0:
+    #: immediately), the next ones the waits after each failure (Svix's schedule).
+    #: Attempts past the end of the list wait as long as its last entry.
+    retry_schedule: list[float] = msgspec.field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    #: Each retry delay is multiplied by a random factor in [1 - jitter, 1 + jitter].
+    jitter: float = 0.1
+    #: Attempts per delivery when the webhook does not set its own.
+    max_attempts: int = 8
+    #: Seconds one attempt may take (connect, send, response) before it fails.
+    timeout_s: float = 15.0
+    #: Attempts in flight at once per worker process (the pool size).
+    concurrency: int = 64
+    #: Attempts in flight at once per endpoint per worker process.
+    per_endpoint_concurrency: int = 4
+    #: CIDRs a webhook URL may resolve to although private, loopback, link-local
+    #: or otherwise non-public (refused by default: SSRF protection).
+    allowed_networks: list[str] = []
+    #: An endpoint failing continuously this long (seconds) is disabled.
+    disable_after_s: float = 5 * 24 * 3600.0
+    #: Seconds the previous secret keeps signing after a rotation.
+    secret_grace_s: float = 24 * 3600.0
+    #: Seconds between polls of the event log and the outbox when idle.
+    poll_interval_s: float = 0.25
+    #: Events matched, and deliveries claimed, per round.
+    batch_size: int = 200
+
+
+Capability = Literal["text_generation", "chat", "json_mode", "tools", "vision", "embeddings"]
+
+
+class LlmModelConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    #: The provider's name for the model (sent to it as ``model``).
+    name: str
+    capabilities: list[Capability] = msgspec.field(
+        default_factory=lambda: ["text_generation", "chat"]
+    )
+    #: Prices per token, in the currency of your choice (USD in the examples).
+    input_cost_per_token: float = 0.0
+    output_cost_per_token: float = 0.0
+    #: Tokens of prompt plus completion the model accepts.
+    context_window: int = 8192
+    #: Prior of the latency estimate (ms); observed latencies move it (EWMA).
+    latency_ms: float = 1000.0
+
+
+class LlmProviderConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    #: ``openai``: any OpenAI-compatible server; ``anthropic``: the Messages API.
+    kind: Literal["openai", "anthropic"] = "openai"
+    #: E.g. ``https://api.openai.com/v1`` (requests go to ``<base_url>/chat/completions``).
+    base_url: str
+    #: Name of the environment variable holding the API key. The key itself is
+    #: never in the configuration, never logged and never returned.
+    api_key_env: str = ""
+    #: Share of traffic under the ``weighted`` strategy.
+    weight: float = 1.0
+    #: Per provider quotas, counted per worker; 0: unlimited. A candidate over
+    #: its quota is skipped, not waited for.
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    #: Seconds to wait for each read from the provider (and for the whole
+    #: call, within ``llm.total_timeout_s``).
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    #: Pooled connections kept to the provider.
+    max_connections: int = 100
+    models: list[LlmModelConfig] = []
+
+
+class LlmRequirementsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What an alias (a name usable as ``model``) asks of the model it routes to."""
+
+    capabilities: list[Capability] = []
+    #: Both the input and the output price must be at or below this; 0: any.
+    max_cost_per_token: float = 0.0
+    #: The model's latency estimate must be within this; 0: any.
+    max_latency_ms: float = 0.0
+    preferred_providers: list[str] = []
+    #: A model name (or ``provider/model``); empty: any model.
+    model: str = ""
+    #: Overrides ``llm.strategy`` for this alias.
+    strategy: Literal["cheapest", "fastest", "weighted", "least_busy", ""] = ""
+
+
+class LlmBudgetConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Daily (UTC) limits of one tenant; 0: unlimited."""
+
+    requests_per_day: int = 0
+    tokens_per_day: int = 0
+    cost_per_day: float = 0.0
+
+
+class LlmConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """LLM routing (docs/llm.md)."""
+
+    providers: list[LlmProviderConfig] = []
+    #: ``[llm.aliases.<alias>]``: names usable as ``model`` that route by requirements.
+    aliases: dict[str, LlmRequirementsConfig] = {}
+    #: Order of the candidates that meet the requirements.
+    strategy: Literal["cheapest", "fastest", "weighted", "least_busy"] = "cheapest"
+    #: Seconds for the whole call, fallbacks included (to the first chunk when
+    #: streaming). Below ``limits.handler_timeout_s``.
+    total_timeout_s: float = 25.0
+    #: Consecutive failures that open a model's circuit...
+    circuit_failures: int = 5
+    #: ...and seconds before it lets one trial call through (half-open).
+    circuit_cooldown_s: float = 30.0
+    #: Weight of each new observation in the latency estimate (EWMA, 0-1).
+    latency_alpha: float = 0.2
+    #: Seconds between writes of usage to the store (and reads of other
+    #: workers' usage for budgets).
+    usage_flush_interval_s: float = 1.0
+    #: ``[llm.budgets.<tenant>]``; ``"*"`` applies to tenants not listed.
+    budgets: dict[str, LlmBudgetConfig] = {}
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -222,6 +369,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     auth: AuthConfig = AuthConfig()
     metrics: MetricsConfig = MetricsConfig()
     realtime: RealtimeConfig = RealtimeConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
+    storage: StorageConfig = StorageConfig()
+    llm: LlmConfig = LlmConfig()
 
     @property
     def database_url(self) -> str:
@@ -326,6 +476,10 @@ def _check(config: Config) -> None:
         "shutdown_grace_s",
     ):
         positive(f"realtime.{key}", getattr(config.realtime, key))
+    positive("storage.max_object_bytes", config.storage.max_object_bytes)
+    positive("storage.max_page_size", config.storage.max_page_size)
+    if config.storage.backend == "s3" and not config.storage.s3_bucket:
+        raise ConfigError("invalid configuration: storage.s3_bucket: backend 's3' needs a bucket")
     positive("limits.max_json_depth", config.limits.max_json_depth)
     positive("limits.max_in_flight", config.limits.max_in_flight)
     positive("limits.read_timeout_s", config.limits.read_timeout_s)
@@ -340,6 +494,32 @@ def _check(config: Config) -> None:
     for key, spec in specs.items():
         positive(f"{key}.rate", spec.rate)
         positive(f"{key}.burst", spec.burst)
+    wh = config.webhooks
+    for key in (
+        "max_attempts",
+        "timeout_s",
+        "concurrency",
+        "per_endpoint_concurrency",
+        "disable_after_s",
+        "poll_interval_s",
+        "batch_size",
+    ):
+        positive(f"webhooks.{key}", getattr(wh, key))
+    if not wh.retry_schedule or any(not d >= 0 for d in wh.retry_schedule):
+        raise ConfigError(
+            "invalid configuration: webhooks.retry_schedule: need at least one delay, all >= 0"
+        )
+    if not 0 <= wh.jitter < 1 or not wh.secret_grace_s >= 0:
+        raise ConfigError(
+            "invalid configuration: webhooks.jitter must be in [0, 1), secret_grace_s >= 0"
+        )
+    for cidr in wh.allowed_networks:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"invalid configuration: webhooks.allowed_networks: not a CIDR: {cidr!r}"
+            ) from exc
     for cidr in config.server.trusted_proxies:
         try:
             ipaddress.ip_network(cidr, strict=False)
@@ -355,6 +535,7 @@ def _check(config: Config) -> None:
             "invalid configuration: auth.jwt_secret: mode 'jwt' needs jwt_secret, "
             "jwt_public_key_file or jwt_jwks_file"
         )
+    _check_llm(config)
     # The store parses the URL; ask it, so validation and use cannot disagree.
     from agentcore.store import open_store
 
@@ -369,6 +550,57 @@ def _check(config: Config) -> None:
             "invalid configuration: database.pool_max_size: need 1 <= pool_min_size <= "
             "pool_max_size"
         )
+
+
+def _check_llm(config: Config) -> None:
+    llm = config.llm
+
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"invalid configuration: llm.{key}: {message}")
+
+    for key in ("total_timeout_s", "circuit_failures", "circuit_cooldown_s"):
+        if not getattr(llm, key) > 0:
+            fail(key, f"must be > 0, got {getattr(llm, key)}")
+    if not 0 < llm.latency_alpha <= 1:
+        fail("latency_alpha", f"must be in (0, 1], got {llm.latency_alpha}")
+    if llm.providers and llm.total_timeout_s >= config.limits.handler_timeout_s:
+        fail(
+            "total_timeout_s",
+            f"{llm.total_timeout_s:g} s must be below limits.handler_timeout_s "
+            f"({config.limits.handler_timeout_s:g} s), which would cut the call off first",
+        )
+    names: set[str] = set()
+    for i, provider in enumerate(llm.providers):
+        where = f"providers[{i}]"
+        if provider.name in names or not re.fullmatch(r"[A-Za-z0-9_.-]+", provider.name):
+            fail(f"{where}.name", f"must be unique and [A-Za-z0-9_.-]+, got {provider.name!r}")
+        names.add(provider.name)
+        if urlsplit(provider.base_url).scheme not in ("http", "https"):
+            fail(f"{where}.base_url", f"not an http(s) URL: {provider.base_url!r}")
+        for key in ("weight", "timeout_s", "connect_timeout_s", "max_connections"):
+            if not getattr(provider, key) > 0:
+                fail(f"{where}.{key}", f"must be > 0, got {getattr(provider, key)}")
+        for key in ("requests_per_minute", "tokens_per_minute"):
+            if getattr(provider, key) < 0:
+                fail(f"{where}.{key}", "must be >= 0")
+        models: set[str] = set()
+        for j, model in enumerate(provider.models):
+            if not model.name or model.name in models:
+                fail(f"{where}.models[{j}].name", f"must be unique and non-empty: {model.name!r}")
+            models.add(model.name)
+            for key in ("input_cost_per_token", "output_cost_per_token", "latency_ms"):
+                if not getattr(model, key) >= 0:
+                    fail(f"{where}.models[{j}].{key}", "must be >= 0")
+            if model.context_window <= 0:
+                fail(f"{where}.models[{j}].context_window", "must be > 0")
+    for alias, req in llm.aliases.items():
+        for provider_name in req.preferred_providers:
+            if provider_name not in names:
+                fail(f"aliases.{alias}.preferred_providers", f"unknown provider {provider_name!r}")
+    for tenant, budget in llm.budgets.items():
+        for key in ("requests_per_day", "tokens_per_day", "cost_per_day"):
+            if not getattr(budget, key) >= 0:
+                fail(f"budgets.{tenant}.{key}", "must be >= 0")
 
 
 def load_config(

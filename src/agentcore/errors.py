@@ -13,6 +13,9 @@ handler only ever ``raise``\\ s.
     ├── StoreUnavailable            503  -32000  the database (or Redis) cannot be reached
     ├── Overloaded                  503  -32030  load shed: too many requests in flight
     ├── HandlerTimeout              503  -32032  the handler ran past limits.handler_timeout_s
+    ├── ProviderError               502  -32060  every LLM provider tried failed
+    │   └── ProviderTimeout         504  -32061  ... or llm.total_timeout_s ran out
+    ├── StorageUnavailable          503  -32053  the blob storage backend cannot be reached
     └── ClientError                 400  -32600  the caller's fault (any 4xx)
         ├── ParseError              400  -32700  body is not JSON
         ├── InvalidRequest          400  -32600  JSON, but not a valid request
@@ -31,7 +34,14 @@ handler only ever ``raise``\\ s.
         ├── Forbidden               403  -32007  missing scope, or acting for another agent
         ├── Unauthorized            401  -32010  missing or invalid credentials
         ├── RequestTimeout          408  -32031  the body did not arrive in time
-        └── RateLimited             429  -32029  over the client's rate limit
+        ├── RateLimited             429  -32029  over the client's rate limit
+        │   └── BudgetExceeded      429  -32064  the tenant's daily LLM budget is used up
+        ├── NoModelAvailable        422  -32062  no LLM model meets the requirements (names which)
+        ├── ModelNotFound           404  -32063  ``model`` names no LLM model or alias
+        ├── ProviderRejected        400  -32065  an LLM provider refused the request as malformed
+        ├── ObjectNotFound          404  -32050  no stored object under that key (for the tenant)
+        ├── InvalidKey              400  -32051  storage key refused (traversal, length, characters)
+        └── RangeNotSatisfiable     416  -32052  Range outside the object
 
 JSON-RPC codes -32001..-32099 are the server-defined range of the spec; the
 table above is the documented meaning of each (see docs/api.md).
@@ -198,3 +208,85 @@ class TaskAlreadyExists(ClientError):
     status = 409
     code = -32008
     title = "task_already_exists"
+
+
+class ObjectNotFound(ClientError):
+    status = 404
+    code = -32050
+    title = "object_not_found"
+
+
+class InvalidKey(ClientError):
+    code = -32051
+    title = "invalid_key"
+
+
+class RangeNotSatisfiable(ClientError):
+    status = 416
+    code = -32052
+    title = "range_not_satisfiable"
+
+
+class StorageUnavailable(AgentCoreError):
+    status = 503
+    code = -32053
+    title = "storage_unavailable"
+
+
+class WebhookNotFound(ClientError):
+    status = 404
+    code = -32040
+    title = "webhook_not_found"
+
+
+class UnsafeUrl(ClientError):
+    """A webhook URL that is malformed or resolves to a refused address (SSRF policy)."""
+
+    status = 422
+    code = -32041
+    title = "unsafe_url"
+
+
+class ProviderError(AgentCoreError):
+    """An LLM provider failed (5xx, 429, 401/403, connection error, bad answer).
+
+    Raised by a provider for one attempt, where the router falls back to the
+    next candidate; reaches the caller only when every candidate failed.
+    """
+
+    status = 502
+    code = -32060
+    title = "provider_error"
+
+
+class ProviderTimeout(ProviderError):
+    status = 504
+    code = -32061
+    title = "provider_timeout"
+
+
+class BudgetExceeded(RateLimited):
+    code = -32064
+    title = "budget_exceeded"
+
+
+class NoModelAvailable(ClientError):
+    """No configured model meets the requirements; ``data`` names the unmet ones."""
+
+    status = 422
+    code = -32062
+    title = "no_model_available"
+
+
+class ModelNotFound(ClientError):
+    status = 404
+    code = -32063
+    title = "model_not_found"
+
+
+class ProviderRejected(ClientError):
+    """The provider answered 400/404/413/422: the caller's request is at fault, so
+    no other provider is tried. ``data.provider_status`` holds the provider's status."""
+
+    code = -32065
+    title = "provider_rejected"

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import msgspec
 
-from agentcore.errors import AgentCoreError, InvalidParams, ParseError, PayloadTooLarge
+from agentcore.errors import (
+    AgentCoreError,
+    InvalidParams,
+    InvalidRequest,
+    ParseError,
+    PayloadTooLarge,
+)
 from agentcore.types import Message, Receive, Scope, Send
 
 T = TypeVar("T")
@@ -102,6 +109,31 @@ class Request:
         self._body = await self._read(limit)
         return self._body
 
+    async def stream(self, limit: int) -> AsyncIterator[bytes]:
+        """The body chunk by chunk as it arrives, never buffered whole.
+
+        413 as soon as it is known to exceed ``limit`` bytes (the declared
+        Content-Length, else the running total); :class:`InvalidRequest` when
+        the client disconnects before the body is complete, so a consumer never
+        mistakes a cut-off body for a whole one.
+        """
+        declared = self.header(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidRequest("the client disconnected before the body was complete")
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
     async def _read(self, limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
@@ -149,6 +181,45 @@ class Response:
             headers.extend(self.headers)
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class StreamingResponse(Response):
+    """A response whose body is sent as ``chunks`` yields it (downloads).
+
+    ``content_length``, when known, is sent so clients see progress and can
+    tell a cut-off body from a whole one; the iterator is closed in every case
+    (HEAD, a client gone mid-body) so the file or connection behind it is freed.
+    """
+
+    __slots__ = ("chunks", "content_length")
+
+    def __init__(
+        self,
+        status: int,
+        chunks: AsyncIterator[bytes],
+        content_type: bytes = b"application/octet-stream",
+        headers: list[tuple[bytes, bytes]] | None = None,
+        content_length: int | None = None,
+    ) -> None:
+        super().__init__(status, b"", content_type, headers)
+        self.chunks = chunks
+        self.content_length = content_length
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", self.content_type)]
+        if self.content_length is not None:
+            headers.append((b"content-length", str(self.content_length).encode()))
+        headers.extend(self.headers or ())
+        try:
+            await send({"type": "http.response.start", "status": self.status, "headers": headers})
+            if scope.get("method") != "HEAD":
+                async for chunk in self.chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            close = getattr(self.chunks, "aclose", None)
+            if close is not None:
+                await close()
 
 
 def json_response(data: Any, status: int = 200) -> Response:

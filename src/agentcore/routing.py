@@ -1,4 +1,11 @@
-"""Path routing: exact paths by dict lookup, ``{param}`` paths by regex."""
+"""Path routing: exact paths by dict lookup, ``{param}`` paths by regex.
+
+``{param}`` matches one segment (``[^/]+``); ``{param:path}`` matches the rest
+of the path, slashes included (storage keys). A route is documented under its
+path with ``{param:path}`` written ``{param}`` (OpenAPI has no catch-all).
+When the first route matching a path lacks the method, later routes are tried
+(``POST /storage/upload`` and ``GET /storage/{key:path}`` share ``upload``).
+"""
 
 from __future__ import annotations
 
@@ -56,11 +63,13 @@ class Router:
         self._patterns: list[Route] = []
 
     def add(self, method: str, path: str, handler: Handler, doc: Doc | None = None) -> None:
-        route = self._exact.get(path) or next((r for r in self._patterns if r.path == path), None)
+        shown = re.sub(r"\{(\w+):path\}", r"{\1}", path)
+        route = self._exact.get(shown) or next((r for r in self._patterns if r.path == shown), None)
         if route is None:
-            route = Route(path)
+            route = Route(shown)
             if "{" in path:
-                regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path)
+                regex = re.sub(r"\{(\w+):path\}", r"(?P<\1>.+)", path)
+                regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex)
                 route.pattern = re.compile(f"^{regex}$")
                 self._patterns.append(route)
             else:
@@ -73,18 +82,22 @@ class Router:
         """The route, its handler and path params; NotFound / MethodNotAllowed otherwise."""
         params: dict[str, str] = {}
         route = self._exact.get(path)
-        if route is None:
+        handler = None if route is None else _handler(route, method)
+        if handler is None:
+            first = route
             for candidate in self._patterns:
                 assert candidate.pattern is not None
                 m = candidate.pattern.match(path)
                 if m:
-                    route, params = candidate, m.groupdict()
-                    break
-            else:
+                    first = first or candidate
+                    handler = _handler(candidate, method)
+                    if handler is not None:
+                        route, params = candidate, m.groupdict()
+                        break
+            if first is None:
                 raise NotFound(f"no route for {path[:200]}")
-        handler = route.handlers.get(method)
-        if handler is None and method == "HEAD":
-            handler = route.handlers.get("GET")
+            route = route if handler is not None else first
+        assert route is not None
         if handler is None:
             allowed = ", ".join(
                 sorted({*route.handlers, *(["HEAD"] if "GET" in route.handlers else [])})
@@ -97,3 +110,10 @@ class Router:
 
     def routes(self) -> list[Route]:
         return [*self._exact.values(), *self._patterns]
+
+
+def _handler(route: Route, method: str) -> Handler | None:
+    handler = route.handlers.get(method)
+    if handler is None and method == "HEAD":
+        handler = route.handlers.get("GET")
+    return handler

@@ -168,7 +168,7 @@ async def test_class_limit_applies_to_its_class_only() -> None:
     async with limited(rate_limit=rate_limit) as (_, client):
         statuses = [(await call(client)).status_code for _ in range(3)]
         integration = await client.get("/api/v1/integration/anything")
-        llm = await client.get("/v1/models")
+        llm = await client.get("/v1/no-such-llm-route")
 
     assert statuses == [200, 429, 429]
     # Other classes use the default rate, each with a quota of its own.

@@ -333,9 +333,6 @@ class Connections:
     def __len__(self) -> int:
         return len(self._open)
 
-    def count(self, transport: Transport) -> int:
-        return sum(1 for c in self._open if c.transport == transport)
-
     @property
     def subscriptions(self) -> int:
         return sum(len(feeds) for feeds in self._feeds.values())
@@ -345,6 +342,8 @@ class Connections:
         self._empty.clear()
         if self._metrics is not None:
             self._gauges[conn.transport].inc()
+        if self.closing:  # it authenticated while the streams were being closed
+            conn.close(1001, "server shutting down")
 
     def release(self, conn: Connection) -> None:
         conn.release()

@@ -202,6 +202,8 @@ class WebSocketEndpoint:
             assert self.authenticator is not None  # without one every caller has an identity
             identity = await self.authenticator.authenticate(parsed.token)
         except TimeoutError:
+            if self.metrics is not None:
+                self.metrics.unauthorized.labels("missing").inc()
             await _close(
                 send, 1008, f"authentication timeout: no auth message within {timeout:g} s"
             )
@@ -232,7 +234,7 @@ async def _close(send: Send, code: int, reason: str) -> None:
 class WebSocketConnection(Connection):
     transport = "websocket"
 
-    __slots__ = ("_next_sid", "_refused", "_tat", "endpoint")
+    __slots__ = ("_busy", "_next_sid", "_refused", "_tat", "endpoint")
 
     def __init__(
         self, endpoint: WebSocketEndpoint, identity: Identity, send: Send, client: str
@@ -243,6 +245,8 @@ class WebSocketConnection(Connection):
         #: Rate limit state (GCRA theoretical arrival time) and refusals in a row.
         self._tat = 0.0
         self._refused = 0
+        #: True while a message is being answered (a replay, an rpc): not idle.
+        self._busy = False
 
     # -- framing -------------------------------------------------------------------
 
@@ -258,7 +262,7 @@ class WebSocketConnection(Connection):
 
     def tick(self, now: float, config: RealtimeConfig) -> None:
         super().tick(now, config)
-        if self.closing:
+        if self.closing or self._busy:
             return
         quiet = now - self.last_heard
         if quiet >= config.idle_timeout_s:
@@ -292,7 +296,12 @@ class WebSocketConnection(Connection):
                 continue
             if self.closing or not await self._allow():
                 continue
-            await self.handle(text)
+            self._busy = True
+            try:
+                await self.handle(text)
+            finally:
+                self._busy = False
+                self.last_heard = self.hub.now()  # client messages waited meanwhile
 
     async def _allow(self) -> bool:
         """The client message rate limit: an ``error`` when over it, 1008 when it persists."""

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from agentcore.apikeys import ApiKey
 from agentcore.events.base import Event
+from agentcore.llm.accounting import LlmUsage
 from agentcore.models import Agent, AgentQuery, Task, TaskQuery
 
 
@@ -109,3 +110,14 @@ class Store(Protocol):
 
     async def trim_events(self, keep: int, older_than: float) -> int:
         """Delete all but the newest ``keep`` events and those older than ``older_than``."""
+
+    # -- LLM usage ------------------------------------------------------------
+
+    async def add_llm_usage(self, rows: Sequence[LlmUsage]) -> None:
+        """Add the counts of ``rows`` to their (day, tenant, agent, provider, model) rows."""
+
+    async def llm_usage(self, day: str, tenant: str | None = None) -> list[LlmUsage]:
+        """Usage rows of a UTC day (``YYYY-MM-DD``), optionally of one tenant."""
+
+    async def llm_tenant_totals(self, day: str) -> dict[str, tuple[int, int, float]]:
+        """Per tenant on a UTC day: (requests, tokens, cost)."""

@@ -22,6 +22,7 @@ import msgspec
 from agentcore.apikeys import ApiKey
 from agentcore.errors import ConfigError
 from agentcore.events.base import Event
+from agentcore.llm.accounting import LlmUsage
 from agentcore.models import (
     ACTIVE_TASK,
     Agent,
@@ -141,6 +142,86 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE event_seq (n BIGINT NOT NULL)",
         "INSERT INTO event_seq (n) VALUES (0)",
     ),
+    (
+        # Webhooks (webhooks/store.py). A webhook sees events with id >
+        # after_event_id (the log's head when it was created).
+        """CREATE TABLE webhooks (
+            id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            url TEXT NOT NULL,
+            events TEXT NOT NULL,
+            name TEXT NOT NULL,
+            description TEXT NOT NULL,
+            secrets TEXT NOT NULL,
+            headers TEXT NOT NULL,
+            max_attempts INTEGER,
+            rate_limit_per_s DOUBLE PRECISION,
+            status TEXT NOT NULL,
+            disabled_reason TEXT,
+            failing_since DOUBLE PRECISION,
+            after_event_id BIGINT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX webhooks_tenant_created ON webhooks (tenant, created_at)",
+        "CREATE INDEX webhooks_status ON webhooks (status)",
+        # The outbox: one row per (webhook, event); its id is the webhook-id header.
+        """CREATE TABLE webhook_deliveries (
+            id TEXT PRIMARY KEY,
+            webhook_id TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            event_id BIGINT,
+            event_type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            tries INTEGER NOT NULL,
+            next_attempt_at DOUBLE PRECISION NOT NULL,
+            lease_until DOUBLE PRECISION,
+            lease_owner TEXT,
+            last_status INTEGER,
+            last_error TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            UNIQUE (webhook_id, event_id)
+        )""",
+        "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at)",
+        "CREATE INDEX webhook_deliveries_webhook ON webhook_deliveries (webhook_id, created_at)",
+        """CREATE TABLE webhook_attempts (
+            delivery_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            webhook_id TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            status_code INTEGER,
+            ok INTEGER NOT NULL,
+            duration_ms DOUBLE PRECISION NOT NULL,
+            error TEXT,
+            PRIMARY KEY (delivery_id, attempt)
+        )""",
+        "CREATE INDEX webhook_attempts_webhook_at ON webhook_attempts (webhook_id, at)",
+        "CREATE TABLE webhook_cursor (name TEXT PRIMARY KEY, position BIGINT NOT NULL)",
+        "INSERT INTO webhook_cursor (name, position) SELECT 'dispatcher', n FROM event_seq",
+    ),
+    (
+        # LLM usage: one row per (UTC day, tenant, agent, provider, model),
+        # added to by each worker's periodic flush (llm/accounting.py).
+        """CREATE TABLE llm_usage (
+            day TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            agent_id TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            requests BIGINT NOT NULL,
+            prompt_tokens BIGINT NOT NULL,
+            completion_tokens BIGINT NOT NULL,
+            cost DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (day, tenant, agent_id, provider, model)
+        )""",
+    ),
+)
+
+_LLM_USAGE_COLUMNS = (
+    "day, tenant, agent_id, provider, model, requests, prompt_tokens, completion_tokens, cost"
 )
 
 #: Key of the PostgreSQL advisory lock that serialises migrations ("agentcor").
@@ -332,6 +413,11 @@ def _event(row: Sequence[Any]) -> Event:
 class SqlStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    @property
+    def db(self) -> Database:
+        """The driver, for stores of other concepts sharing this database (webhooks)."""
+        return self._db
 
     async def open(self) -> None:
         await self._db.open()
@@ -573,6 +659,67 @@ class SqlStore:
         return await self._db.execute(
             "DELETE FROM events WHERE id <= $1 OR timestamp < $2", last - keep, float(older_than)
         )
+
+    # -- LLM usage ----------------------------------------------------------------
+
+    async def add_llm_usage(self, rows: Sequence[LlmUsage]) -> None:
+        async with self._db.transaction() as tx:
+            await tx.executemany(
+                f"INSERT INTO llm_usage ({_LLM_USAGE_COLUMNS}) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+                "ON CONFLICT (day, tenant, agent_id, provider, model) DO UPDATE SET "
+                "requests = llm_usage.requests + excluded.requests, "
+                "prompt_tokens = llm_usage.prompt_tokens + excluded.prompt_tokens, "
+                "completion_tokens = llm_usage.completion_tokens + excluded.completion_tokens, "
+                "cost = llm_usage.cost + excluded.cost",
+                [
+                    (
+                        r.day,
+                        r.tenant,
+                        r.agent_id,
+                        r.provider,
+                        r.model,
+                        r.requests,
+                        r.prompt_tokens,
+                        r.completion_tokens,
+                        float(r.cost),
+                    )
+                    for r in rows
+                ],
+            )
+
+    async def llm_usage(self, day: str, tenant: str | None = None) -> list[LlmUsage]:
+        args = _Args()
+        conditions = [f"day = {args(day)}"]
+        if tenant is not None:
+            conditions.append(f"tenant = {args(tenant)}")
+        rows = await self._db.fetch(
+            f"SELECT {_LLM_USAGE_COLUMNS} FROM llm_usage{_where(conditions)} "
+            "ORDER BY tenant, agent_id, provider, model",
+            *args,
+        )
+        return [
+            LlmUsage(
+                day=r[0],
+                tenant=r[1],
+                agent_id=r[2],
+                provider=r[3],
+                model=r[4],
+                requests=int(r[5]),
+                prompt_tokens=int(r[6]),
+                completion_tokens=int(r[7]),
+                cost=float(r[8]),
+            )
+            for r in rows
+        ]
+
+    async def llm_tenant_totals(self, day: str) -> dict[str, tuple[int, int, float]]:
+        rows = await self._db.fetch(
+            "SELECT tenant, SUM(requests), SUM(prompt_tokens + completion_tokens), SUM(cost) "
+            "FROM llm_usage WHERE day = $1 GROUP BY tenant",
+            day,
+        )
+        return {r[0]: (int(r[1]), int(r[2]), float(r[3])) for r in rows}
 
 
 async def _delete_labels(tx: Driver, agent_id: str) -> None:

@@ -1,0 +1,215 @@
+"""Usage per tenant and agent: Prometheus counters, a table in the store, daily budgets.
+
+Every finished completion is counted at once in /metrics (requests, tokens
+and cost by tenant, agent, provider and model) and in memory; a background
+job (``llm.usage_flush_interval_s``) adds the counts to the ``llm_usage``
+table, one row per (UTC day, tenant, agent, provider, model), and reads back
+today's totals per tenant, so budgets see what the other workers spent
+within one flush interval.
+
+Budgets (``[llm.budgets.<tenant>]``, ``"*"`` for the rest) are checked
+before routing: a tenant at or over its daily requests, tokens or cost gets
+429 with ``Retry-After`` until midnight UTC. Calls already in flight finish,
+so a tenant can overshoot by what its concurrent calls use. Failed calls
+are counted in /metrics but spend no budget (providers do not bill them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from agentcore.clock import Clock
+from agentcore.config import LlmBudgetConfig
+from agentcore.errors import BudgetExceeded, StoreUnavailable
+
+if TYPE_CHECKING:
+    from agentcore.metrics import Metrics
+    from agentcore.store.base import Store
+
+log = logging.getLogger("agentcore.llm")
+
+DAY_S = 86_400
+
+
+class LlmUsage(msgspec.Struct, kw_only=True):
+    """One row of ``llm_usage``: what a tenant's agent spent on one model in one UTC day."""
+
+    day: str
+    tenant: str
+    agent_id: str
+    provider: str
+    model: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+
+@dataclass(slots=True)
+class Totals:
+    requests: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+
+    def add(self, requests: int, tokens: int, cost: float) -> None:
+        self.requests += requests
+        self.tokens += tokens
+        self.cost += cost
+
+
+def utc_day(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(epoch))
+
+
+class Accounting:
+    def __init__(
+        self,
+        store: Store,
+        budgets: Mapping[str, LlmBudgetConfig],
+        clock: Clock,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._store = store
+        self._budgets = budgets
+        self._clock = clock
+        self._metrics = metrics
+        #: Counts not yet written to the store, by (day, tenant, agent, provider, model).
+        self._pending: dict[tuple[str, str, str, str, str], LlmUsage] = {}
+        #: Today's totals per tenant as the store last reported them...
+        self._stored: dict[str, Totals] = {}
+        self._stored_day = ""
+        #: ...plus what this worker counted since, not yet in ``_stored``.
+        self._local: dict[str, Totals] = {}
+        #: Counts being written by a running flush (still not in ``_stored``).
+        self._flushing: dict[str, Totals] = {}
+
+    @property
+    def day(self) -> str:
+        """Today, UTC, as ``YYYY-MM-DD``."""
+        return utc_day(self._clock())
+
+    def budget(self, tenant: str) -> LlmBudgetConfig | None:
+        return self._budgets.get(tenant) or self._budgets.get("*")
+
+    def today(self, tenant: str) -> Totals:
+        """The tenant's usage today as this worker knows it."""
+        self._roll()
+        total = Totals()
+        for source in (self._stored, self._local, self._flushing):
+            part = source.get(tenant)
+            if part is not None:
+                total.add(part.requests, part.tokens, part.cost)
+        return total
+
+    def check(self, tenant: str) -> None:
+        """Raise :class:`BudgetExceeded` when the tenant's daily budget is used up."""
+        budget = self.budget(tenant)
+        if budget is None:
+            return
+        used = self.today(tenant)
+        over = None
+        if budget.requests_per_day and used.requests >= budget.requests_per_day:
+            over = ("requests", f"{used.requests} of {budget.requests_per_day} requests")
+        elif budget.tokens_per_day and used.tokens >= budget.tokens_per_day:
+            over = ("tokens", f"{used.tokens} of {budget.tokens_per_day} tokens")
+        elif budget.cost_per_day and used.cost >= budget.cost_per_day:
+            over = ("cost", f"{used.cost:.6g} of {budget.cost_per_day:g} cost")
+        if over is None:
+            return
+        now = self._clock()
+        retry = int(DAY_S - now % DAY_S) + 1
+        if self._metrics is not None:
+            self._metrics.llm_budget_exceeded.labels(tenant).inc()
+        raise BudgetExceeded(
+            f"tenant {tenant!r} has used its daily LLM budget: {over[1]} today; "
+            "it resets at 00:00 UTC",
+            data={"tenant": tenant, "budget": over[0], "retry_after_s": retry},
+            headers=((b"retry-after", str(retry).encode()),),
+        )
+
+    def record(
+        self,
+        tenant: str,
+        agent: str,
+        provider: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: float,
+    ) -> None:
+        """Count one successful completion."""
+        self._roll()
+        day = self._stored_day
+        key = (day, tenant, agent, provider, model)
+        row = self._pending.get(key)
+        if row is None:
+            row = self._pending[key] = LlmUsage(
+                day=day, tenant=tenant, agent_id=agent, provider=provider, model=model
+            )
+        row.requests += 1
+        row.prompt_tokens += prompt_tokens
+        row.completion_tokens += completion_tokens
+        row.cost += cost
+        self._local.setdefault(tenant, Totals()).add(1, prompt_tokens + completion_tokens, cost)
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.llm_requests.labels(tenant, agent, provider, model, "ok").inc()
+            metrics.llm_tokens.labels(tenant, agent, provider, model, "prompt").inc(prompt_tokens)
+            metrics.llm_tokens.labels(tenant, agent, provider, model, "completion").inc(
+                completion_tokens
+            )
+            metrics.llm_cost.labels(tenant, agent, provider, model).inc(cost)
+
+    def failed(self, tenant: str, agent: str, provider: str, model: str, outcome: str) -> None:
+        """Count a call that ended without a completion (``error``, ``timeout``, ``rejected``)."""
+        if self._metrics is not None:
+            self._metrics.llm_requests.labels(tenant, agent, provider, model, outcome).inc()
+
+    async def load(self) -> None:
+        """Read today's totals (startup)."""
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write pending counts and read back today's totals; on a store outage
+        the counts stay pending and are written by a later flush."""
+        self._roll()
+        rows, self._pending = list(self._pending.values()), {}
+        local = self._flushing = self._local
+        self._local = {}
+        try:
+            if rows:
+                await self._store.add_llm_usage(rows)
+            day = self._stored_day
+            stored = await self._store.llm_tenant_totals(day)
+        except StoreUnavailable:
+            for row in rows:  # put them back, merging with what arrived meanwhile
+                key = (row.day, row.tenant, row.agent_id, row.provider, row.model)
+                newer = self._pending.get(key)
+                if newer is not None:
+                    row.requests += newer.requests
+                    row.prompt_tokens += newer.prompt_tokens
+                    row.completion_tokens += newer.completion_tokens
+                    row.cost += newer.cost
+                self._pending[key] = row
+            for tenant, totals in local.items():
+                self._local.setdefault(tenant, Totals()).add(
+                    totals.requests, totals.tokens, totals.cost
+                )
+            raise
+        finally:
+            self._flushing = {}
+        if day == self._stored_day:
+            self._stored = {t: Totals(r, k, c) for t, (r, k, c) in stored.items()}
+
+    def _roll(self) -> None:
+        day = utc_day(self._clock())
+        if day != self._stored_day:
+            self._stored_day = day
+            self._stored = {}
+            self._local = {}

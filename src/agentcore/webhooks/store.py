@@ -1,0 +1,645 @@
+"""Webhooks, the outbox and the attempt log, in the gateway's database.
+
+Tables of migration 4 (``store/sql.py``): ``webhooks``; ``webhook_deliveries``,
+the outbox, one row per (webhook, event) (unique, so matching an event twice
+adds nothing) whose id is the ``webhook-id`` header of every attempt;
+``webhook_attempts``, one row per attempt; ``webhook_cursor``, the last event
+the dispatcher has matched.
+
+A delivery is ``pending`` (due at ``next_attempt_at``), ``delivering``
+(claimed by one worker until ``lease_until``), ``succeeded`` or ``dead``
+(attempts exhausted, or the endpoint answered 410). Claiming is one
+``UPDATE ... RETURNING`` whose outer condition repeats the inner one, so two
+workers (processes, machines) never hold the same delivery: on PostgreSQL
+the second waits for the first's row lock and then re-checks the row, on
+SQLite the writer lock serialises them. A worker that dies mid-attempt
+leaves a lease that expires; another worker then takes the delivery over.
+
+Every method takes ``now`` (epoch seconds) from the caller's clock.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import secrets
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import msgspec
+
+from agentcore.store.sql import Database, Driver
+
+WebhookStatus = Literal["active", "disabled"]
+DeliveryStatus = Literal["pending", "delivering", "succeeded", "dead"]
+DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("pending", "delivering", "succeeded", "dead")
+
+
+class Secret(msgspec.Struct, frozen=True):
+    secret: str
+    #: None: the current secret; else epoch seconds after which it stops signing.
+    expires_at: float | None = None
+
+
+class Webhook(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    tenant: str
+    url: str
+    #: Glob patterns on the event type; any may match.
+    events: list[str]
+    name: str = ""
+    description: str = ""
+    #: Newest first: the current secret, then rotated ones still in their grace period.
+    secrets: list[Secret]
+    #: Extra request headers sent with every attempt.
+    headers: dict[str, str] = {}
+    max_attempts: int | None = None
+    rate_limit_per_s: float | None = None
+    status: WebhookStatus = "active"
+    disabled_reason: str | None = None
+    #: Epoch seconds of the first failure since the last success.
+    failing_since: float | None = None
+    #: Events with a higher id are delivered (the log's head at creation).
+    after_event_id: int = 0
+    created_at: float
+    updated_at: float
+
+    def matches(self, event_type: str) -> bool:
+        return any(fnmatch.fnmatchcase(event_type, p) for p in self.events)
+
+    def signing_secrets(self, now: float) -> list[str]:
+        return [s.secret for s in self.secrets if s.expires_at is None or s.expires_at > now]
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    webhook_id: str
+    tenant: str
+    event_id: int | None
+    event_type: str
+    #: The exact request body, the same bytes on every attempt.
+    payload: str
+    status: DeliveryStatus
+    #: Attempts ever made (numbering of the attempt log).
+    attempts: int
+    #: Attempts since it was last (re)queued; the retry schedule's position.
+    tries: int
+    next_attempt_at: float
+    lease_owner: str | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    created_at: float
+    updated_at: float
+
+
+class Attempt(msgspec.Struct, frozen=True, kw_only=True):
+    delivery_id: str
+    attempt: int
+    webhook_id: str
+    at: float
+    status_code: int | None
+    ok: bool
+    duration_ms: float
+    error: str | None = None
+
+
+class EventRow(msgspec.Struct, frozen=True):
+    """An event as the dispatcher needs it: ``data`` stays the stored JSON text."""
+
+    id: int
+    type: str
+    timestamp: float
+    source: str
+    tenant: str
+    data: str
+
+
+class Stats(msgspec.Struct, frozen=True, kw_only=True):
+    attempts: int
+    successes: int
+    failures: int
+    last_success_at: float | None
+    last_failure_at: float | None
+    #: Durations (ms) of the most recent attempts, newest first.
+    recent_durations_ms: list[float]
+    deliveries: dict[str, int]
+
+
+#: Turns events and the active webhooks into outbox rows (see ``dispatcher.py``).
+Planner = Callable[[list[EventRow], list[Webhook]], list[Delivery]]
+
+_WEBHOOK_COLUMNS = (
+    "id, tenant, url, events, name, description, secrets, headers, max_attempts, "
+    "rate_limit_per_s, status, disabled_reason, failing_since, after_event_id, "
+    "created_at, updated_at"
+)
+_DELIVERY_COLUMNS = (
+    "id, webhook_id, tenant, event_id, event_type, payload, status, attempts, tries, "
+    "next_attempt_at, lease_owner, last_status, last_error, created_at, updated_at"
+)
+_INSERT_DELIVERY = (
+    f"INSERT INTO webhook_deliveries ({_DELIVERY_COLUMNS}, lease_until) VALUES "
+    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL)"
+)
+#: Claimable: due, or claimed by a worker whose lease ran out.
+_CLAIMABLE = (
+    "((status = 'pending' AND next_attempt_at <= $1) "
+    "OR (status = 'delivering' AND lease_until < $1))"
+)
+
+_secrets_decoder = msgspec.json.Decoder(list[Secret])
+_labels_decoder = msgspec.json.Decoder(list[str])
+_headers_decoder = msgspec.json.Decoder(dict[str, str])
+
+
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def new_webhook_id() -> str:
+    return "wh_" + secrets.token_hex(12)
+
+
+def new_delivery_id(now: float) -> str:
+    """``msg_`` + milliseconds (sortable by creation) + randomness."""
+    return f"msg_{int(now * 1000):011x}{secrets.token_hex(8)}"
+
+
+def _opt_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _webhook_row(w: Webhook) -> tuple[Any, ...]:
+    return (
+        w.id,
+        w.tenant,
+        w.url,
+        _json(w.events),
+        w.name,
+        w.description,
+        _json(w.secrets),
+        _json(w.headers),
+        w.max_attempts,
+        _opt_float(w.rate_limit_per_s),
+        w.status,
+        w.disabled_reason,
+        _opt_float(w.failing_since),
+        int(w.after_event_id),
+        float(w.created_at),
+        float(w.updated_at),
+    )
+
+
+def _webhook(row: Sequence[Any]) -> Webhook:
+    return Webhook(
+        id=row[0],
+        tenant=row[1],
+        url=row[2],
+        events=_labels_decoder.decode(row[3]),
+        name=row[4],
+        description=row[5],
+        secrets=_secrets_decoder.decode(row[6]),
+        headers=_headers_decoder.decode(row[7]),
+        max_attempts=row[8],
+        rate_limit_per_s=row[9],
+        status=row[10],
+        disabled_reason=row[11],
+        failing_since=row[12],
+        after_event_id=int(row[13]),
+        created_at=row[14],
+        updated_at=row[15],
+    )
+
+
+def _delivery_row(d: Delivery) -> tuple[Any, ...]:
+    return (
+        d.id,
+        d.webhook_id,
+        d.tenant,
+        d.event_id,
+        d.event_type,
+        d.payload,
+        d.status,
+        d.attempts,
+        d.tries,
+        float(d.next_attempt_at),
+        d.lease_owner,
+        d.last_status,
+        d.last_error,
+        float(d.created_at),
+        float(d.updated_at),
+    )
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        id=row[0],
+        webhook_id=row[1],
+        tenant=row[2],
+        event_id=None if row[3] is None else int(row[3]),
+        event_type=row[4],
+        payload=row[5],
+        status=row[6],
+        attempts=int(row[7]),
+        tries=int(row[8]),
+        next_attempt_at=row[9],
+        lease_owner=row[10],
+        last_status=row[11],
+        last_error=row[12],
+        created_at=row[13],
+        updated_at=row[14],
+    )
+
+
+def _attempt(row: Sequence[Any]) -> Attempt:
+    return Attempt(
+        delivery_id=row[0],
+        attempt=int(row[1]),
+        webhook_id=row[2],
+        at=row[3],
+        status_code=row[4],
+        ok=bool(row[5]),
+        duration_ms=row[6],
+        error=row[7],
+    )
+
+
+def _placeholders(start: int, count: int) -> str:
+    return ", ".join(f"${i}" for i in range(start, start + count))
+
+
+class WebhookStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # -- webhooks -------------------------------------------------------------
+
+    async def create(self, webhook: Webhook) -> Webhook:
+        """Insert ``webhook``, starting after the event log's current head."""
+        async with self._db.transaction() as tx:
+            rows = await tx.fetch("SELECT n FROM event_seq")
+            stored = msgspec.structs.replace(webhook, after_event_id=int(rows[0][0]))
+            await tx.execute(
+                f"INSERT INTO webhooks ({_WEBHOOK_COLUMNS}) VALUES ({_placeholders(1, 16)})",
+                *_webhook_row(stored),
+            )
+        return stored
+
+    async def get(self, webhook_id: str, tenant: str | None = None) -> Webhook | None:
+        """The webhook; None when unknown or (with ``tenant``) another tenant's."""
+        rows = await self._db.fetch(
+            f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1", webhook_id
+        )
+        if not rows:
+            return None
+        webhook = _webhook(rows[0])
+        return webhook if tenant is None or webhook.tenant == tenant else None
+
+    async def for_tenant(self, tenant: str, status: WebhookStatus | None = None) -> list[Webhook]:
+        """The tenant's webhooks, oldest first."""
+        if status is None:
+            rows = await self._db.fetch(
+                f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE tenant = $1 "
+                "ORDER BY created_at, id",
+                tenant,
+            )
+        else:
+            rows = await self._db.fetch(
+                f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE tenant = $1 AND status = $2 "
+                "ORDER BY created_at, id",
+                tenant,
+                status,
+            )
+        return [_webhook(row) for row in rows]
+
+    async def replace(self, webhook: Webhook) -> bool:
+        """Store every field of ``webhook`` but its id, tenant, cursor and creation time."""
+        row = _webhook_row(webhook)
+        changed = await self._db.execute(
+            "UPDATE webhooks SET url = $3, events = $4, name = $5, description = $6, "
+            "secrets = $7, headers = $8, max_attempts = $9, rate_limit_per_s = $10, "
+            "status = $11, disabled_reason = $12, failing_since = $13, updated_at = $14 "
+            "WHERE id = $1 AND tenant = $2",
+            *row[:13],
+            row[15],
+        )
+        return changed > 0
+
+    async def delete(self, webhook_id: str, tenant: str) -> bool:
+        """Delete the webhook with its outbox rows and attempt log."""
+        async with self._db.transaction() as tx:
+            if not await tx.execute(
+                "DELETE FROM webhooks WHERE id = $1 AND tenant = $2", webhook_id, tenant
+            ):
+                return False
+            await tx.execute("DELETE FROM webhook_attempts WHERE webhook_id = $1", webhook_id)
+            await tx.execute("DELETE FROM webhook_deliveries WHERE webhook_id = $1", webhook_id)
+        return True
+
+    async def failed(
+        self, webhook_id: str, now: float, disable_after_s: float, gone: bool
+    ) -> Webhook | None:
+        """Record a failed attempt; returns the webhook if this call disabled it.
+
+        Disabled when the endpoint answered 410 (``gone``) or has failed
+        continuously for ``disable_after_s`` seconds.
+        """
+        async with self._db.transaction() as tx:
+            rows = await tx.fetch(
+                "UPDATE webhooks SET failing_since = COALESCE(failing_since, $2) "
+                "WHERE id = $1 AND status = 'active' RETURNING failing_since",
+                webhook_id,
+                float(now),
+            )
+            if not rows:
+                return None
+            since = float(rows[0][0])
+            if not gone and now - since < disable_after_s:
+                return None
+            reason = (
+                "the endpoint answered 410 Gone"
+                if gone
+                else f"failing continuously since {since:.0f} (epoch s)"
+            )
+            rows = await tx.fetch(
+                f"UPDATE webhooks SET status = 'disabled', disabled_reason = $2, updated_at = $3 "
+                f"WHERE id = $1 AND status = 'active' RETURNING {_WEBHOOK_COLUMNS}",
+                webhook_id,
+                reason,
+                float(now),
+            )
+        return _webhook(rows[0]) if rows else None
+
+    async def succeeded(self, webhook_id: str) -> None:
+        await self._db.execute(
+            "UPDATE webhooks SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
+            webhook_id,
+        )
+
+    # -- the dispatcher -------------------------------------------------------
+
+    async def dispatch(self, limit: int, plan: Planner) -> int:
+        """Match up to ``limit`` events after the cursor, in one transaction.
+
+        Inserts the outbox rows ``plan`` returns and moves the cursor past the
+        events; returns how many events were consumed. The cursor row is
+        locked first (a no-op UPDATE), so concurrent dispatchers take turns
+        and a crash anywhere leaves either all of a batch or none of it.
+        """
+        async with self._db.transaction() as tx:
+            rows = await tx.fetch(
+                "UPDATE webhook_cursor SET position = position WHERE name = 'dispatcher' "
+                "RETURNING position"
+            )
+            cursor = int(rows[0][0])
+            hooks = [
+                _webhook(row)
+                for row in await tx.fetch(
+                    f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE status = 'active' ORDER BY id"
+                )
+            ]
+            if not hooks:
+                # Nothing can match: skip to the head (every id <= n is committed).
+                head = int((await tx.fetch("SELECT n FROM event_seq"))[0][0])
+                if head > cursor:
+                    await _move_cursor(tx, cursor, head)
+                return max(0, head - cursor)
+            events = [
+                EventRow(int(r[0]), r[1], float(r[2]), r[3], r[4], r[5])
+                for r in await tx.fetch(
+                    "SELECT id, type, timestamp, source, tenant, data FROM events "
+                    "WHERE id > $1 ORDER BY id LIMIT $2",
+                    cursor,
+                    limit,
+                )
+            ]
+            if not events:
+                return 0
+            deliveries = plan(events, hooks)
+            await tx.executemany(
+                f"{_INSERT_DELIVERY} ON CONFLICT (webhook_id, event_id) DO NOTHING",
+                [_delivery_row(d) for d in deliveries],
+            )
+            await _move_cursor(tx, cursor, events[-1].id)
+        return len(events)
+
+    async def cursor(self) -> int:
+        rows = await self._db.fetch("SELECT position FROM webhook_cursor WHERE name = 'dispatcher'")
+        return int(rows[0][0])
+
+    async def events(
+        self,
+        tenant: str,
+        after_id: int,
+        limit: int,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[EventRow]:
+        """The tenant's stored events after ``after_id``, optionally in [since, until)."""
+        sql = (
+            "SELECT id, type, timestamp, source, tenant, data FROM events "
+            "WHERE tenant = $1 AND id > $2 AND timestamp >= $3 AND timestamp < $4 "
+            "ORDER BY id LIMIT $5"
+        )
+        rows = await self._db.fetch(
+            sql,
+            tenant,
+            int(after_id),
+            float("-inf") if since is None else float(since),
+            float("inf") if until is None else float(until),
+            int(limit),
+        )
+        return [EventRow(int(r[0]), r[1], float(r[2]), r[3], r[4], r[5]) for r in rows]
+
+    # -- the outbox -----------------------------------------------------------
+
+    async def enqueue(self, delivery: Delivery) -> None:
+        await self._db.execute(_INSERT_DELIVERY, *_delivery_row(delivery))
+
+    async def requeue(self, deliveries: Sequence[Delivery]) -> int:
+        """Insert these (replayed events) or, when already there and finished, queue them again.
+
+        Rows still pending or in flight are left alone; returns the rows queued.
+        """
+        count = 0
+        async with self._db.transaction() as tx:
+            for d in deliveries:
+                count += await tx.execute(
+                    f"{_INSERT_DELIVERY} ON CONFLICT (webhook_id, event_id) DO UPDATE SET "
+                    "status = 'pending', tries = 0, next_attempt_at = excluded.next_attempt_at, "
+                    "updated_at = excluded.updated_at "
+                    "WHERE webhook_deliveries.status IN ('succeeded', 'dead')",
+                    *_delivery_row(d),
+                )
+        return count
+
+    async def requeue_dead(
+        self, webhook_id: str, now: float, since: float | None, until: float | None
+    ) -> int:
+        """Queue the webhook's dead deliveries created in [since, until) again."""
+        return await self._db.execute(
+            "UPDATE webhook_deliveries SET status = 'pending', tries = 0, next_attempt_at = $2, "
+            "updated_at = $2 WHERE webhook_id = $1 AND status = 'dead' "
+            "AND created_at >= $3 AND created_at < $4",
+            webhook_id,
+            float(now),
+            float("-inf") if since is None else float(since),
+            float("inf") if until is None else float(until),
+        )
+
+    async def claim(
+        self,
+        now: float,
+        owner: str,
+        lease_s: float,
+        limit: int,
+        per_endpoint: int,
+        exclude: Sequence[str] = (),
+    ) -> list[Delivery]:
+        """Take up to ``limit`` due deliveries of active webhooks, ``per_endpoint`` at most each.
+
+        They become ``delivering`` with ``attempts`` and ``tries`` counted up,
+        leased to ``owner`` until ``now + lease_s``. ``exclude``: webhook ids
+        this worker cannot serve now (its per-endpoint slots are full).
+        """
+        skip = ""
+        if exclude:
+            skip = f"AND d.webhook_id NOT IN ({_placeholders(6, len(exclude))}) "
+        sql = (
+            "UPDATE webhook_deliveries SET status = 'delivering', lease_until = $2, "
+            "lease_owner = $3, attempts = attempts + 1, tries = tries + 1, updated_at = $1 "
+            "WHERE id IN (SELECT id FROM ("
+            "SELECT d.id, d.next_attempt_at, ROW_NUMBER() OVER "
+            "(PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.id) AS pos "
+            "FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id "
+            "WHERE w.status = 'active' AND ((d.status = 'pending' AND d.next_attempt_at <= $1) "
+            f"OR (d.status = 'delivering' AND d.lease_until < $1)) {skip}"
+            ") ranked WHERE pos <= $5 ORDER BY next_attempt_at, id LIMIT $4) "
+            f"AND {_CLAIMABLE} RETURNING {_DELIVERY_COLUMNS}"
+        )
+        rows = await self._db.fetch(
+            sql, float(now), float(now + lease_s), owner, int(limit), int(per_endpoint), *exclude
+        )
+        return sorted((_delivery(row) for row in rows), key=lambda d: (d.next_attempt_at, d.id))
+
+    async def release(self, delivery: Delivery, next_attempt_at: float) -> None:
+        """Give back a claimed delivery without an attempt (not counted)."""
+        await self._db.execute(
+            "UPDATE webhook_deliveries SET status = 'pending', lease_until = NULL, "
+            "lease_owner = NULL, attempts = attempts - 1, tries = tries - 1, "
+            "next_attempt_at = $3 WHERE id = $1 AND lease_owner = $2",
+            delivery.id,
+            delivery.lease_owner,
+            float(next_attempt_at),
+        )
+
+    async def record(
+        self,
+        delivery: Delivery,
+        attempt: Attempt,
+        status: DeliveryStatus,
+        next_attempt_at: float,
+    ) -> bool:
+        """Store an attempt and the delivery's new state; False when the lease was lost.
+
+        Only the lease holder writes: if the lease expired and another
+        worker took the delivery over, this attempt is not recorded.
+        """
+        async with self._db.transaction() as tx:
+            if not await tx.execute(
+                "UPDATE webhook_deliveries SET status = $3, next_attempt_at = $4, "
+                "lease_until = NULL, lease_owner = NULL, last_status = $5, last_error = $6, "
+                "updated_at = $7 WHERE id = $1 AND lease_owner = $2",
+                delivery.id,
+                delivery.lease_owner,
+                status,
+                float(next_attempt_at),
+                attempt.status_code,
+                attempt.error,
+                float(attempt.at),
+            ):
+                return False
+            await tx.execute(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, webhook_id, at, "
+                "status_code, ok, duration_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                "ON CONFLICT (delivery_id, attempt) DO NOTHING",
+                attempt.delivery_id,
+                attempt.attempt,
+                attempt.webhook_id,
+                float(attempt.at),
+                attempt.status_code,
+                int(attempt.ok),
+                float(attempt.duration_ms),
+                attempt.error,
+            )
+        return True
+
+    # -- reading the log ------------------------------------------------------
+
+    async def deliveries(
+        self, webhook_id: str, status: DeliveryStatus | None, limit: int, offset: int
+    ) -> list[Delivery]:
+        """Newest first."""
+        status_filter = "" if status is None else "AND status = $4 "
+        args: list[Any] = [webhook_id, int(limit), int(offset)]
+        if status is not None:
+            args.append(status)
+        rows = await self._db.fetch(
+            f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE webhook_id = $1 "
+            f"{status_filter}ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
+            *args,
+        )
+        return [_delivery(row) for row in rows]
+
+    async def attempts(self, delivery_ids: Sequence[str]) -> dict[str, list[Attempt]]:
+        """The attempt log of each delivery, oldest attempt first."""
+        found: dict[str, list[Attempt]] = {d: [] for d in delivery_ids}
+        if not delivery_ids:
+            return found
+        rows = await self._db.fetch(
+            "SELECT delivery_id, attempt, webhook_id, at, status_code, ok, duration_ms, error "
+            f"FROM webhook_attempts WHERE delivery_id IN ({_placeholders(1, len(delivery_ids))}) "
+            "ORDER BY delivery_id, attempt",
+            *delivery_ids,
+        )
+        for row in rows:
+            found[row[0]].append(_attempt(row))
+        return found
+
+    async def stats(self, webhook_id: str, recent: int = 1000) -> Stats:
+        rows = await self._db.fetch(
+            "SELECT COUNT(*), COALESCE(SUM(ok), 0), MAX(CASE WHEN ok = 1 THEN at END), "
+            "MAX(CASE WHEN ok = 0 THEN at END) FROM webhook_attempts WHERE webhook_id = $1",
+            webhook_id,
+        )
+        total, ok, last_ok, last_failed = rows[0]
+        durations = await self._db.fetch(
+            "SELECT duration_ms FROM webhook_attempts WHERE webhook_id = $1 "
+            "ORDER BY at DESC LIMIT $2",
+            webhook_id,
+            int(recent),
+        )
+        counts = await self._db.fetch(
+            "SELECT status, COUNT(*) FROM webhook_deliveries WHERE webhook_id = $1 GROUP BY status",
+            webhook_id,
+        )
+        by_status: dict[str, int] = dict.fromkeys(DELIVERY_STATUSES, 0)
+        by_status.update({row[0]: int(row[1]) for row in counts})
+        return Stats(
+            attempts=int(total),
+            successes=int(ok),
+            failures=int(total) - int(ok),
+            last_success_at=last_ok,
+            last_failure_at=last_failed,
+            recent_durations_ms=[float(row[0]) for row in durations],
+            deliveries=by_status,
+        )
+
+
+async def _move_cursor(tx: Driver, old: int, new: int) -> None:
+    """Compare-and-set: a second dispatcher that read the same position fails and rolls back."""
+    if not await tx.execute(
+        "UPDATE webhook_cursor SET position = $2 WHERE name = 'dispatcher' AND position = $1",
+        old,
+        new,
+    ):
+        raise RuntimeError("webhook dispatcher cursor moved concurrently")

@@ -1,0 +1,106 @@
+"""The SSRF policy: which URLs and addresses a webhook may reach."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from agentcore.errors import UnsafeUrl
+from agentcore.webhooks.ssrf import AddressPolicy, Unresolvable, parse_url
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",  # AWS/GCP metadata
+        "100.100.100.200",  # Alibaba metadata (shared address space)
+        "168.63.129.16",  # Azure wire server
+        "0.0.0.0",
+        "224.0.0.1",
+        "::1",
+        "fe80::1",
+        "fd00:ec2::254",  # AWS metadata over IPv6
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+    ],
+)
+def test_non_public_addresses_are_refused(address: str) -> None:
+    assert not AddressPolicy().permits(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"])
+def test_public_addresses_pass(address: str) -> None:
+    assert AddressPolicy().permits(ipaddress.ip_address(address))
+
+
+def test_allowed_networks_open_exactly_what_they_name() -> None:
+    policy = AddressPolicy(["127.0.0.0/8", "10.0.0.0/24"])
+    assert policy.permits(ipaddress.ip_address("127.0.0.1"))
+    assert policy.permits(ipaddress.ip_address("10.0.0.9"))
+    assert not policy.permits(ipaddress.ip_address("10.0.1.9"))
+    assert not policy.permits(ipaddress.ip_address("169.254.169.254"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/x",
+        "file:///etc/passwd",
+        "http:///nohost",
+        "https://user:pw@example.com/",
+        "https://example.com:99999/",
+        "https://exa mple.com/",
+        "https://example.com/" + "a" * 2100,
+        "example.com/hook",
+    ],
+)
+def test_malformed_urls_are_refused(url: str) -> None:
+    with pytest.raises(UnsafeUrl):
+        parse_url(url)
+
+
+def test_default_ports() -> None:
+    assert parse_url("https://example.com/x").port == 443
+    assert parse_url("http://example.com/x").port == 80
+    assert parse_url("http://example.com:8080/x").port == 8080
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://[::1]/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://2130706433/",  # 127.0.0.1 as one decimal number
+    ],
+)
+async def test_registration_refuses_urls_that_reach_internal_addresses(url: str) -> None:
+    with pytest.raises(UnsafeUrl):
+        await AddressPolicy().check_registration(url)
+
+
+async def test_registration_accepts_loopback_when_allowed() -> None:
+    target = await AddressPolicy(["127.0.0.0/8"]).check_registration("http://127.0.0.1:9/hook")
+    assert target.host == "127.0.0.1"
+
+
+async def test_a_name_that_does_not_resolve_is_accepted_at_registration() -> None:
+    target = await AddressPolicy().check_registration("https://webhook-test.example.com/endpoint")
+    assert target.host == "webhook-test.example.com"
+    with pytest.raises(Unresolvable):
+        await AddressPolicy().resolve(target)
+
+
+async def test_every_resolved_address_is_checked() -> None:
+    # localhost resolves to 127.0.0.1 (and maybe ::1): allowing only IPv4 loopback
+    # must still refuse an IPv6 answer, so allow both and check what comes back.
+    policy = AddressPolicy(["127.0.0.0/8", "::1/128"])
+    addresses = await policy.resolve(parse_url("http://localhost/"))
+    assert addresses
+    assert all(a.is_loopback for a in addresses)
