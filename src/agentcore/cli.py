@@ -13,7 +13,10 @@
     agentcore fake-llm [--port P] [--latency-ms MS] [--failure-rate R]
                        [--stream-chunk-delay-ms MS]
                     (keys: [--config F] [--data-dir D] [--database-url URL])
+    agentcore loadtest run <scenario|all> [--users N] [--spawn-rate R] [--run-time T]
                            [--host URL] [--processes N] [--targets F] ...
+    agentcore loadtest compare BASELINE CURRENT   (stats CSVs or result folders)
+    agentcore loadtest baseline save RESULT
 
 ``keys`` opens the configured store directly, so it works with the gateway
 stopped or running; a running gateway notices a revocation within
@@ -36,6 +39,7 @@ from agentcore import __version__, apikeys
 from agentcore.auth import check_bind
 from agentcore.config import Config, load_config, to_masked_dict
 from agentcore.errors import AgentCoreError, ConfigError
+from agentcore.loadtest import command as loadtest_command
 from agentcore.store import Store, open_store
 
 T = TypeVar("T")
@@ -292,9 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _config_options(show)
     _keys_parser(commands)
     _fake_llm_parser(commands)
+    loadtest_command.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "fake-llm":
         return _fake_llm(args)
+    if args.command == "loadtest":
+        return loadtest_command.main(args)
 
     try:
         config = _load(args)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -30,6 +31,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_URL_LENGTH = 2048
 #: Seconds a DNS lookup may take before the name counts as unresolvable.
 RESOLVE_TIMEOUT_S = 5.0
+#: Seconds a registration-time lookup of a host is reused, and how many are kept.
+REGISTRATION_CACHE_S = 60.0
+REGISTRATION_CACHE_SIZE = 10_000
 #: Metadata services reachable at addresses ``is_global`` calls public (Azure's wire server).
 METADATA = tuple(ipaddress.ip_network(n) for n in ("168.63.129.16/32",))
 
@@ -72,6 +76,12 @@ def parse_url(url: str) -> Target:
 class AddressPolicy:
     def __init__(self, allowed_networks: Sequence[str] = ()) -> None:
         self._allowed = tuple(ipaddress.ip_network(n, strict=False) for n in allowed_networks)
+        #: Registration-time lookups by host, shared while in flight and kept for
+        #: REGISTRATION_CACHE_S: a burst of registrations of one host name (the
+        #: seed's load test registers the same unresolvable name again and
+        #: again) costs one lookup, not one resolver timeout each. Delivery
+        #: always resolves afresh (DNS rebinding).
+        self._registration: dict[str, tuple[float, asyncio.Future[None]]] = {}
 
     def permits(self, address: IPAddress) -> bool:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -119,9 +129,21 @@ class AddressPolicy:
     async def check_registration(self, url: str) -> Target:
         """Shape and addresses of a URL being registered; an unresolvable name passes."""
         target = parse_url(url)
+        key = f"{target.host}:{target.port}"
+        now = time.monotonic()
+        cached = self._registration.get(key)
+        if cached is None or cached[0] < now:
+            future = asyncio.ensure_future(self._check_host(target))
+            self._registration[key] = (now + REGISTRATION_CACHE_S, future)
+            if len(self._registration) > REGISTRATION_CACHE_SIZE:
+                self._registration = {k: v for k, v in self._registration.items() if v[0] >= now}
+            cached = self._registration[key]
+        await asyncio.shield(cached[1])
+        return target
+
+    async def _check_host(self, target: Target) -> None:
         with contextlib.suppress(Unresolvable):
             await self.resolve(target)
-        return target
 
 
 def _literal(host: str) -> IPAddress | None:

@@ -1,0 +1,1 @@
+"""Tests of ``agentcore loadtest`` (src/agentcore/loadtest)."""
