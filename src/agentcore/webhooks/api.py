@@ -371,17 +371,24 @@ class WebhookApi:
         identity: Identity = request.scope.get(IDENTITY, ANONYMOUS)
         identity.require("webhooks")
         query = request.query(WebhookQuery)
-        found = await self._store.for_tenant(identity.tenant, query.status)
-        if query.event is not None:
-            found = [w for w in found if w.matches(query.event)]
-        page = found[query.offset : query.offset + query.limit]
+        if query.event is None:  # paged in SQL
+            page, total = await self._store.page(
+                identity.tenant, query.status, query.limit, query.offset
+            )
+        else:  # glob patterns are matched here, so this filter reads every webhook
+            found = [
+                w
+                for w in await self._store.for_tenant(identity.tenant, query.status)
+                if w.matches(query.event)
+            ]
+            page, total = found[query.offset : query.offset + query.limit], len(found)
         return json_response(
             WebhookPage(
                 data=[_view(w) for w in page],
-                total=len(found),
+                total=total,
                 limit=query.limit,
                 offset=query.offset,
-                has_more=query.offset + len(page) < len(found),
+                has_more=query.offset + len(page) < total,
             )
         )
 

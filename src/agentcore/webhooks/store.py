@@ -311,6 +311,25 @@ class WebhookStore:
             )
         return [_webhook(row) for row in rows]
 
+    async def page(
+        self, tenant: str, status: WebhookStatus | None, limit: int, offset: int
+    ) -> tuple[list[Webhook], int]:
+        """One page of the tenant's webhooks, oldest first, and how many there are in all."""
+        where = "tenant = $1" + (" AND status = $2" if status is not None else "")
+        args: list[object] = [tenant]
+        if status is not None:
+            args.append(status)
+        total = await self._db.fetch(f"SELECT COUNT(*) FROM webhooks WHERE {where}", *args)
+        n = len(args)
+        rows = await self._db.fetch(
+            f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE {where} "
+            f"ORDER BY created_at, id LIMIT ${n + 1} OFFSET ${n + 2}",
+            *args,
+            int(limit),
+            int(offset),
+        )
+        return [_webhook(row) for row in rows], int(total[0][0])
+
     async def replace(self, webhook: Webhook) -> bool:
         """Store every field of ``webhook`` but its id, tenant, cursor and creation time."""
         row = _webhook_row(webhook)
