@@ -31,8 +31,6 @@ from agentcore.errors import Forbidden, InvalidTransition, TaskAlreadyExists, Ta
 from agentcore.events.base import Publisher
 from agentcore.models import (
     DEFAULT_TENANT,
-    AgentQuery,
-    AgentStatus,
     Task,
     TaskDefinition,
     TaskQuery,
@@ -52,8 +50,6 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.TIMED_OUT: frozenset(),
 }
 
-#: Largest number of candidate agents considered for one assignment.
-CANDIDATE_LIMIT = 500
 #: Pending tasks examined per assignment pass.
 PENDING_BATCH = 200
 #: Compare-and-set attempts before a concurrent change is reported.
@@ -129,19 +125,7 @@ class TaskService:
         return assigned or task
 
     async def _pick_agent(self, task: Task) -> str | None:
-        candidates = await self._store.query_agents(
-            AgentQuery(
-                capabilities=task.required_capabilities,
-                status=AgentStatus.ACTIVE,
-                tenant=task.tenant,
-                limit=CANDIDATE_LIMIT,
-            )
-        )
-        if not candidates:
-            return None
-        loads = await self._store.agent_loads([a.agent_id for a in candidates])
-        best = min(candidates, key=lambda a: (loads.get(a.agent_id, 0), a.name, a.agent_id))
-        return best.agent_id
+        return await self._store.least_loaded_agent(task.required_capabilities, task.tenant)
 
     async def _try_assign(self, task: Task) -> Task | None:
         agent_id = await self._pick_agent(task)

@@ -443,6 +443,28 @@ async def test_agent_loads_counts_assigned_and_running(store: Store) -> None:
     assert await store.agent_loads(many) == {"c": 1}
 
 
+async def test_least_loaded_agent_picks_fewest_active_tasks_then_name(store: Store) -> None:
+    await store.put_agent(make_agent("a1", name="zed", capabilities=("x", "y")), replace=False)
+    await store.put_agent(make_agent("a2", name="amy", capabilities=("x", "y")), replace=False)
+    await store.put_agent(make_agent("a3", name="bob", capabilities=("x",)), replace=False)
+    await store.put_agent(
+        make_agent("a4", name="al", capabilities=("x", "y"), status=AgentStatus.INACTIVE),
+        replace=False,
+    )
+    await store.put_agent(
+        make_agent("a5", name="aa", capabilities=("x", "y"), tenant="other"), replace=False
+    )
+    # Ties go by name: amy before zed.
+    assert await store.least_loaded_agent(["x", "y"], "default") == "a2"
+    await store.insert_task(make_task("1", status=TaskStatus.RUNNING, agent_id="a2"))
+    await store.insert_task(make_task("2", status=TaskStatus.COMPLETED, agent_id="a1"))
+    # amy is busy, zed's completed task does not count; bob lacks y, al is inactive.
+    assert await store.least_loaded_agent(["x", "y"], "default") == "a1"
+    assert await store.least_loaded_agent(["x"], "default") == "a3"
+    assert await store.least_loaded_agent([], "other") == "a5"
+    assert await store.least_loaded_agent(["nope"], "default") is None
+
+
 async def test_count_tasks_by_status(store: Store) -> None:
     assert await store.count_tasks() == {}
     await store.insert_task(make_task("1"))

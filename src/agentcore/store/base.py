@@ -75,6 +75,10 @@ class Store(Protocol):
     async def agent_loads(self, agent_ids: Sequence[str]) -> dict[str, int]:
         """Assigned plus running tasks per agent (agents with none are omitted)."""
 
+    async def least_loaded_agent(self, capabilities: Sequence[str], tenant: str) -> str | None:
+        """The active agent of ``tenant`` with every capability and the fewest assigned
+        plus running tasks (ties: name, then id); one query, whatever the number of agents."""
+
     async def count_tasks(self) -> dict[str, int]:
         """Number of tasks by status."""
 

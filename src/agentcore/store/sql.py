@@ -576,6 +576,20 @@ class SqlStore:
             loads.update(_counts(await self._db.fetch(sql, *args)))
         return loads
 
+    async def least_loaded_agent(self, capabilities: Sequence[str], tenant: str) -> str | None:
+        args = _Args()
+        conditions = [f"status = {args(str(AgentStatus.ACTIVE))}", f"tenant = {args(tenant)}"]
+        if capabilities:
+            conditions.append(_has_all("agent_capabilities", "name", capabilities, args))
+        load = (
+            "(SELECT COUNT(*) FROM tasks t WHERE t.agent_id = agents.id "
+            f"AND t.status IN ({args.many(_ACTIVE_TASK)}))"
+        )
+        rows = await self._db.fetch(
+            f"SELECT id FROM agents{_where(conditions)} ORDER BY {load}, name, id LIMIT 1", *args
+        )
+        return str(rows[0][0]) if rows else None
+
     async def count_tasks(self) -> dict[str, int]:
         return _counts(await self._db.fetch("SELECT status, COUNT(*) FROM tasks GROUP BY status"))
 
