@@ -425,7 +425,7 @@ def run_scenario(opts: Options, scenario: Scenario, out: Path) -> Outcome:
                     timeout=warm + 120,
                     check=False,
                 )
-        before = scrape.parse(scrape.fetch(gw.url, headers))
+        before = scrape.parse(scrape.fetch_patiently(gw.url, headers))
         sampling = Sampling(gw, headers)
         sampling.sample()  # first reading: the baseline of the CPU deltas
         command = locust_command(
@@ -472,7 +472,7 @@ def run_scenario(opts: Options, scenario: Scenario, out: Path) -> Outcome:
         finally:
             _stop(proc)
             sampling.stop()
-        after = scrape.parse(scrape.fetch(gw.url, headers))
+        after = scrape.parse(scrape.fetch_patiently(gw.url, headers))
         if not (out / f"{scenario.name}_stats.csv").exists():
             tail = (out / "locust.log").read_text(errors="replace")[-2000:]
             return Outcome(scenario.name, "FAIL", out, f"Locust produced no stats:\n{tail}")

@@ -9,6 +9,7 @@ started the gateway itself.
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from collections.abc import Mapping
 
@@ -41,6 +42,21 @@ def fetch(base_url: str, headers: Mapping[str, str] | None = None, timeout: floa
     with urllib.request.urlopen(request, timeout=timeout) as response:
         body: bytes = response.read()
     return body.decode()
+
+
+def fetch_patiently(
+    base_url: str, headers: Mapping[str, str] | None = None, within_s: float = 90.0
+) -> str:
+    """:func:`fetch`, retried while a gateway still drains a backlog (after a warm-up
+    that overloaded it, /metrics can take seconds); raises the last error."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return fetch(base_url, headers, timeout=15.0)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def total(samples: Samples, name: str, **match: str) -> float:
