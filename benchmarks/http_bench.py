@@ -7,10 +7,24 @@ Each server runs with one worker on its own loopback port, pinned to CPU 0;
 * ``POST /api/v1/jsonrpc`` with a JSON-RPC ``agent.ping`` for an agent that
   was registered first.
 
-Servers: the gateway (``agentcore serve``, default middleware, a fresh
+Servers: the gateway (``agentcore serve``, default configuration, a fresh
 temporary data directory) once per ``--gateway-servers`` entry; nginx answering
 both routes with a fixed body (the ceiling); a FastAPI + pydantic app
 (``reference_fastapi.py``, what most Python gateways look like).
+
+The protection layer's overhead: for each ``--protection-servers`` entry the
+gateway also runs twice more, one after the other: ``-bare`` (authentication
+off, rate limiting off) and ``-protected`` (``auth.mode = "api_key"`` with a
+key of tenant ``bench`` created by ``agentcore keys create`` before the server
+starts, sent by wrk as ``Authorization: Bearer``; rate limiting on with a limit
+far above the load). The agent is registered with that key, so it belongs to
+the key's tenant, and every ping is an authenticated, rate-limited call. The
+goal: protected ping / bare ping >= 0.85. Before measuring, the script checks
+that the protection is what the variant says: an unauthenticated ping gets 401
+from ``-protected`` and a result from the others, and ping answers carry
+``X-RateLimit-Limit`` with the configured burst (``-protected``) or none
+(``-bare``); a variant that fails the check is not measured, and its ratio is
+INVALID.
 
 A wrk Lua ``response`` callback counts every status other than 200 and, on the
 ping route, every 200 whose body has no ``"result"`` (a JSON-RPC error); wrk's
@@ -94,6 +108,22 @@ INSTALL_HINT = "apt-get install wrk nginx-light"
 ROUTES = ("health", "ping")
 KINDS = ("gateway", "nginx", "fastapi")
 GATEWAY_SERVERS = ("uvicorn", "granian")
+#: The tenant of the API key the ``-protected`` variants authenticate with.
+BENCH_TENANT = "bench"
+#: The ``-protected`` variants' rate limit (requests/s and burst): far above
+#: what one worker can answer, so it is checked on every request but never hit.
+PROTECTED_RATE_LIMIT = 10_000_000
+#: ``-bare``: the protection layer off (the gateway's default has rate limiting
+#: on, with a limit far above the load, and authentication off).
+BARE_ENV = {"AGENTCORE_AUTH__MODE": "off", "AGENTCORE_RATE_LIMIT__ENABLED": "false"}
+PROTECTED_ENV = {
+    "AGENTCORE_AUTH__MODE": "api_key",
+    "AGENTCORE_RATE_LIMIT__ENABLED": "true",
+    "AGENTCORE_RATE_LIMIT__RATE": str(PROTECTED_RATE_LIMIT),
+    "AGENTCORE_RATE_LIMIT__BURST": str(PROTECTED_RATE_LIMIT),
+}
+#: A key as ``agentcore keys create`` prints it.
+KEY_LINE = re.compile(r"^key:\s+(ak_\S+)\s*$", re.M)
 
 
 @dataclass(frozen=True)
@@ -110,6 +140,8 @@ GOALS = (
     Goal("ping", "nginx", 0.25),
     Goal("ping", "fastapi", 3.0),
 )
+#: ``gateway-<server>-protected ping / gateway-<server>-bare ping``.
+PROTECTION_GOAL = Goal("ping", "bare", 0.85)
 
 
 @dataclass(frozen=True)
@@ -122,6 +154,14 @@ class Target:
     env: dict[str, str]
     #: Whether ``agent.register`` must be sent before pinging.
     register: bool
+    #: A command that creates an API key and prints it (``key: ak_...``), run
+    #: before the server starts; wrk and the checks then send it as a bearer token.
+    key_argv: list[str] | None = None
+    #: Checked before measuring: whether a ping without credentials must get 401.
+    requires_auth: bool = False
+    #: Checked before measuring: the ``X-RateLimit-Limit`` the ping answers
+    #: must carry ('' for none); None: not checked.
+    ratelimit_limit: str | None = None
 
 
 @dataclass
@@ -154,6 +194,11 @@ class Result:
     wrk_output: str = ""
 
     @property
+    def skewed(self) -> bool:
+        """Other processes used enough CPU during the run to distort it."""
+        return self.other_cpu_pct is not None and self.other_cpu_pct >= NOISY_PCT
+
+    @property
     def valid(self) -> bool:
         return (not self.error and self.requests > 0 and self.non_200 == 0
                 and self.rpc_errors == 0 and self.wrk_non_2xx_3xx == 0
@@ -162,6 +207,7 @@ class Result:
 
 @dataclass
 class Ratio:
+    label: str
     variant: str
     route: str
     reference: str
@@ -238,8 +284,16 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
     _signal_group(proc, signal.SIGKILL)
 
 
+class Interrupted(Exception):
+    """SIGTERM or SIGHUP arrived: unwind like Ctrl-C so every server is stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def _raise_on_signal(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+    raise Interrupted(signum)
 
 
 # -- HTTP checks --------------------------------------------------------------
@@ -248,16 +302,28 @@ def _raise_on_signal(signum: int, frame: FrameType | None) -> None:
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    #: Header names in lower case.
+    headers: dict[str, str]
+    body: bytes
+
+
 def http(method: str, url: str, payload: Mapping[str, Any] | None = None,
-         timeout_s: float = 5.0) -> tuple[int, bytes]:
+         headers: Mapping[str, str] | None = None, timeout_s: float = 5.0) -> Answer:
     data = None if payload is None else json.dumps(payload).encode()
-    headers = {} if data is None else {"Content-Type": "application/json"}
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    sent = dict(headers or {})
+    if data is not None:
+        sent["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, method=method, headers=sent)
     try:
         with _OPENER.open(request, timeout=timeout_s) as response:
-            return int(response.status), bytes(response.read())
+            return Answer(int(response.status),
+                          {k.lower(): v for k, v in response.headers.items()},
+                          bytes(response.read()))
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        return Answer(exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read())
 
 
 def free_port() -> int:
@@ -272,8 +338,7 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
         if proc.poll() is not None:
             raise RuntimeError(f"exited with status {proc.returncode}\n{tail(log_path)}")
         with contextlib.suppress(OSError):
-            status, _ = http("GET", url, timeout_s=1.0)
-            if status == 200:
+            if http("GET", url, timeout_s=1.0).status == 200:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"no 200 from {url} within {STARTUP_TIMEOUT_S:.0f} s\n{tail(log_path)}")
@@ -287,19 +352,53 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(f"    | {line}" for line in text[-lines:])
 
 
-def check_rpc(base: str, payload: Mapping[str, Any]) -> str:
-    """Send one JSON-RPC call; return what is wrong with the answer ('' if nothing)."""
-    status, body = http("POST", base + RPC_PATH, payload)
-    snippet = body[:300].decode(errors="replace")
-    if status != 200:
-        return f"{payload['method']}: HTTP {status}: {snippet}"
+def check_rpc(base: str, payload: Mapping[str, Any],
+              headers: Mapping[str, str] | None = None) -> tuple[str, Answer]:
+    """Send one JSON-RPC call; return what is wrong with the answer ('' if nothing), and it."""
+    answer = http("POST", base + RPC_PATH, payload, headers)
+    snippet = answer.body[:300].decode(errors="replace")
+    if answer.status != 200:
+        return f"{payload['method']}: HTTP {answer.status}: {snippet}", answer
     try:
-        answer = json.loads(body)
+        document = json.loads(answer.body)
     except ValueError:
-        return f"{payload['method']}: not JSON: {snippet}"
-    if not isinstance(answer, dict) or "result" not in answer:
-        return f"{payload['method']}: no result: {snippet}"
+        return f"{payload['method']}: not JSON: {snippet}", answer
+    if not isinstance(document, dict) or "result" not in document:
+        return f"{payload['method']}: no result: {snippet}", answer
+    return "", answer
+
+
+def check_protection(target: Target, base: str, ping: Answer) -> str:
+    """What differs from the protection ``target`` says it has ('' if nothing).
+
+    ``ping`` is the answer to an authenticated ping (a plain one without a key).
+    """
+    if target.requires_auth:
+        anonymous = http("POST", base + RPC_PATH, PING)
+        if anonymous.status != 401:
+            return f"authentication is off: a ping without a key got HTTP {anonymous.status}"
+    if target.ratelimit_limit is not None:
+        found = ping.headers.get("x-ratelimit-limit", "")
+        if found != target.ratelimit_limit:
+            want = target.ratelimit_limit or "none"
+            return (f"rate limiting is not as configured: X-RateLimit-Limit "
+                    f"{found or 'absent'} on a ping, expected {want}")
     return ""
+
+
+def create_key(argv: Sequence[str], env: Mapping[str, str]) -> str:
+    """Run ``agentcore keys create``; the key it printed. RuntimeError if it failed."""
+    try:
+        done = subprocess.run(list(argv), env=dict(env), stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"keys create: {exc}") from exc
+    found = KEY_LINE.search(done.stdout)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"keys create exited with {done.returncode}, printed no key: "
+                           f"{(done.stdout + done.stderr).strip()[:300]}")
+    return found[1]
 
 
 # -- CPU accounting -----------------------------------------------------------
@@ -398,14 +497,18 @@ end
 """
 
 
-def write_lua(directory: Path, route: str) -> Path:
+def write_lua(directory: Path, route: str, headers: Mapping[str, str] | None = None,
+              prefix: str = "") -> Path:
+    """The wrk script for ``route``, sending ``headers`` with every request."""
+    lines = [f'wrk.headers["{name}"] = [==[{value}]==]\n'
+             for name, value in (headers or {}).items()]
     if route == "ping":
         body = (f"wrk.body = [==[{json.dumps(PING, separators=(',', ':'))}]==]\n"
-                'wrk.headers["Content-Type"] = "application/json"\n')
+                'wrk.headers["Content-Type"] = "application/json"\n' + "".join(lines))
         script = LUA_TEMPLATE.format(method="POST", body=body, check_result="true")
     else:
-        script = LUA_TEMPLATE.format(method="GET", body="", check_result="false")
-    path = directory / f"{route}.lua"
+        script = LUA_TEMPLATE.format(method="GET", body="".join(lines), check_result="false")
+    path = directory / f"{prefix}{route}.lua"
     path.write_text(script)
     return path
 
@@ -429,10 +532,10 @@ def parse_wrk(result: Result, text: str) -> None:
             result.p50_ms = to_ms(value, unit)
         else:
             result.p99_ms = to_ms(value, unit)
-    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                      text):
-        result.socket_errors = {"connect": int(m[1]), "read": int(m[2]),
-                                "write": int(m[3]), "timeout": int(m[4])}
+    # wrk prints the socket-error line only when there were some.
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    counts = [int(m[i]) for i in range(1, 5)] if m else [0, 0, 0, 0]
+    result.socket_errors = dict(zip(("connect", "read", "write", "timeout"), counts, strict=True))
     if m := re.search(r"Non-2xx or 3xx responses:\s*(\d+)", text):
         result.wrk_non_2xx_3xx = int(m[1])
     if m := re.search(r"^BENCH non200=(\d+) rpc_errors=(\d+)", text, re.M):
@@ -492,7 +595,11 @@ def base_env() -> dict[str, str]:
             if not k.startswith("AGENTCORE_") and k != "PROMETHEUS_MULTIPROC_DIR"}
 
 
-def gateway_target(server: str, port: int, data_dir: Path, pin: list[str]) -> Target:
+def gateway_target(server: str, port: int, data_dir: Path, pin: list[str],
+                   protection: str = "") -> Target:
+    """The gateway under ``server``: its default configuration, or with
+    ``protection`` ``"bare"`` (auth and rate limiting off) or ``"protected"``
+    (API key auth, a rate limit far above the load)."""
     env = base_env()
     if importlib.util.find_spec("agentcore") is None and (REPO_SRC / "agentcore").is_dir():
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_SRC), env.get("PYTHONPATH"))
@@ -500,7 +607,18 @@ def gateway_target(server: str, port: int, data_dir: Path, pin: list[str]) -> Ta
     argv = [*pin, sys.executable, "-m", "agentcore.cli", "serve", "--host", HOST,
             "--port", str(port), "--data-dir", str(data_dir), "--server", server,
             "--workers", "1"]
-    return Target(f"gateway-{server}", port, argv, env, register=True)
+    name = f"gateway-{server}"
+    if protection == "bare":
+        return Target(f"{name}-bare", port, argv, env | BARE_ENV, register=True,
+                      ratelimit_limit="")
+    if protection == "protected":
+        env |= PROTECTED_ENV
+        key_argv = [sys.executable, "-m", "agentcore.cli", "keys", "create",
+                    "--tenant", BENCH_TENANT, "--name", "http-bench",
+                    "--data-dir", str(data_dir)]
+        return Target(f"{name}-protected", port, argv, env, register=True, key_argv=key_argv,
+                      requires_auth=True, ratelimit_limit=str(PROTECTED_RATE_LIMIT))
+    return Target(name, port, argv, env, register=True)
 
 
 def nginx_config(directory: Path, port: int) -> Path:
@@ -571,7 +689,28 @@ def tool_version(argv: Sequence[str]) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     lines = (done.stdout + done.stderr).strip().splitlines()
-    return lines[0].strip() if lines else "unknown"
+    return lines[0].split(" Copyright")[0].strip() if lines else "unknown"
+
+
+def gateway_revision() -> str:
+    """The checkout's commit, and whether src/ differs from it ('' outside a git checkout).
+
+    When the gateway would import ``agentcore`` from elsewhere (an installed
+    copy, or a tree put first on ``PYTHONPATH``), that is what is said instead.
+    """
+    spec = importlib.util.find_spec("agentcore")
+    if spec is not None and spec.origin:
+        package = Path(spec.origin).resolve().parent
+        if package != (REPO_SRC / "agentcore").resolve():
+            return (f"agentcore from {package} "
+                    "(not this checkout's src/)")
+    git = shutil.which("git")
+    if git is None or not (HERE.parent / ".git").exists():
+        return ""
+    head = tool_version([git, "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run([git, "-C", str(HERE.parent), "status", "--porcelain", "--", "src"],
+                           capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    return f"commit {head}" + (" + uncommitted changes in src/" if dirty else "")
 
 
 def machine(wrk: str | None, nginx: str | None) -> dict[str, Any]:
@@ -582,8 +721,9 @@ def machine(wrk: str | None, nginx: str | None) -> dict[str, Any]:
         "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
         "python": platform.python_version(),
         "loadavg_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "wrk": tool_version([wrk, "-v"]) if wrk else "not installed",
-        "nginx": tool_version([nginx, "-v"]) if nginx else "not installed",
+        "wrk": tool_version([wrk, "-v"]) if wrk else "wrk not installed",
+        "nginx": tool_version([nginx, "-v"]) if nginx else "nginx not installed",
+        "gateway_revision": gateway_revision(),
     }
     for package in ("uvicorn", "granian", "fastapi", "pydantic", "msgspec"):
         info[package] = version_of(package)
@@ -606,14 +746,15 @@ def fmt_pct(value: float | None) -> str:
 
 
 def print_table(results: Sequence[Result]) -> None:
-    header = (f"{'server':<18} {'route':<7} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+    width = max([18, *(len(r.server) for r in results)])
+    header = (f"{'server':<{width}} {'route':<7} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'non-200':>8} {'rpc err':>8} {'sock err':>8} "
               f"{'srv cpu%':>8} {'us/req':>7} {'wrk cpu%':>8} {'other%':>6}")
     out(header)
     out("-" * len(header))
     for r in results:
         rps = f"{r.requests_per_s:,.0f}" if r.requests_per_s else "-"
-        out(f"{r.server:<18} {r.route:<7} {rps:>10} {fmt_ms(r.p50_ms):>8} "
+        out(f"{r.server:<{width}} {r.route:<7} {rps:>10} {fmt_ms(r.p50_ms):>8} "
             f"{fmt_ms(r.p99_ms):>8} {r.non_200:>8} {r.rpc_errors:>8} "
             f"{sum(r.socket_errors.values()):>8} {fmt_pct(r.server_cpu_pct):>8} "
             f"{fmt_us(r.server_cpu_us_per_request):>7} "
@@ -624,40 +765,55 @@ def print_table(results: Sequence[Result]) -> None:
         elif not r.valid:
             out(f"  ! {r.server} {r.route}: errors during the run; its figures are not throughput"
                 f" (wrk: non-2xx/3xx {r.wrk_non_2xx_3xx}, socket {r.socket_errors})")
-        if r.other_cpu_pct is not None and r.other_cpu_pct >= NOISY_PCT:
+        if r.skewed and r.other_cpu_pct is not None:
             out(f"  ! {r.server} {r.route}: other processes used {r.other_cpu_pct:.0f}% of a CPU"
                 " during the run; its figures are skewed")
+
+
+def ratio(by_key: Mapping[tuple[str, str], Result], label: str, variant: str, route: str,
+          reference: str, minimum: float, unavailable: str = "") -> Ratio:
+    """``variant``'s req/s on ``route`` over ``reference``'s, judged against ``minimum``."""
+    mine = by_key.get((variant, route))
+    ref = by_key.get((reference, route))
+    value: float | None = None
+    if unavailable:
+        verdict = f"unavailable ({unavailable})"
+    elif mine is None or ref is None:
+        verdict = "unavailable (not measured)"
+    elif not (mine.valid and ref.valid) or not ref.requests_per_s:
+        verdict = "INVALID (errors in the run)"
+    else:
+        value = mine.requests_per_s / ref.requests_per_s
+        verdict = "PASS" if value >= minimum else "FAIL"
+        if mine.skewed or ref.skewed:
+            verdict += " (a row is skewed by other load; re-run on a quiet machine)"
+    return Ratio(label, variant, route, reference, minimum, value, verdict)
 
 
 def ratios(results: Sequence[Result], variants: Sequence[str],
            unavailable: Mapping[str, str]) -> list[Ratio]:
     by_key = {(r.server, r.route): r for r in results}
-    found: list[Ratio] = []
-    for variant in variants:
-        for goal in GOALS:
-            mine = by_key.get((variant, goal.route))
-            ref = by_key.get((goal.reference, goal.route))
-            value: float | None = None
-            if goal.reference in unavailable:
-                verdict = f"unavailable ({unavailable[goal.reference]})"
-            elif mine is None or ref is None:
-                verdict = "unavailable (not measured)"
-            elif not (mine.valid and ref.valid) or not ref.requests_per_s:
-                verdict = "INVALID (errors in the run)"
-            else:
-                value = mine.requests_per_s / ref.requests_per_s
-                verdict = "PASS" if value >= goal.minimum else "FAIL"
-            found.append(Ratio(variant, goal.route, goal.reference, goal.minimum, value, verdict))
-    return found
+    return [ratio(by_key, f"{variant} {goal.route} / {goal.reference} {goal.route}", variant,
+                  goal.route, goal.reference, goal.minimum, unavailable.get(goal.reference, ""))
+            for variant in variants for goal in GOALS]
 
 
-def print_ratios(found: Sequence[Ratio]) -> None:
+def protection_ratios(results: Sequence[Result], servers: Sequence[str]) -> list[Ratio]:
+    """For each server: its ``-protected`` ping req/s over its ``-bare`` ping req/s."""
+    by_key = {(r.server, r.route): r for r in results}
+    goal = PROTECTION_GOAL
+    return [ratio(by_key, f"gateway-{server}: protected {goal.route} / bare {goal.route}",
+                  f"gateway-{server}-protected", goal.route, f"gateway-{server}-bare",
+                  goal.minimum)
+            for server in servers]
+
+
+def print_ratios(found: Sequence[Ratio], empty: str = "no gateway variant was measured") -> None:
     if not found:
-        out("no gateway variant was measured")
-    for ratio in found:
-        label = f"{ratio.variant} {ratio.route} / {ratio.reference} {ratio.route}"
-        value = "-" if ratio.value is None else f"{ratio.value:.3f}"
-        out(f"{label:<44} {value:>7}  (goal >= {ratio.minimum:.2f})  {ratio.verdict}")
+        out(empty)
+    for r in found:
+        value = "-" if r.value is None else f"{r.value:.3f}"
+        out(f"{r.label:<44} {value:>7}  (goal >= {r.minimum:.2f})  {r.verdict}")
 
 
 # -- the run ------------------------------------------------------------------
@@ -674,14 +830,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(KINDS),
                         help="comma-separated subset of gateway,nginx,fastapi (default all)")
     parser.add_argument("--gateway-servers", default="uvicorn,granian",
-                        help="comma-separated gateway ASGI servers (default uvicorn,granian)")
+                        help="comma-separated gateway ASGI servers to run the gateway under with "
+                             "its default configuration; 'none' for none (default "
+                             "uvicorn,granian)")
+    parser.add_argument("--protection-servers", default="uvicorn", metavar="LIST",
+                        help="comma-separated gateway ASGI servers to also run bare (auth and "
+                             "rate limiting off) and protected (API key auth, a rate limit far "
+                             "above the load), for the protection-layer overhead ratio; "
+                             "'none' for none (default uvicorn)")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                         help="before each server, wait up to S seconds for the CPUs to be "
-                             f"under {IDLE_BELOW:.0%} busy (default 0: do not wait)")
+                             f"under {IDLE_BELOW * 100:.0f}%% busy (default 0: do not wait)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     args.kinds = _choices(parser, "--only", args.only, KINDS)
-    args.servers = _choices(parser, "--gateway-servers", args.gateway_servers, GATEWAY_SERVERS)
+    args.servers = _choices(parser, "--gateway-servers", args.gateway_servers, GATEWAY_SERVERS,
+                            allow_none=True)
+    args.protection = _choices(parser, "--protection-servers", args.protection_servers,
+                               GATEWAY_SERVERS, allow_none=True)
     if args.duration < 1 or args.connections < 1 or args.warmup < 0:
         parser.error("--duration and --connections must be >= 1, --warmup >= 0")
     if not 1 <= args.threads <= args.connections:
@@ -690,11 +856,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _choices(parser: argparse.ArgumentParser, flag: str, raw: str,
-             allowed: Sequence[str]) -> list[str]:
+             allowed: Sequence[str], allow_none: bool = False) -> list[str]:
+    if allow_none and raw.strip() == "none":
+        return []
     picked = [p.strip() for p in raw.split(",") if p.strip()]
     unknown = sorted(set(picked) - set(allowed))
     if unknown or not picked:
-        parser.error(f"{flag}: choose from {','.join(allowed)} (got {raw!r})")
+        extra = " or none" if allow_none else ""
+        parser.error(f"{flag}: choose from {','.join(allowed)}{extra} (got {raw!r})")
     return list(dict.fromkeys(picked))
 
 
@@ -714,6 +883,16 @@ def bench_target(target: Target, procs: Processes, wrk: Wrk, workdir: Path,
     log_path = workdir / f"{target.name}.log"
     base = f"http://{HOST}:{target.port}"
     urls = {"health": base + HEALTH_PATH, "ping": base + RPC_PATH}
+    headers: dict[str, str] = {}
+    if target.key_argv is not None:
+        try:
+            key = create_key(target.key_argv, target.env)
+        except RuntimeError as exc:
+            progress(f"{target.name}: no API key: {exc}")
+            return [Result(target.name, route, error="no API key") for route in ROUTES]
+        headers["Authorization"] = f"Bearer {key}"
+        scripts = {route: write_lua(workdir, route, headers, f"{target.name}-")
+                   for route in ROUTES}
     share = wait_idle(args.wait_idle)
     if share is not None:
         progress(f"{target.name}: machine {share:.0%} busy before starting")
@@ -725,11 +904,17 @@ def bench_target(target: Target, procs: Processes, wrk: Wrk, workdir: Path,
         except RuntimeError as exc:
             progress(f"{target.name}: did not start: {exc}")
             return [Result(target.name, route, error="server did not start") for route in ROUTES]
-        problem = check_rpc(base, REGISTER) if target.register else ""
-        problem = problem or check_rpc(base, PING)
+        # With authentication on, the agent belongs to the key's tenant: it is
+        # registered with the same key the pings are sent with.
+        problem = check_rpc(base, REGISTER, headers)[0] if target.register else ""
+        ping_problem, ping = check_rpc(base, PING, headers)
+        problem = problem or ping_problem
         if problem:
             progress(f"{target.name}: check failed ({problem}); measuring anyway, "
                      "the error counts will show it")
+        elif mismatch := check_protection(target, base, ping):
+            progress(f"{target.name}: {mismatch}; not measured")
+            return [Result(target.name, route, error=mismatch) for route in ROUTES]
         per_route = math.ceil(args.warmup / len(ROUTES))
         if per_route:
             progress(f"{target.name}: warming up {per_route * len(ROUTES)} s")
@@ -764,11 +949,20 @@ def run(args: argparse.Namespace) -> int:
     out(f"software: Python {info['python']}, {info['wrk']}, {info['nginx']}, "
         f"uvicorn {info['uvicorn']}, granian {info['granian']}, fastapi {info['fastapi']}, "
         f"pydantic {info['pydantic']}")
+    if info["gateway_revision"]:
+        out(f"gateway:  {info['gateway_revision']}")
     out(f"command:  {command}")
     out(f"load:     wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency, "
         f"{args.warmup} s warm-up per server; one server worker; {pin_note}"
         + (f"; waits up to {args.wait_idle:g} s for an idle machine before each server"
            if args.wait_idle else ""))
+    if "gateway" in args.kinds and args.protection:
+        out(f"protection: gateway-<server>-bare: AGENTCORE_AUTH__MODE=off, "
+            f"AGENTCORE_RATE_LIMIT__ENABLED=false; gateway-<server>-protected: "
+            f"AGENTCORE_AUTH__MODE=api_key (a key of tenant {BENCH_TENANT}, sent as "
+            f"Authorization: Bearer on both routes; health stays open), rate limit "
+            f"{PROTECTED_RATE_LIMIT}/s burst {PROTECTED_RATE_LIMIT}; "
+            f"for {','.join(args.protection)}")
     out(f"loadavg:  {info['loadavg_before']} (before the run; other load skews the figures)")
 
     if wrk_path is None:
@@ -788,9 +982,12 @@ def run(args: argparse.Namespace) -> int:
     elif "fastapi" not in args.kinds:
         unavailable["fastapi"] = "fastapi not measured (--only)"
     servers = list(args.servers) if "gateway" in args.kinds else []
-    if "granian" in servers and importlib.util.find_spec("granian") is None:
-        servers.remove("granian")
-        out("granian is not installed: skipping the granian gateway variant (pip install granian).")
+    protection = list(args.protection) if "gateway" in args.kinds else []
+    if "granian" in servers + protection and importlib.util.find_spec("granian") is None:
+        servers = [s for s in servers if s != "granian"]
+        protection = [s for s in protection if s != "granian"]
+        out("granian is not installed: skipping the granian gateway variants "
+            "(pip install granian).")
 
     results: list[Result] = []
     procs = Processes()
@@ -806,9 +1003,13 @@ def run(args: argparse.Namespace) -> int:
                                             server_pin))
             if "fastapi" in args.kinds and "fastapi" not in unavailable:
                 targets.append(fastapi_target(free_port(), server_pin))
-            for server in servers:
-                targets.append(gateway_target(server, free_port(), workdir / f"data-{server}",
-                                              server_pin))
+            for server in dict.fromkeys(servers + protection):
+                variants = ([""] if server in servers else []) + (
+                    ["bare", "protected"] if server in protection else [])
+                for variant in variants:
+                    data_dir = workdir / "-".join(filter(None, ("data", server, variant)))
+                    targets.append(gateway_target(server, free_port(), data_dir, server_pin,
+                                                  variant))
             budget = len(targets) * (len(ROUTES) * args.duration + args.warmup + 5)
             budget += math.ceil(len(targets) * max(args.wait_idle, 1.0))
             progress(f"{len(targets)} servers, about {budget} s")
@@ -821,11 +1022,16 @@ def run(args: argparse.Namespace) -> int:
 
     variants = [f"gateway-{s}" for s in servers]
     found = ratios(results, variants, unavailable)
+    protected = protection_ratios(results, protection)
     out()
     print_table(results)
     out()
     out("ratios (req/s):")
     print_ratios(found)
+    if protection:
+        out()
+        out("protection layer overhead (req/s; API key auth and rate limiting on / both off):")
+        print_ratios(protected)
     out(f"loadavg after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         args.json.write_text(json.dumps({
@@ -833,8 +1039,9 @@ def run(args: argparse.Namespace) -> int:
             "settings": {"duration_s": args.duration, "connections": args.connections,
                          "threads": args.threads, "warmup_s": args.warmup,
                          "wait_idle_s": args.wait_idle},
-            "results": [asdict(r) | {"valid": r.valid} for r in results],
+            "results": [asdict(r) | {"valid": r.valid, "skewed": r.skewed} for r in results],
             "ratios": [asdict(r) for r in found],
+            "protection_ratios": [asdict(r) for r in protected],
         }, indent=2) + "\n")
         progress(f"wrote {args.json}")
     return 0 if all(r.valid for r in results) else 1
@@ -846,7 +1053,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args)
     except KeyboardInterrupt:
         progress("interrupted; every server was stopped")
-        return 130
+        return 128 + signal.SIGINT
+    except Interrupted as exc:
+        progress(f"{exc}; every server was stopped")
+        return 128 + exc.signum
 
 
 if __name__ == "__main__":
