@@ -31,7 +31,7 @@ from agentcore.errors import (
     MethodNotFound,
     ParseError,
 )
-from agentcore.http import safe_message as safe_message  # re-exported for the streams
+from agentcore.http import safe_message
 
 log = logging.getLogger("agentcore.jsonrpc")
 

@@ -28,8 +28,7 @@ from agentcore.auth import ANONYMOUS, IDENTITY, Identity
 from agentcore.config import Config, RealtimeConfig
 from agentcore.errors import AgentCoreError, InvalidRequest, Overloaded
 from agentcore.events.base import Event
-from agentcore.http import reject
-from agentcore.jsonrpc import safe_message
+from agentcore.http import reject, safe_message
 from agentcore.realtime.connections import Connection, Connections
 from agentcore.realtime.feed import Feed, Subscribe, subscription_filter
 from agentcore.types import Message, Receive, Scope, Send

@@ -42,7 +42,8 @@ from agentcore.errors import (
     Unauthorized,
 )
 from agentcore.events.base import Event
-from agentcore.jsonrpc import Context, Dispatcher, safe_message
+from agentcore.http import safe_message
+from agentcore.jsonrpc import Context, Dispatcher
 from agentcore.metrics import Metrics
 from agentcore.ratelimit.base import Limit, gcra
 from agentcore.realtime.connections import Connection, Connections, close_reason
