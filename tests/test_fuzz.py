@@ -463,7 +463,10 @@ async def check(client: httpx.AsyncClient, request: Fuzz, seeded: tuple[Any, Any
     status = response.status_code
     event(f"status {status}")
     assert status < 500, f"{status} for {request!r}: {response.content[:500]!r}"
-    if response.content and (
+    # A stored artifact is served as it was stored (Content-Disposition: attachment),
+    # whatever content type the uploader gave it; every other answer is JSON.
+    attachment = response.headers.get("content-disposition", "").startswith("attachment")
+    if response.content and not attachment and (
         status >= 400 or response.headers.get("content-type") == "application/json"
     ):
         try:

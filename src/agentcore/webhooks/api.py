@@ -18,6 +18,7 @@ from agentcore.clock import Clock
 from agentcore.config import WebhooksConfig
 from agentcore.errors import InvalidParams, WebhookNotFound
 from agentcore.http import Request, Response, json_response
+from agentcore.models import MAX_INT64
 from agentcore.routing import Doc, Router
 from agentcore.webhooks import signing
 from agentcore.webhooks.dispatcher import render
@@ -135,7 +136,8 @@ class WebhookPage(msgspec.Struct, kw_only=True):
 
 class WebhookQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limit: Annotated[int, Meta(ge=1, le=500)] = 50
-    offset: Annotated[int, Meta(ge=0)] = 0
+    #: Bounded by the stores' signed 64-bit integers.
+    offset: Annotated[int, Meta(ge=0, le=MAX_INT64)] = 0
     status: WebhookStatus | None = None
     #: An event type: only webhooks whose patterns match it.
     event: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
@@ -211,7 +213,7 @@ class WebhookDeliveryPage(msgspec.Struct, kw_only=True):
 
 class WebhookDeliveryQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limit: Annotated[int, Meta(ge=1, le=200)] = 50
-    offset: Annotated[int, Meta(ge=0)] = 0
+    offset: Annotated[int, Meta(ge=0, le=MAX_INT64)] = 0
     status: DeliveryStatus | None = None
 
 
@@ -221,7 +223,7 @@ class WebhookReplay(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Events before this time (epoch seconds).
     until: float | None = None
     #: Events after this event id (a cursor).
-    after_event_id: Annotated[int, Meta(ge=0)] | None = None
+    after_event_id: Annotated[int, Meta(ge=0, le=MAX_INT64)] | None = None
     #: Only deliveries that are dead (attempts exhausted), in [since, until).
     only_failed: bool = False
     #: Most events re-sent.
