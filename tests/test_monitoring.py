@@ -121,7 +121,14 @@ async def test_every_queried_metric_is_exposed_by_a_live_gateway(client: httpx.A
 def _label_names() -> dict[str, set[str]]:
     """Label names of every agentcore metric, from its definition (Metrics)."""
     out: dict[str, set[str]] = {}
-    for collector in vars(Metrics()).values():
+    metrics = Metrics()
+    # The request series (RequestStats) exist once a request was observed: from their samples.
+    metrics.observe("/api/v1/health", "GET", 200, 0.001)
+    for family in metrics.registry.collect():
+        if family.name.startswith("agentcore_http_request"):
+            for sample in family.samples:
+                out.setdefault(sample.name, set()).update(sample.labels)
+    for collector in vars(metrics).values():
         name = getattr(collector, "_name", None)
         if isinstance(name, str):
             labels = set(getattr(collector, "_labelnames", ()))

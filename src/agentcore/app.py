@@ -175,6 +175,13 @@ class Gateway:
         self.started_at = time.monotonic()
         self._stop = asyncio.Event()
         limits = config.limits
+        # Read on every request: looked up once here.
+        self._read_timeout_s = limits.read_timeout_s
+        self._handler_timeout_s = limits.handler_timeout_s
+        self._control_body_limit = limits.max_body_bytes_by_class.get(
+            "control", limits.max_body_bytes
+        )
+        self._max_json_depth = limits.max_json_depth
         self.deadlines = Deadlines(
             min(1.0, limits.read_timeout_s / 4, limits.handler_timeout_s / 4)
         )
@@ -185,6 +192,8 @@ class Gateway:
         self._background: set[asyncio.Task[None]] = set()
         self._static: dict[str, bytes] = {}
         self._health: tuple[float, dict[str, Any]] | None = None
+        #: The encoded health document and the store status it was built from.
+        self._health_body: tuple[dict[str, Any], bytes] | None = None
 
     # -- routes ---------------------------------------------------------------
 
@@ -212,9 +221,18 @@ class Gateway:
         return r
 
     async def health(self, request: Request) -> Response:
+        """The health document, rebuilt at most once per HEALTH_CACHE_S (it is polled hard).
+
+        Load balancers and the seed's load tests poll it at thousands per
+        second; the database check is cached for the same time anyway, so the
+        answer, uptime included, is as old as the store status it shows.
+        """
         database = await self._check_store()
+        cached = self._health_body
+        if cached is not None and cached[0] is database:
+            return Response(200, cached[1])
         status = "healthy" if database["status"] == "up" else "degraded"
-        return json_response(
+        body = json_response(
             {
                 "status": status,
                 "version": __version__,
@@ -224,7 +242,9 @@ class Gateway:
                 "rate_limit": self._rate_limit_status(),
                 "events": self._events_status(),
             }
-        )
+        ).body
+        self._health_body = (database, body)
+        return Response(200, body)
 
     def _rate_limit_status(self) -> dict[str, Any]:
         rl = self.config.rate_limit
@@ -278,14 +298,12 @@ class Gateway:
         return status
 
     async def jsonrpc(self, request: Request) -> Response:
-        limits = self.config.limits
+        deadlines = self.deadlines
         try:
-            task = self.deadlines.arm(limits.read_timeout_s, "read", request.task)
-            body = await request.body(
-                limits.max_body_bytes_by_class.get("control", limits.max_body_bytes)
-            )
-            self.deadlines.arm(limits.handler_timeout_s, "handler", task)
-            check_json_depth(body, limits.max_json_depth)
+            task = deadlines.arm(self._read_timeout_s, "read", request.task)
+            body = await request.body(self._control_body_limit)
+            deadlines.arm(self._handler_timeout_s, "handler", task)
+            check_json_depth(body, self._max_json_depth)
         except AgentCoreError as exc:
             if self.metrics is not None:
                 # Too large, too slow, else (InvalidRequest) too deep.
@@ -356,7 +374,7 @@ class Gateway:
         route_name = "unmatched"
         method: str = scope["method"]
         deadlines = self.deadlines
-        task = deadlines.arm(self.config.limits.handler_timeout_s, "handler")
+        task = deadlines.arm(self._handler_timeout_s, "handler")
         try:
             route, handler, params = self.router.match(method, scope["path"])
             route_name = route.path

@@ -98,9 +98,10 @@ class Authenticator(Protocol):
 def credential_of(scope: Scope) -> str | None:
     for key, value in scope["headers"]:
         if key == b"authorization":
-            kind, _, token = value.decode("latin-1").partition(" ")
-            if kind.lower() == "bearer" and token.strip():
-                return str(token.strip())
+            if value[:7].lower() == b"bearer ":
+                token = value[7:].strip()
+                if token:
+                    return str(token.decode("latin-1"))
         elif key == b"x-api-key" and value:
             return str(value.decode("latin-1").strip())
     return None
@@ -163,7 +164,10 @@ class StoreAuthenticator:
     """API keys from the store (cached), and JWTs in ``jwt`` mode.
 
     A key's record is remembered for ``auth.cache_s`` seconds, so a request
-    costs a dict lookup and one SHA-256, not a database round trip. The price:
+    costs a dict lookup and one SHA-256, not a database round trip; a
+    credential that verified is remembered as verified for the rest of that
+    time, so its repeats cost one dict lookup (the full credential is the key:
+    a different secret for the same key id never matches it). The price:
     revoking through :meth:`revoke` of this authenticator takes effect at once
     in this process, but revoking through another worker process, another
     instance or ``agentcore keys revoke`` takes effect here only when the
@@ -178,6 +182,8 @@ class StoreAuthenticator:
         self._clock = clock
         self._ttl = config.cache_s
         self._keys: dict[str, tuple[apikeys.ApiKey | None, Identity | None, float]] = {}
+        #: Full credential -> (its identity, the key id, when its key record expires here).
+        self._verified: dict[str, tuple[Identity, str, float]] = {}
         self._jwt: JwtVerifier | None = None
         if config.mode == "jwt":
             # Imported only in jwt mode: PyJWT loads cryptography, costly at startup.
@@ -193,8 +199,11 @@ class StoreAuthenticator:
         raise Unauthorized("invalid credentials: expected an API key (ak_...)")
 
     async def _api_key(self, credential: str) -> Identity:
-        key_id, secret = apikeys.parse(credential)
         now = self._clock()
+        verified = self._verified.get(credential)
+        if verified is not None and now < verified[2]:
+            return verified[0]
+        key_id, secret = apikeys.parse(credential)
         cached = self._keys.get(key_id)
         if cached is None or now >= cached[2]:
             key = await self._store.get_api_key(key_id)
@@ -202,18 +211,23 @@ class StoreAuthenticator:
             if cached is None and len(self._keys) >= KEY_CACHE_ENTRIES:
                 del self._keys[next(iter(self._keys))]
             cached = self._keys[key_id] = (key, identity, now + self._ttl)
-        key, identity, _ = cached
+        key, identity, expires = cached
         # The secret is checked before revocation: only its holder learns the key is revoked.
         if key is None or identity is None or not apikeys.verify(key, secret):
             raise Unauthorized("invalid API key")
         if key.revoked_at is not None:
             raise Unauthorized("API key revoked")
+        if len(self._verified) >= KEY_CACHE_ENTRIES:
+            del self._verified[next(iter(self._verified))]
+        self._verified[credential] = (identity, key_id, expires)
         return identity
 
     async def revoke(self, key_id: str) -> bool:
         """Revoke a key in the store and forget it here at once; False when unknown or revoked."""
         revoked = await self._store.revoke_api_key(key_id, self._clock())
         self._keys.pop(key_id, None)
+        for credential in [c for c, v in self._verified.items() if v[1] == key_id]:
+            del self._verified[credential]
         return revoked
 
 

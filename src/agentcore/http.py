@@ -34,9 +34,31 @@ def safe_message(exc: Exception) -> str:
     return _QUOTED.sub(lambda m: f"{m[1]}{m[2][:32]}...{m[1]}", str(exc))
 
 
+#: Scope key of the headers middleware adds to the response (security headers,
+#: rate-limit headers): a list that every sender of ``http.response.start`` appends
+#: (:func:`start`), instead of each middleware wrapping ``send`` per request.
+RESPONSE_HEADERS = "agentcore.response_headers"
+
 #: Statuses that carry neither a body nor Content-Length (RFC 9110 sections 6.4.1, 8.6).
 NO_BODY_STATUSES = frozenset({204, 304})
 _encoder = msgspec.json.Encoder()
+
+
+def add_response_headers(scope: Scope, headers: list[tuple[bytes, bytes]]) -> None:
+    """Have the response to ``scope`` carry ``headers`` too (middleware calls this)."""
+    extra: list[tuple[bytes, bytes]] | None = scope.get(RESPONSE_HEADERS)
+    if extra is None:
+        scope[RESPONSE_HEADERS] = list(headers)
+    else:
+        extra.extend(headers)
+
+
+def start(scope: Scope, status: int, headers: list[tuple[bytes, bytes]]) -> Message:
+    """The ``http.response.start`` message: ``headers`` and then the middleware's."""
+    extra = scope.get(RESPONSE_HEADERS)
+    if extra:
+        headers.extend(extra)
+    return {"type": "http.response.start", "status": status, "headers": headers}
 
 
 class Request:
@@ -179,7 +201,7 @@ class Response:
             body = b"" if scope.get("method") == "HEAD" else self.body
         if self.headers:
             headers.extend(self.headers)
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send(start(scope, self.status, headers))
         await send({"type": "http.response.body", "body": body})
 
 
@@ -211,7 +233,7 @@ class StreamingResponse(Response):
             headers.append((b"content-length", str(self.content_length).encode()))
         headers.extend(self.headers or ())
         try:
-            await send({"type": "http.response.start", "status": self.status, "headers": headers})
+            await send(start(scope, self.status, headers))
             if scope.get("method") != "HEAD":
                 async for chunk in self.chunks:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -74,9 +74,9 @@ class Failure(msgspec.Struct):
 Response = Success | Failure
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
-    """What a method knows about the call beyond its params."""
+class Context(msgspec.Struct, frozen=True):
+    """What a method knows about the call beyond its params (built per request: a Struct
+    initialises about three times faster than a frozen dataclass)."""
 
     client: str = ""
     tenant: str = "default"

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agentcore.errors import Forbidden
-from agentcore.http import Response, reject
-from agentcore.types import ASGIApp, Message, Receive, Scope, Send
+from agentcore.http import RESPONSE_HEADERS, Response, reject
+from agentcore.types import ASGIApp, Receive, Scope, Send
 
 BASE_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -59,9 +59,6 @@ class SecurityMiddleware:
                 await reject(scope, send, Forbidden("origin not allowed by CORS"), extra)
                 return
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *extra]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        # Outermost: the list starts here; inner layers extend it, the response sends it.
+        scope[RESPONSE_HEADERS] = [*extra]
+        await self.app(scope, receive, send)

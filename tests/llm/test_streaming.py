@@ -56,6 +56,7 @@ async def test_chunks_pass_through_as_they_arrive(fake: FakeFactory) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["x-agentcore-provider"] == "p"
+    assert response.headers["x-content-type-options"] == "nosniff"  # middleware headers too
     assert "provider;dur=" in response.headers["server-timing"]
     assert events[-1][2] == "[DONE]"
     chunks = [json.loads(data) for _, _, data in events[:-1]]

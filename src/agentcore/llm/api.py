@@ -31,7 +31,7 @@ from agentcore.auth import ANONYMOUS, IDENTITY, Identity
 from agentcore.clock import Clock
 from agentcore.config import Capability, LlmConfig
 from agentcore.errors import Forbidden, InvalidParams, ParseError, ProviderError, StoreUnavailable
-from agentcore.http import Request, Response, safe_message
+from agentcore.http import Request, Response, safe_message, start
 from agentcore.jsonrpc import Context, Method
 from agentcore.llm.accounting import Accounting
 from agentcore.llm.catalog import Catalog, Requirements
@@ -358,16 +358,16 @@ class SseResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
+            start(
+                scope,
+                200,
+                [
                     (b"content-type", b"text/event-stream; charset=utf-8"),
                     (b"cache-control", b"no-cache"),
                     (b"x-accel-buffering", b"no"),
                     *self.headers,
                 ],
-            }
+            )
         )
         end = b"data: [DONE]\n\n"
         try:

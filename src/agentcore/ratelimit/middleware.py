@@ -24,16 +24,21 @@ from typing import get_args
 from agentcore.auth import IDENTITY, Identity
 from agentcore.config import RateLimitConfig
 from agentcore.errors import RateLimited, StoreUnavailable
-from agentcore.http import reject
+from agentcore.http import add_response_headers, reject
 from agentcore.metrics import Metrics
 from agentcore.proxies import TrustedProxies
 from agentcore.ratelimit.base import Decision, Limit, RateLimiter
+from agentcore.ratelimit.memory import MemoryRateLimiter
 from agentcore.routing import RouteClass, route_class
-from agentcore.types import ASGIApp, Message, Receive, Scope, Send
+from agentcore.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("agentcore.ratelimit")
 
 Headers = list[tuple[bytes, bytes]]
+#: Distinct paths whose route class is remembered (beyond it, computed each time).
+CLASS_CACHE_ENTRIES = 4096
+#: Distinct (limit, remaining, reset) header sets remembered; cleared when full.
+HEADER_CACHE_ENTRIES = 4096
 
 
 class RateLimitMiddleware:
@@ -60,6 +65,11 @@ class RateLimitMiddleware:
         }
         self._keys = {k: Limit(f"key-{k}", v.rate, v.burst) for k, v in config.keys.items()}
         self._policies: dict[Limit, bytes] = {}
+        self._path_classes: dict[str, RouteClass | None] = {}
+        #: Under load most answers repeat (same limit, remaining and reset): built once.
+        self._header_sets: dict[tuple[Limit, int, int], Headers] = {}
+        #: The in-process backend decides without awaiting anything: called directly.
+        self._hit_now = limiter.hit_now if isinstance(limiter, MemoryRateLimiter) else None
 
     def limit_for(self, cls: str, identity: Identity | None) -> Limit:
         if identity is not None and identity.kind != "anonymous":
@@ -69,13 +79,23 @@ class RateLimitMiddleware:
         return self._classes.get(cls, self._default)
 
     def _headers(self, d: Decision) -> Headers:
-        limit = d.limit
+        """The headers of a decision; the returned list is shared: copy before changing it."""
+        reset_s = math.ceil(d.reset_s)
+        key = (d.limit, d.remaining, reset_s)
+        found = self._header_sets.get(key)
+        if found is None:
+            if len(self._header_sets) >= HEADER_CACHE_ENTRIES:
+                self._header_sets.clear()
+            found = self._header_sets[key] = self._build_headers(d.limit, d.remaining, reset_s)
+        return found
+
+    def _build_headers(self, limit: Limit, remaining_n: int, reset_s: int) -> Headers:
         policy = self._policies.get(limit)
         if policy is None:
             policy = f'"{limit.name}";q={limit.burst};w={limit.window_s}'.encode()
             self._policies[limit] = policy
-        reset = str(math.ceil(d.reset_s)).encode()
-        remaining = str(d.remaining).encode()
+        reset = str(reset_s).encode()
+        remaining = str(remaining_n).encode()
         return [
             (b"ratelimit-policy", policy),
             (b"ratelimit", b'"' + limit.name.encode() + b'";r=' + remaining + b";t=" + reset),
@@ -84,8 +104,17 @@ class RateLimitMiddleware:
             (b"x-ratelimit-reset", reset),
         ]
 
+    def _class_of(self, path: str) -> RouteClass | None:
+        try:
+            return self._path_classes[path]
+        except KeyError:
+            cls = route_class(path)
+            if len(self._path_classes) < CLASS_CACHE_ENTRIES:
+                self._path_classes[path] = cls
+            return cls
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        cls = route_class(scope["path"]) if scope["type"] == "http" else None
+        cls = self._class_of(scope["path"]) if scope["type"] == "http" else None
         if cls is None:
             await self.app(scope, receive, send)
             return
@@ -96,7 +125,10 @@ class RateLimitMiddleware:
             key = f"{identity.kind}:{identity.subject}"
         limit = self.limit_for(cls, identity)
         try:
-            decision = await self.limiter.hit(key, limit)
+            if self._hit_now is not None:
+                decision = self._hit_now(key, limit, 1)
+            else:
+                decision = await self.limiter.hit(key, limit)
         except StoreUnavailable as exc:
             log.warning("rate limit check skipped: %s", exc.message)
             if self._metrics is not None:
@@ -105,6 +137,7 @@ class RateLimitMiddleware:
             return
         headers = self._headers(decision)
         if not decision.allowed:
+            headers = [*headers]
             if self._metrics is not None:
                 self._metrics.rate_limited.labels(cls).inc()
             retry = max(1, math.ceil(decision.retry_after_s))
@@ -120,10 +153,5 @@ class RateLimitMiddleware:
                 headers,
             )
             return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *headers]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        add_response_headers(scope, headers)
+        await self.app(scope, receive, send)

@@ -28,7 +28,7 @@ from agentcore.auth import ANONYMOUS, IDENTITY, Identity
 from agentcore.config import Config, RealtimeConfig
 from agentcore.errors import AgentCoreError, InvalidRequest, Overloaded
 from agentcore.events.base import Event
-from agentcore.http import reject, safe_message
+from agentcore.http import reject, safe_message, start
 from agentcore.realtime.connections import Connection, Connections
 from agentcore.realtime.feed import Feed, Subscribe, subscription_filter
 from agentcore.types import Message, Receive, Scope, Send
@@ -91,7 +91,7 @@ class SseEndpoint:
         except AgentCoreError as exc:
             await reject(scope, send, exc)
             return
-        await send({"type": "http.response.start", "status": 200, "headers": list(HEADERS)})
+        await send(start(scope, 200, list(HEADERS)))
         client = scope.get("client")
         conn = SseConnection(self.connections, identity, send, str(client[0]) if client else "")
         self.connections.open(conn)
