@@ -79,7 +79,7 @@ def test_flags_override_file_and_environment(
         "--data-dir",
         "/srv/agentcore",
         "--server",
-        "granian",
+        "uvicorn",
         "--log-level",
         "debug",
     )
@@ -90,7 +90,7 @@ def test_flags_override_file_and_environment(
         "port": 9200,
         "host": "0.0.0.0",
         "workers": 2,
-        "server": "granian",
+        "server": "uvicorn",
         "log_level": "debug",
     }
     assert flagged["database"]["effective_url"] == "sqlite:////srv/agentcore/agentcore.db"

@@ -1,13 +1,17 @@
 """Real gateway processes: crash durability, graceful stop, workers, ASGI servers, backends.
 
 Each test starts ``agentcore serve`` (or the seed's uvicorn command) on a free
-loopback port and talks to it with sync httpx; every wait is bounded.
+loopback port and talks to it with sync httpx; every wait is bounded. What
+the gateway promises whichever ASGI server runs it (graceful stop, workers,
+startup failure, the client address) is checked under both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import random
 import re
 import secrets
 import signal
@@ -24,9 +28,13 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.support import ServerProcess, agent_card, free_port, unavailable
+from agentcore.server import GC_THRESHOLDS, GranianGateway
+from tests.support import ServerProcess, agent_card, free_port, make_config, unavailable
 
 pytestmark = pytest.mark.server
+
+#: The ASGI servers ``agentcore serve`` runs, the default first.
+SERVERS = ["granian", "uvicorn"]
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -143,8 +151,9 @@ def test_sigkill_loses_neither_agents_nor_tasks_nor_flushed_heartbeats(
     assert task["status"] == "assigned"
 
 
+@pytest.mark.parametrize("asgi_server", SERVERS)
 def test_sigterm_exits_zero_after_flushing_pending_heartbeats(
-    server_factory: ServerFactory, tmp_path: Path
+    server_factory: ServerFactory, tmp_path: Path, asgi_server: str
 ) -> None:
     data = tmp_path / "data"
     # Neither the flush loop nor the sweep (which flushes too) runs during the test:
@@ -153,7 +162,7 @@ def test_sigterm_exits_zero_after_flushing_pending_heartbeats(
         "AGENTCORE_REGISTRY__HEARTBEAT_FLUSH_INTERVAL_S": NEVER_S,
         "AGENTCORE_REGISTRY__SWEEP_INTERVAL_S": NEVER_S,
     }
-    first = server_factory(env=env, data_dir=data).start()
+    first = server_factory("--server", asgi_server, env=env, data_dir=data).start()
     with client(first.url) as http:
         registered = rpc(http, "agent.register", {"agent_card": agent_card("agent-term", "x")})
         last_seen: float = rpc(http, "agent.ping", {"agent_id": "agent-term"})["last_seen"]
@@ -224,7 +233,7 @@ def test_seed_uvicorn_command_serves_the_gateway_from_the_environment(tmp_path: 
 
 
 def worker_pids(parent: int) -> set[int]:
-    """Pids of the multiprocessing workers whose parent is ``parent`` (Linux /proc)."""
+    """Pids of the spawned workers whose parent is ``parent`` (Linux /proc)."""
     pids: set[int] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -257,11 +266,12 @@ def health_requests_total(metrics: str) -> float:
     return total
 
 
+@pytest.mark.parametrize("asgi_server", SERVERS)
 def test_two_workers_sum_metrics_and_share_data(
-    server_factory: ServerFactory, tmp_path: Path
+    server_factory: ServerFactory, tmp_path: Path, asgi_server: str
 ) -> None:
     data = tmp_path / "data"
-    server = server_factory("--workers", "2", data_dir=data).start()
+    server = server_factory("--workers", "2", "--server", asgi_server, data_dir=data).start()
     assert server.proc is not None
     parent = server.proc.pid
     wait_until(lambda: len(worker_pids(parent)) == 2, 20, "two worker processes")
@@ -294,20 +304,133 @@ def test_two_workers_sum_metrics_and_share_data(
     assert server.signal(signal.SIGTERM) == 0
 
 
-# -- granian ----------------------------------------------------------------------
+# -- the ASGI servers ---------------------------------------------------------------
 
 
-def test_granian_serves_health_and_jsonrpc(server_factory: ServerFactory) -> None:
-    server = server_factory("--server", "granian").start()
+def test_uvicorn_serves_health_and_jsonrpc(server_factory: ServerFactory) -> None:
+    server = server_factory("--server", "uvicorn").start()
     with client(server.url) as http:
         health = http.get("/api/v1/health")
-        rpc(http, "agent.register", {"agent_card": agent_card("agent-granian")})
-        pong = rpc(http, "agent.ping", {"agent_id": "agent-granian"})
+        rpc(http, "agent.register", {"agent_card": agent_card("agent-uvicorn")})
+        pong = rpc(http, "agent.ping", {"agent_id": "agent-uvicorn"})
 
     assert health.status_code == 200
     assert health.json()["status"] == "healthy"
-    assert (pong["agent_id"], pong["status"]) == ("agent-granian", "active")
+    assert (pong["agent_id"], pong["status"]) == ("agent-uvicorn", "active")
     assert server.signal(signal.SIGTERM) == 0
+
+
+def loopback_source() -> str:
+    """A loopback address of its own (Linux routes all of 127/8 to lo)."""
+    return f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+
+
+def list_agents(url: str, source: str, forwarded_for: str) -> int:
+    """One JSON-RPC call from the local address ``source``; its HTTP status."""
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(base_url=url, timeout=10, transport=transport) as http:
+        response = http.post(
+            "/api/v1/jsonrpc",
+            json={"jsonrpc": "2.0", "method": "agent.list", "params": {}, "id": 1},
+            headers={"X-Forwarded-For": forwarded_for, "X-Real-IP": forwarded_for},
+        )
+    return response.status_code
+
+
+@pytest.mark.parametrize("asgi_server", SERVERS)
+def test_the_client_address_is_the_socket_peer(
+    server_factory: ServerFactory, asgi_server: str
+) -> None:
+    # Anonymous callers are limited per client address: two calls, then 429.
+    server = server_factory(
+        "--server",
+        asgi_server,
+        env={"AGENTCORE_RATE_LIMIT__CLASSES": "{control={rate=0.01,burst=2}}"},
+    ).start()
+    first, second = loopback_source(), loopback_source()
+    while second == first:
+        second = loopback_source()
+
+    # A new X-Forwarded-For each time changes nothing (no trusted proxy is configured)...
+    from_first = [list_agents(server.url, first, f"10.0.0.{i}") for i in range(3)]
+    # ...and another peer address is another client.
+    from_second = list_agents(server.url, second, "10.0.0.1")
+
+    assert from_first == [200, 200, 429]
+    assert from_second == 200
+
+
+@pytest.mark.parametrize("asgi_server", SERVERS)
+def test_startup_failure_exits_non_zero_showing_the_error(tmp_path: Path, asgi_server: str) -> None:
+    unreachable = f"postgresql://agentcore@127.0.0.1:{free_port()}/agentcore"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agentcore.cli",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--database-url",
+            unreachable,
+            "--server",
+            asgi_server,
+        ],
+        env=clean_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode != 0
+    assert "postgresql: [Errno 111] Connection refused" in done.stdout + done.stderr
+
+
+def test_granian_logs_at_the_configured_level_without_access_log_by_default(
+    server_factory: ServerFactory,
+) -> None:
+    def log_after_a_request(*args: str, env: dict[str, str] | None = None) -> str:
+        server = server_factory("--server", "granian", *args, env=env).start()
+        with client(server.url) as http:
+            assert http.get("/api/v1/health/live").status_code == 200
+        assert server.signal(signal.SIGTERM) == 0
+        return server.log.read_text()
+
+    info = log_after_a_request("--log-level", "info")
+    warning = log_after_a_request("--log-level", "warning")
+    access = log_after_a_request(env={"AGENTCORE_SERVER__ACCESS_LOG": "true"})
+
+    assert "INFO agentcore: agentcore" in info  # a worker's own startup line
+    assert "/api/v1/health/live" not in info
+    assert "INFO" not in warning
+    assert '"GET /api/v1/health/live HTTP/1.1" 200' in access
+
+
+async def test_granian_gateway_closes_the_streams_on_sigterm_before_granian_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gateway = GranianGateway(make_config())
+    stopped = asyncio.Event()
+    # Granian's own stop (its SIGINT handler) is not there in this process.
+    monkeypatch.setattr(gateway, "stop_serving", stopped.set)
+    thresholds = gc.get_threshold()
+    await gateway.startup()
+    try:
+        assert gc.get_threshold() == GC_THRESHOLDS  # tuned after startup
+        assert gc.get_freeze_count() > 0
+
+        signal.raise_signal(signal.SIGTERM)  # the handler startup installed takes it
+        await asyncio.wait_for(stopped.wait(), 5)
+
+        assert gateway.streams.closing
+    finally:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+        await gateway.shutdown()
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 # -- PostgreSQL -------------------------------------------------------------------

@@ -3,7 +3,7 @@
 ::
 
     agentcore serve [--config F] [--host H] [--port P] [--workers N]
-                    [--data-dir D] [--database-url URL] [--server uvicorn|granian]
+                    [--data-dir D] [--database-url URL] [--server granian|uvicorn]
                     [--insecure]
     agentcore worker [same options as serve]   (webhook delivery, no HTTP)
     agentcore config show [same options]
@@ -55,7 +55,9 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
         "--data-dir", help="directory of the embedded database (default ./.agentcore)"
     )
     parser.add_argument("--database-url", help="sqlite:///path or postgresql://...")
-    parser.add_argument("--server", choices=["uvicorn", "granian"], help="ASGI server")
+    parser.add_argument(
+        "--server", choices=["granian", "uvicorn"], help="ASGI server (default granian)"
+    )
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -328,10 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"agentcore: {exc.message}", file=sys.stderr)
             return 1
 
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from agentcore.server import configure_logging
+
+    configure_logging(config.server.log_level)
     if args.command == "worker":
         from agentcore.webhooks.worker import run_standalone
 

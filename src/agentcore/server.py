@@ -1,26 +1,52 @@
 """Running the gateway under an ASGI server (``agentcore serve``).
 
-uvicorn (uvloop + httptools) is the default: it measured fastest for the
-JSON-RPC POST path on this hardware (docs/performance.md); Granian's ASGI
-interface is selectable with ``server.server = "granian"``. The app stays a
-plain ASGI app either way.
+Granian (its Rust HTTP server, ``Interfaces.ASGI``, uvloop) is the default:
+it measured faster than uvicorn on this hardware, most on GETs and in the
+latency tail (docs/performance.md). uvicorn (uvloop + httptools) stays
+selectable with ``server.server = "uvicorn"`` / ``--server uvicorn``, and the
+seed's ``uvicorn agentcore.a2a_protocol.main:app`` runs the same app under
+uvicorn by definition. The app is a plain ASGI app under both.
 
-Workers are separate processes that each rebuild the app from the effective
-configuration, which the parent hands over as JSON in ``AGENTCORE_CONFIG_JSON``
-(so flags and the config file reach every worker identically).
+Workers are separate, freshly started processes (``spawn``) that each rebuild
+the app from the effective configuration, which the parent hands over as
+JSON in ``AGENTCORE_CONFIG_JSON`` (so flags and the config file reach every
+worker identically, and prometheus-client, which picks its multiprocess
+storage on import, sees ``PROMETHEUS_MULTIPROC_DIR``). Under Granian even one
+worker is a child process of a supervising parent.
 
-Graceful stop (SIGTERM): under uvicorn every worker runs :class:`GatewayServer`,
-which closes the event streams with 1001 before uvicorn's own shutdown would
-close WebSockets with 1012 (docs/realtime.md). WebSocket keepalive is the
-gateway's (app-level pings from one sweeper per worker), so uvicorn's protocol
-pings are off, and uvicorn refuses client messages above
-``realtime.max_message_bytes`` with close code 1009.
+Graceful stop (SIGTERM): every worker closes the event streams first
+(WebSockets with 1001 "server shutting down", SSE streams with their terminal
+event; docs/realtime.md) and only then lets the server stop, which then runs
+the lifespan shutdown (last heartbeats flushed) and exits 0.
+
+- A Granian worker that gets SIGTERM or SIGINT stops accepting, drops open
+  WebSockets without a close frame, waits for unfinished HTTP responses (an
+  SSE stream, which never finishes by itself, holds it up until its client
+  leaves) and only then runs the lifespan shutdown. So
+  :class:`GranianGateway` takes SIGTERM over in each worker at lifespan
+  startup (after Granian installed its own handlers): it closes the streams,
+  then raises SIGINT, which Granian's handler still answers. SIGINT itself
+  stays Granian's own stop in the worker that gets it; Ctrl-C in a terminal
+  reaches the supervisor too, whose SIGTERM to its workers still closes the
+  streams, but the stop can take ``realtime.shutdown_grace_s`` longer.
+- uvicorn closes WebSockets with 1012 and waits for unfinished responses
+  before the lifespan shutdown; :class:`GatewayServer` closes the streams
+  before that.
+
+WebSocket keepalive is the gateway's (app-level pings from one sweeper per
+worker), so server protocol pings are off (Granian sends none). A client
+message above ``realtime.max_message_bytes`` is closed with 1009 by the app
+(realtime/websocket.py) under either server; uvicorn also refuses it while
+reading (``ws_max_size``), Granian reads it whole first (its own limit is
+16 MiB a frame).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import multiprocessing
 import os
 import resource
 import shutil
@@ -30,6 +56,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import uvicorn
@@ -44,6 +71,13 @@ log = logging.getLogger("agentcore.server")
 CONFIG_ENV = "AGENTCORE_CONFIG_JSON"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FACTORY = "agentcore.server:worker_app"
+GRANIAN_FACTORY = "agentcore.server:granian_worker_app"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Pending connections the kernel queues on the listening socket.
+BACKLOG = 4096
+#: Open files a worker keeps for itself (store, logs, metrics files, pipes);
+#: the rest of its open-files limit is room for connections.
+RESERVED_FDS = 64
 #: Cyclic GC thresholds of a serving process. At 10,000 WebSockets a full
 #: collection walks about 900,000 objects (0.6-1 s on the project machine); with
 #: the default (700, 10, 10) a broadcast's short-lived tasks are promoted into
@@ -73,10 +107,28 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def worker_app() -> Gateway:
-    """The app factory each worker process calls."""
+def configure_logging(level: str) -> None:
+    """The gateway's own log lines (``agentcore.*``) at ``level``, on stderr.
+
+    Called by the CLI and again in every worker process, which starts fresh.
+    """
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+
+
+def _worker_config() -> Config:
     config = msgspec.json.decode(os.environ[CONFIG_ENV], type=Config)
-    return create_app(config, metrics_dir=os.environ.get(MULTIPROC_ENV))
+    configure_logging(config.server.log_level)
+    return config
+
+
+def worker_app() -> Gateway:
+    """The app factory each uvicorn worker calls."""
+    return create_app(_worker_config(), metrics_dir=os.environ.get(MULTIPROC_ENV))
+
+
+def granian_worker_app() -> GranianGateway:
+    """The app factory each Granian worker calls."""
+    return GranianGateway(_worker_config(), metrics_dir=os.environ.get(MULTIPROC_ENV))
 
 
 def prepare_environment(config: Config) -> None:
@@ -93,39 +145,103 @@ def prepare_environment(config: Config) -> None:
         os.environ.pop(MULTIPROC_ENV, None)
 
 
+def serve(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT; exits non-zero when a worker fails to start."""
+    limit = raise_fd_limit()
+    Path(config.database.data_dir).mkdir(parents=True, exist_ok=True)
+    prepare_environment(config)
+    connections = max(limit - RESERVED_FDS, 1)
+    log.info(
+        "open-files limit %d: room for about %d concurrent connections per worker",
+        limit,
+        connections,
+    )
+    if config.server.server == "granian":
+        _serve_granian(config, connections)
+    else:
+        _serve_uvicorn(config)
+
+
+# -- Granian ------------------------------------------------------------------------
+
+
+def _serve_granian(config: Config, connections: int) -> None:
+    from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    server = config.server
+    # Granian forks its workers unless told otherwise; a forked worker would
+    # inherit this process's prometheus-client, set up before
+    # PROMETHEUS_MULTIPROC_DIR existed (module docstring).
+    multiprocessing.set_start_method("spawn", force=True)
+    Server(
+        GRANIAN_FACTORY,
+        address=server.host,
+        port=server.port,
+        interface=Interfaces.ASGI,
+        workers=server.workers,
+        loop=Loops.uvloop,
+        factory=True,
+        backlog=BACKLOG,
+        # Connections a worker serves at once (Granian's default is
+        # backlog / workers); the open-files limit is the real bound, as
+        # under uvicorn, so 10,000 event streams per worker fit.
+        backpressure=connections,
+        log_level=LogLevels(server.log_level),
+        log_access=server.access_log,
+    ).serve()
+    # Granian's parent exits 1 itself when a worker failed (e.g. at startup).
+
+
+class GranianGateway(Gateway):
+    """The gateway as a Granian worker runs it: SIGTERM closes the streams first.
+
+    Granian's own stop (on SIGTERM or SIGINT) drops WebSockets and waits for
+    SSE streams before the lifespan shutdown could close them (module
+    docstring). At lifespan startup, after Granian installed its handlers,
+    this takes SIGTERM over: it closes the streams (WebSocket 1001, SSE
+    terminal event, waiting up to ``realtime.shutdown_grace_s``), then raises
+    SIGINT, whose handler is still Granian's: stop serving, finish the
+    responses in flight, then the lifespan shutdown.
+    """
+
+    def __init__(self, config: Config, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self._stopping: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        await super().startup()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        tune_gc()
+
+    def _on_sigterm(self) -> None:
+        # Once only: the parent passes SIGTERM on to a worker that may have had it already.
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._close_then_stop())
+
+    async def _close_then_stop(self) -> None:
+        try:
+            await self.close_streams()
+        except Exception:  # boundary: the server must still stop
+            log.exception("closing the event streams failed")
+        finally:
+            self.stop_serving()
+
+    def stop_serving(self) -> None:
+        """Hand over to Granian's own graceful stop (its SIGINT handler)."""
+        signal.raise_signal(signal.SIGINT)
+
+
+# -- uvicorn ------------------------------------------------------------------------
+
+
 def _exit_cleanly(signum: int, frame: object) -> None:
     sys.exit(0)
 
 
-def serve(config: Config) -> None:
+def _serve_uvicorn(config: Config) -> None:
     server = config.server
-    limit = raise_fd_limit()
-    Path(config.database.data_dir).mkdir(parents=True, exist_ok=True)
-    prepare_environment(config)
-    log.info(
-        "open-files limit %d: room for about %d concurrent connections per worker",
-        limit,
-        max(limit - 64, 0),
-    )
-    if server.server == "granian":
-        from granian.constants import Interfaces, Loops
-        from granian.log import LogLevels
-        from granian.server import Server
-
-        level = server.log_level if server.log_level != "critical" else "error"
-        Server(
-            FACTORY,
-            address=server.host,
-            port=server.port,
-            interface=Interfaces.ASGI,
-            workers=server.workers,
-            loop=Loops.uvloop,
-            factory=True,
-            backlog=4096,
-            log_level=LogLevels(level),
-            log_access=server.access_log,
-        ).serve()
-        return
     # uvicorn re-raises SIGTERM after its graceful shutdown; make that an exit 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     uv_config = uvicorn.Config(
@@ -144,7 +260,7 @@ def serve(config: Config) -> None:
         # Keepalive is the gateway's sweeper (app-level ping/pong, one per worker).
         ws_ping_interval=None,
         ws_ping_timeout=None,
-        backlog=4096,
+        backlog=BACKLOG,
         server_header=False,
         # The client address is the socket peer; X-Forwarded-For is the gateway's
         # own business (server.trusted_proxies), never uvicorn's.

@@ -189,8 +189,9 @@ async def test_authentication_and_tenants(keyed: tuple[ServerProcess, str, str])
         assert (await acme_events.data())[1]["data"]["task_id"] == "a-t2"
 
 
-async def test_sigterm_ends_streams_with_an_error_event(tmp_path: Path) -> None:
-    server = start(tmp_path)
+@pytest.mark.parametrize("asgi_server", ["granian", "uvicorn"])
+async def test_sigterm_ends_streams_with_an_error_event(tmp_path: Path, asgi_server: str) -> None:
+    server = start(tmp_path, "--server", asgi_server)
     try:
         async with stream(server) as one, stream(server, "topics=task.*") as two:
             assert server.proc is not None

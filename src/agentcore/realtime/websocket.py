@@ -235,7 +235,15 @@ async def _close(send: Send, code: int, reason: str) -> None:
 class WebSocketConnection(Connection):
     transport = "websocket"
 
-    __slots__ = ("_busy", "_next_sid", "_refused", "_tat", "endpoint")
+    __slots__ = (
+        "_busy",
+        "_close_pending",
+        "_next_sid",
+        "_reading",
+        "_refused",
+        "_tat",
+        "endpoint",
+    )
 
     def __init__(
         self, endpoint: WebSocketEndpoint, identity: Identity, send: Send, client: str
@@ -248,6 +256,10 @@ class WebSocketConnection(Connection):
         self._refused = 0
         #: True while a message is being answered (a replay, an rpc): not idle.
         self._busy = False
+        #: True while the ASGI task waits in ``receive()``.
+        self._reading = False
+        #: The close the ASGI task is to write once interrupted (see :meth:`finish`).
+        self._close_pending: tuple[int, str] | None = None
 
     # -- framing -------------------------------------------------------------------
 
@@ -258,6 +270,17 @@ class WebSocketConnection(Connection):
         return b'{"type":"event","subscription":"' + feed.sid.encode() + b'",' + body[1:]
 
     async def finish(self, code: int, reason: str) -> None:
+        if self._reading and self.task is not None:
+            # Granian (2.8) loses a close written while another task waits in
+            # receive(): the wait ends as a disconnect, no close frame is sent and
+            # the socket stays open. So the waiting task is interrupted and writes
+            # the close itself (serve), which works under any server.
+            self._close_pending = (code, reason)
+            self.task.cancel()
+            return
+        await self._write_close(code, reason)
+
+    async def _write_close(self, code: int, reason: str) -> None:
         with contextlib.suppress(OSError):  # gone already
             await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
@@ -281,16 +304,36 @@ class WebSocketConnection(Connection):
         """Read and answer client messages until the connection ends."""
         limit = self.endpoint.config.max_message_bytes
         while True:
-            message = await receive()
+            self._reading = True
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                self._reading = False
+                pending = self._close_pending
+                task = asyncio.current_task()
+                # Not finish()'s interruption alone (a kill, the server): end.
+                if pending is None or self.killed or task is None or task.uncancel() > 0:
+                    raise
+                self._close_pending = None  # write the close, then await the reply
+                await self._write_close(*pending)
+                continue
+            self._reading = False
             if message["type"] == "websocket.disconnect":
                 self.closed = True
                 return
             self.last_heard = self.hub.now()
+            # The size limit holds here whatever the server enforces while reading
+            # (uvicorn refuses first; Granian hands over whatever it received).
             text: str | None = message.get("text")
             if text is None:
-                await self.write(
-                    error_message(InvalidRequest("binary frames are not accepted: send JSON text"))
-                )
+                if len(message.get("bytes") or b"") > limit:
+                    self.close(1009, f"message larger than {limit} bytes")
+                else:
+                    await self.write(
+                        error_message(
+                            InvalidRequest("binary frames are not accepted: send JSON text")
+                        )
+                    )
                 continue
             if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
                 self.close(1009, f"message larger than {limit} bytes")
