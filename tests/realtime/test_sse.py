@@ -113,6 +113,9 @@ async def test_a_stream_sends_ids_and_events_as_text_event_stream(server: Server
     async with stream(server, "topics=task.created,agent.*") as events, api(server) as http:
         assert events.response.headers["content-type"].startswith("text/event-stream")
         assert events.response.headers["cache-control"] == "no-cache"
+        # The middleware's headers reach streams too (they are sent by the stream itself).
+        assert events.response.headers["x-content-type-options"] == "nosniff"
+        assert "x-ratelimit-limit" in events.response.headers
         head = events.subscribed["head"]
         await rpc(http, "task.create", task_definition("s-t1", NOBODY))
         await rpc(http, "task.create", task_definition("s-t2", NOBODY))
