@@ -8,7 +8,8 @@ process (uvloop when installed):
 
 1. warms the server up (a few connections subscribe, one event is published
    and received, they close) and reads its RSS (``VmRSS`` of
-   ``/proc/<pid>/status``; a single uvicorn worker is the ``serve`` process);
+   ``/proc/<pid>/status`` of the worker: under Granian the ``serve`` process's
+   only child, under uvicorn with one worker the ``serve`` process itself);
 2. opens N WebSockets to ``/api/v1/ws/events``, at most ``--concurrency`` at
    a time, each sending one ``subscribe`` for this run's event type and waiting
    for ``subscribed``; client sockets are spread over several loopback source
@@ -199,7 +200,7 @@ def start_server(workdir: Path, pin: Sequence[str]) -> Server:
     except BaseException:
         log.close()
         raise
-    # taskset execs the server, so the pid is the gateway's (one worker: no child).
+    # taskset execs the server, so the pid is the gateway's; wait_ready() swaps in its worker.
     return Server(f"http://{HOST}:{port}", proc.pid, proc, log, log_path, argv)
 
 
@@ -213,6 +214,16 @@ def tail(path: Path | None, lines: int = 20) -> str:
 
 
 # -- /proc --------------------------------------------------------------------------
+
+
+def worker_pid(pid: int) -> int:
+    """The process that serves: ``pid``'s only child when it has one (Granian runs its
+    worker under a parent process), else ``pid`` itself (uvicorn with one worker)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return pid
+    return int(children[0]) if len(children) == 1 else pid
 
 
 def rss_kb(pid: int | None) -> int | None:
@@ -358,6 +369,8 @@ async def wait_ready(server: Server) -> None:
         with contextlib.suppress(OSError, TimeoutError):
             status, _ = await http(server.base, "GET", HEALTH_PATH, timeout_s=2.0)
             if status == 200:
+                if server.proc is not None and server.pid is not None:
+                    server.pid = worker_pid(server.pid)
                 return
         await asyncio.sleep(0.2)
     raise RuntimeError(f"the gateway did not answer {HEALTH_PATH} within {STARTUP_TIMEOUT_S:g} s")
