@@ -46,7 +46,11 @@ class Driver(Protocol):
 
     async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]: ...
 
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run ``sql`` once per row. Nothing comes back, so inside a transaction a
+        driver may pipeline it (SQLite does: an error surfaces at the block's next
+        statement or at its end). Statements whose row count is not needed use it
+        inside transactions, even for one row, so the block does not wait for them."""
 
     def transaction(self) -> AbstractAsyncContextManager[Driver]:
         """One connection from BEGIN to COMMIT; rolled back when the block raises.
@@ -439,7 +443,7 @@ class SqlStore:
         row = _agent_row(agent)
         async with self._db.transaction() as tx:
             if replace:
-                await tx.execute(_UPSERT_AGENT, *row)
+                await tx.executemany(_UPSERT_AGENT, [row])  # no need to wait: see Driver
                 await _delete_labels(tx, agent.agent_id)
             elif not await tx.execute(f"{_INSERT_AGENT} ON CONFLICT (id) DO NOTHING", *row):
                 return False
@@ -737,6 +741,7 @@ class SqlStore:
 
 
 async def _delete_labels(tx: Driver, agent_id: str) -> None:
-    """Child rows go explicitly: SQLite runs with ``foreign_keys=OFF``."""
-    await tx.execute("DELETE FROM agent_capabilities WHERE agent_id = $1", agent_id)
-    await tx.execute("DELETE FROM agent_tags WHERE agent_id = $1", agent_id)
+    """Child rows go explicitly: SQLite runs with ``foreign_keys=OFF``. Their counts
+    are not needed, so the statements are pipelined (see :meth:`Driver.executemany`)."""
+    await tx.executemany("DELETE FROM agent_capabilities WHERE agent_id = $1", [(agent_id,)])
+    await tx.executemany("DELETE FROM agent_tags WHERE agent_id = $1", [(agent_id,)])
