@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from agentcore.app import create_app
 from agentcore.config import (
     Config,
     env_overrides,
@@ -19,6 +20,8 @@ from agentcore.config import (
     to_masked_dict,
 )
 from agentcore.errors import ConfigError
+from agentcore.store.sql import SqlStore
+from agentcore.store.sqlite import SqliteDatabase
 
 
 def write(tmp_path: Path, text: str, name: str = "agentcore.toml") -> Path:
@@ -303,6 +306,23 @@ def test_port_bounds_are_accepted(port: int) -> None:
 )
 def test_non_positive_values_are_refused(section: str, key: str) -> None:
     assert f"{section}.{key}" in config_error(overrides={section: {key: 0}})
+
+
+@pytest.mark.parametrize("count", [-1, 65])
+def test_read_connections_out_of_range_is_refused(count: int) -> None:
+    assert "database.read_connections" in config_error(
+        overrides={"database": {"read_connections": count}}
+    )
+
+
+def test_read_connections_reach_the_sqlite_driver(tmp_path: Path) -> None:
+    config = load_config(
+        environ={}, overrides={"database": {"data_dir": str(tmp_path), "read_connections": 2}}
+    )
+    gateway = create_app(config)
+    assert isinstance(gateway.store, SqlStore)
+    assert isinstance(gateway.store.db, SqliteDatabase)
+    assert gateway.store.db._read_connections == 2
 
 
 def test_nan_interval_is_refused(tmp_path: Path) -> None:

@@ -101,6 +101,7 @@ class Gateway:
             config.database_url,
             pool_min_size=config.database.pool_min_size,
             pool_max_size=config.database.pool_max_size,
+            read_connections=config.database.read_connections,
         )
         self.metrics = Metrics(metrics_dir) if config.metrics.enabled else None
         #: The in-process hub every stream subscribes to; fed by the event log.

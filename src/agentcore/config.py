@@ -64,6 +64,9 @@ class DatabaseConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     #: asyncpg pool size per worker (PostgreSQL only).
     pool_min_size: int = 1
     pool_max_size: int = 10
+    #: SQLite only: read-only connections (one thread each) answering SELECTs beside
+    #: the one group-committing writer; 0 runs reads on the writer's connection.
+    read_connections: int = 4
 
 
 class RegistryConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -549,6 +552,11 @@ def _check(config: Config) -> None:
         raise ConfigError(
             "invalid configuration: database.pool_max_size: need 1 <= pool_min_size <= "
             "pool_max_size"
+        )
+    if not 0 <= config.database.read_connections <= 64:
+        raise ConfigError(
+            "invalid configuration: database.read_connections: need 0 to 64 "
+            f"(got {config.database.read_connections})"
         )
 
 

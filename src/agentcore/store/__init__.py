@@ -11,7 +11,9 @@ from agentcore.store.sqlite import SqliteDatabase
 __all__ = ["Store", "open_store"]
 
 
-def open_store(url: str, *, pool_min_size: int = 1, pool_max_size: int = 10) -> Store:
+def open_store(
+    url: str, *, pool_min_size: int = 1, pool_max_size: int = 10, read_connections: int = 4
+) -> Store:
     """Build the store for ``url``; the caller awaits ``store.open()`` to connect.
 
     ``sqlite:///rel/path.db`` (relative to the working directory),
@@ -25,7 +27,7 @@ def open_store(url: str, *, pool_min_size: int = 1, pool_max_size: int = 10) -> 
         path = rest.removeprefix("/")
         if not path:
             raise ConfigError("store url: sqlite needs a path, e.g. sqlite:///data/agentcore.db")
-        return SqlStore(SqliteDatabase(path))
+        return SqlStore(SqliteDatabase(path, read_connections=read_connections))
     if scheme in ("postgresql", "postgres"):
         return SqlStore(PostgresDatabase(url, min_size=pool_min_size, max_size=pool_max_size))
     raise ConfigError(f"store url: unsupported scheme {scheme!r} (sqlite, postgresql)")
