@@ -294,7 +294,7 @@ async def test_api_key_never_leaves_the_gateway(
     assert app_ok.headers[-1]["authorization"] == f"Bearer {secret}"  # it was sent...
     decision = seen[0]
     assert "wrongkey failed with 401" in decision
-    # ... and never shown: not in answers, not in logs (at DEBUG, httpx's included).
+    # ... and never shown: not in answers, not in logs (at DEBUG, the HTTP client's included).
     assert all(secret not in text for text in seen)
     assert "another-key" not in "".join(seen)
     assert caplog.records

@@ -29,6 +29,8 @@ from agentcore.config import LlmBudgetConfig
 from agentcore.errors import BudgetExceeded, StoreUnavailable
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter
+
     from agentcore.metrics import Metrics
     from agentcore.store.base import Store
 
@@ -84,10 +86,17 @@ class Accounting:
         #: Today's totals per tenant as the store last reported them...
         self._stored: dict[str, Totals] = {}
         self._stored_day = ""
+        #: Where ``_stored_day`` starts and ends (epoch seconds): the day's name
+        #: is only recomputed when the clock leaves it.
+        self._day_starts = self._day_ends = 0.0
         #: ...plus what this worker counted since, not yet in ``_stored``.
         self._local: dict[str, Totals] = {}
         #: Counts being written by a running flush (still not in ``_stored``).
         self._flushing: dict[str, Totals] = {}
+        #: The four counters of each (tenant, agent, provider, model) that completes:
+        #: looked up once (a ``labels()`` call costs microseconds on every completion).
+        self._series: dict[tuple[str, str, str, str], tuple[Counter, Counter, Counter, Counter]]
+        self._series = {}
 
     @property
     def day(self) -> str:
@@ -159,12 +168,18 @@ class Accounting:
         self._local.setdefault(tenant, Totals()).add(1, prompt_tokens + completion_tokens, cost)
         metrics = self._metrics
         if metrics is not None:
-            metrics.llm_requests.labels(tenant, agent, provider, model, "ok").inc()
-            metrics.llm_tokens.labels(tenant, agent, provider, model, "prompt").inc(prompt_tokens)
-            metrics.llm_tokens.labels(tenant, agent, provider, model, "completion").inc(
-                completion_tokens
-            )
-            metrics.llm_cost.labels(tenant, agent, provider, model).inc(cost)
+            series = self._series.get(key[1:])
+            if series is None:
+                series = self._series[key[1:]] = (
+                    metrics.llm_requests.labels(tenant, agent, provider, model, "ok"),
+                    metrics.llm_tokens.labels(tenant, agent, provider, model, "prompt"),
+                    metrics.llm_tokens.labels(tenant, agent, provider, model, "completion"),
+                    metrics.llm_cost.labels(tenant, agent, provider, model),
+                )
+            series[0].inc()
+            series[1].inc(prompt_tokens)
+            series[2].inc(completion_tokens)
+            series[3].inc(cost)
 
     def failed(self, tenant: str, agent: str, provider: str, model: str, outcome: str) -> None:
         """Count a call that ended without a completion (``error``, ``timeout``, ``rejected``)."""
@@ -208,7 +223,12 @@ class Accounting:
             self._stored = {t: Totals(r, k, c) for t, (r, k, c) in stored.items()}
 
     def _roll(self) -> None:
-        day = utc_day(self._clock())
+        now = self._clock()
+        if self._day_starts <= now < self._day_ends:
+            return
+        self._day_starts = now // DAY_S * DAY_S
+        self._day_ends = self._day_starts + DAY_S
+        day = utc_day(now)
         if day != self._stored_day:
             self._stored_day = day
             self._stored = {}

@@ -23,7 +23,6 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import httpx
 import msgspec
 from msgspec import Meta
 
@@ -38,6 +37,8 @@ from agentcore.llm.catalog import Catalog, Requirements
 from agentcore.llm.completions import Caller, Completions, Result, Stream
 from agentcore.llm.providers.base import ChatRequest
 from agentcore.llm.router import ModelRouter
+from agentcore.llm.transport.base import Connector
+from agentcore.llm.transport.http import HttpTransport
 from agentcore.ratelimit.memory import MemoryRateLimiter
 from agentcore.routing import Doc, Router
 from agentcore.types import Receive, Scope, Send
@@ -156,10 +157,10 @@ class LlmApi:
         clock: Clock,
         environ: Mapping[str, str],
         metrics: Metrics | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        connector: Connector = HttpTransport,
     ) -> None:
         self.config = config
-        self.catalog = Catalog.build(config, clock, environ, transport)
+        self.catalog = Catalog.build(config, clock, environ, connector)
         self.router = ModelRouter(self.catalog.models, config.strategy)
         self.accounting = Accounting(store, config.budgets, clock, metrics)
         self.completions = Completions(

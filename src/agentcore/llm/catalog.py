@@ -13,8 +13,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import httpx
-
 from agentcore.clock import Clock
 from agentcore.config import LlmConfig, LlmProviderConfig, LlmRequirementsConfig
 from agentcore.errors import ModelNotFound
@@ -23,6 +21,8 @@ from agentcore.llm.latency import LatencyEstimate
 from agentcore.llm.providers.anthropic import AnthropicProvider
 from agentcore.llm.providers.base import Provider
 from agentcore.llm.providers.openai import OpenAIProvider
+from agentcore.llm.transport.base import Connector
+from agentcore.llm.transport.http import HttpTransport
 from agentcore.ratelimit.base import Limit
 
 log = logging.getLogger("agentcore.llm")
@@ -116,15 +116,17 @@ class Catalog:
         config: LlmConfig,
         clock: Clock,
         environ: Mapping[str, str],
-        transport: httpx.AsyncBaseTransport | None = None,
+        connector: Connector = HttpTransport,
     ) -> Catalog:
+        """``connector`` builds each provider's transport (tests pass
+        ``MemoryTransport.connector(app)`` to skip the sockets)."""
         providers: dict[str, ProviderEntry] = {}
         models: list[Model] = []
         for spec in config.providers:
             providers[spec.name] = ProviderEntry(
                 spec.name,
                 spec.kind,
-                _provider(spec, _key(spec, environ), transport),
+                _provider(spec, _key(spec, environ), connector),
                 spec.weight,
                 _limit(f"llm-rpm-{spec.name}", spec.requests_per_minute),
                 _limit(f"llm-tpm-{spec.name}", spec.tokens_per_minute),
@@ -181,9 +183,7 @@ def _key(spec: LlmProviderConfig, environ: Mapping[str, str]) -> str:
     return key
 
 
-def _provider(
-    spec: LlmProviderConfig, key: str, transport: httpx.AsyncBaseTransport | None
-) -> Provider:
+def _provider(spec: LlmProviderConfig, key: str, connector: Connector) -> Provider:
     kind = AnthropicProvider if spec.kind == "anthropic" else OpenAIProvider
     return kind(
         spec.name,
@@ -192,7 +192,7 @@ def _provider(
         timeout_s=spec.timeout_s,
         connect_timeout_s=spec.connect_timeout_s,
         max_connections=spec.max_connections,
-        transport=transport,
+        connector=connector,
     )
 
 

@@ -38,6 +38,8 @@ from agentcore.llm.router import Attempt, Decision, ModelRouter
 from agentcore.ratelimit.memory import MemoryRateLimiter
 
 if TYPE_CHECKING:
+    from prometheus_client import Histogram
+
     from agentcore.metrics import Metrics
 
 
@@ -75,6 +77,8 @@ class Completions:
         self._quotas = quotas
         self.total_timeout_s = total_timeout_s
         self._metrics = metrics
+        #: ``agentcore_llm_provider_latency_seconds`` of each model, looked up once.
+        self._latency: dict[str, Histogram] = {}
 
     async def complete(self, request: ChatRequest, req: Requirements, caller: Caller) -> Result:
         self.accounting.check(caller.tenant)
@@ -155,10 +159,7 @@ class Completions:
                     await chunks.aclose()
                 raise
             elapsed = time.perf_counter() - started
-            if self._metrics is not None:
-                self._metrics.llm_provider_latency.labels(model.provider, model.name).observe(
-                    elapsed
-                )
+            self._observe(model, elapsed)
             decision.attempts.append(Attempt(model.key, "ok", elapsed * 1000))
             return Stream(
                 self, request, model, caller, decision, first, chunks, provider_s + elapsed
@@ -213,10 +214,19 @@ class Completions:
             completion.completion_tokens,
             cost,
         )
-        if self._metrics is not None:
-            self._metrics.llm_provider_latency.labels(model.provider, model.name).observe(elapsed)
+        self._observe(model, elapsed)
         decision.attempts.append(Attempt(model.key, "ok", elapsed * 1000))
         return Result(completion, model, decision, provider_s, cost)
+
+    def _observe(self, model: Model, elapsed: float) -> None:
+        if self._metrics is None:
+            return
+        histogram = self._latency.get(model.key)
+        if histogram is None:
+            histogram = self._latency[model.key] = self._metrics.llm_provider_latency.labels(
+                model.provider, model.name
+            )
+        histogram.observe(elapsed)
 
     def _failed(
         self, model: Model, exc: AgentCoreError, elapsed: float, decision: Decision, caller: Caller

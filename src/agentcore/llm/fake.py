@@ -63,6 +63,9 @@ class FakeLlm:
     headers: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=100))
     #: ``time.monotonic()`` of each stream event handed to the server (newest last).
     sent_at: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    #: Completion requests being answered now, and the most there ever were at once.
+    in_flight: int = 0
+    peak_in_flight: int = 0
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.behavior.seed)
@@ -81,6 +84,14 @@ class FakeLlm:
         if method != "POST" or path not in ("/v1/chat/completions", "/v1/messages"):
             await _json(send, 404, {"error": {"message": f"no route {path}", "type": "not_found"}})
             return
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            await self._complete(scope, receive, send, path)
+        finally:
+            self.in_flight -= 1
+
+    async def _complete(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         raw = b""
         while True:
             message = await receive()

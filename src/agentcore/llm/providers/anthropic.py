@@ -21,18 +21,19 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
 import msgspec
 
-from agentcore.errors import ProviderError, ProviderTimeout
+from agentcore.errors import ProviderError
 from agentcore.llm.providers.base import (
     ChatRequest,
     Chunk,
     Completion,
     error_message,
     http_failure,
+    sse_data,
 )
-from agentcore.llm.providers.openai import http_client, sse_data, timeout
+from agentcore.llm.transport.base import Connector, Endpoint
+from agentcore.llm.transport.http import HttpTransport
 
 API_VERSION = "2023-06-01"
 #: Anthropic requires ``max_tokens``; used when the caller gives none.
@@ -60,42 +61,24 @@ class AnthropicProvider:
         timeout_s: float = 30.0,
         connect_timeout_s: float = 5.0,
         max_connections: int = 100,
-        transport: httpx.AsyncBaseTransport | None = None,
+        connector: Connector = HttpTransport,
     ) -> None:
         self.name = name
         self._key = api_key
-        self._read_s = timeout_s
-        self._connect_s = connect_timeout_s
         headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
         if api_key:
             headers["x-api-key"] = api_key
-        self._client = http_client(
-            base_url,
-            headers,
-            timeout_s=timeout_s,
-            connect_timeout_s=connect_timeout_s,
-            max_connections=max_connections,
-            transport=transport,
+        self._transport = connector(
+            Endpoint(name, base_url, headers, timeout_s, connect_timeout_s, max_connections)
         )
 
     async def complete(self, request: ChatRequest, model: str, deadline: float) -> Completion:
+        body = _encode(to_messages(request.body, model))
+        reply = await self._transport.post("messages", body, deadline)
+        if reply.status != 200:
+            raise http_failure(self.name, reply.status, error_message(reply.body), self._key)
         try:
-            response = await self._client.post(
-                "messages",
-                content=_encode(to_messages(request.body, model)),
-                timeout=timeout(deadline, self._read_s, self._connect_s),
-            )
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeout(f"provider {self.name} did not answer in time") from exc
-        except httpx.HTTPError as exc:
-            raise ProviderError(f"provider {self.name} unreachable: {type(exc).__name__}") from exc
-        if response.status_code != 200:
-            raise http_failure(
-                self.name, response.status_code, error_message(response.content), self._key
-            )
-        try:
-            data = _decode(response.content)
-            return from_message(data, model)
+            return from_message(_decode(reply.body), model)
         except (
             msgspec.DecodeError,
             UnicodeDecodeError,
@@ -110,23 +93,15 @@ class AnthropicProvider:
     async def stream(
         self, request: ChatRequest, model: str, deadline: float
     ) -> AsyncGenerator[Chunk, None]:
-        body = {**to_messages(request.body, model), "stream": True}
+        body = _encode({**to_messages(request.body, model), "stream": True})
         translator = StreamTranslator(model)
-        try:
-            async with self._client.stream(
-                "POST",
-                "messages",
-                content=_encode(body),
-                timeout=timeout(deadline, self._read_s, self._connect_s),
-            ) as response:
-                if response.status_code != 200:
-                    raise http_failure(
-                        self.name,
-                        response.status_code,
-                        error_message(await response.aread()),
-                        self._key,
-                    )
-                async for data in sse_data(response):
+        async with self._transport.stream("messages", body, deadline) as reply:
+            if reply.status != 200:
+                raise http_failure(
+                    self.name, reply.status, error_message(await reply.read()), self._key
+                )
+            async for data in sse_data(reply.lines()):
+                try:
                     event = _decode(data)
                     if not isinstance(event, dict):
                         continue
@@ -135,22 +110,17 @@ class AnthropicProvider:
                             f"provider {self.name} failed mid-stream: "
                             f"{error_message(data.encode())}"
                         )
-                    for chunk in translator.feed(event):
-                        yield chunk
-                    if translator.done:
-                        return
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeout(f"provider {self.name} stopped sending in time") from exc
-        except httpx.HTTPError as exc:
-            raise ProviderError(
-                f"provider {self.name} connection failed: {type(exc).__name__}"
-            ) from exc
-        except (msgspec.DecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise ProviderError(f"provider {self.name} sent an unreadable event") from exc
+                    chunks = translator.feed(event)
+                except (msgspec.DecodeError, KeyError, TypeError, AttributeError) as exc:
+                    raise ProviderError(f"provider {self.name} sent an unreadable event") from exc
+                for chunk in chunks:
+                    yield chunk
+                if translator.done:
+                    return
         raise ProviderError(f"provider {self.name} ended the stream without message_stop")
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._transport.close()
 
 
 # -- OpenAI -> Anthropic --------------------------------------------------------

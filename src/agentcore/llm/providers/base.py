@@ -3,8 +3,10 @@
 The gateway speaks one request format, an OpenAI chat-completions body, and
 gets back OpenAI ``chat.completion`` objects and ``chat.completion.chunk``
 chunks; a provider with another wire format (Anthropic) translates both ways
-inside its own module. A provider translates its HTTP library's errors once,
-into the error tree:
+inside its own module. A provider moves bytes through a
+:class:`~agentcore.llm.transport.base.Transport`, which translates the HTTP
+library's errors (timeouts, connection failures); the provider turns the
+answers into the rest of the error tree:
 
 - :class:`~agentcore.errors.ProviderTimeout`: no answer in time (falls back);
 - :class:`~agentcore.errors.ProviderError`: 5xx, 429, 408, 401/403 (the
@@ -16,8 +18,7 @@ into the error tree:
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -93,11 +94,6 @@ class Provider(Protocol):
     async def close(self) -> None: ...
 
 
-def remaining_s(deadline: float) -> float:
-    """Seconds until ``deadline``; small but positive once past (httpx needs > 0)."""
-    return max(0.001, deadline - time.monotonic())
-
-
 def http_failure(provider: str, status: int, message: str, secret: str) -> AgentCoreError:
     """The error for a provider's non-2xx answer; ``secret`` is scrubbed from the message."""
     text = (message or "").replace(secret, "***") if secret else (message or "")
@@ -128,3 +124,18 @@ def error_message(body: bytes) -> str:
         if isinstance(error, str):
             return error
     return body[:MESSAGE_CHARS].decode("utf-8", "replace")
+
+
+async def sse_data(lines: AsyncIterable[str]) -> AsyncIterator[str]:
+    """The ``data:`` payloads of a server-sent event stream, as they arrive
+    (multi-line data joined with newlines; comments and other fields skipped)."""
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
+    if data:
+        yield "\n".join(data)

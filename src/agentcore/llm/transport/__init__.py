@@ -1,0 +1,1 @@
+"""How LLM providers reach the network, behind one small interface (:mod:`.base`)."""
