@@ -12,8 +12,11 @@
 Every call needs the ``llm`` scope. The tenant billed is the credential's;
 with authentication off, ``context.tenant_id`` names it. Answers carry
 ``X-AgentCore-Provider``, ``X-AgentCore-Model`` and ``Server-Timing:
-gateway;dur=<ms>, provider;dur=<ms>`` (gateway = handler time not spent
-waiting on providers).
+gateway;dur=<ms>, provider;dur=<ms>`` (gateway = time from the whole request
+received to the answer, less the time spent waiting on providers; the client's
+upload is not the gateway's overhead, and servers differ in whether the body
+has already arrived when the handler starts: uvicorn reads it first, Granian
+hands it over when asked).
 """
 
 from __future__ import annotations
@@ -237,9 +240,10 @@ class LlmApi:
 
     def add_routes(self, router: Router, max_body_bytes: int) -> None:
         async def complete(request: Request) -> Response:
-            started = time.perf_counter()
             identity: Identity = request.scope.get(IDENTITY, ANONYMOUS)
             identity.require("llm")
+            await request.body(max_body_bytes)
+            started = time.perf_counter()  # the whole request is here (see _headers)
             params = await request.json(CompleteParams, max_body_bytes)
             caller = _caller(identity.tenant, identity.agent_id, identity.scopes, params.context)
             result = await self.complete(params, caller)
@@ -252,10 +256,10 @@ class LlmApi:
             )
 
         async def chat(request: Request) -> Response | SseResponse:
-            started = time.perf_counter()
             identity: Identity = request.scope.get(IDENTITY, ANONYMOUS)
             identity.require("llm")
             raw = await request.body(max_body_bytes)
+            started = time.perf_counter()  # the whole request is here (see _headers)
             try:
                 body = _decode(raw)
                 spec = msgspec.convert(body, ChatBody)
