@@ -162,3 +162,36 @@ async def test_a_failed_append_fails_its_publishers_only(store: Store) -> None:
         kept = await log.publish("kept", {})
 
     assert kept.id == 1
+
+
+class SlowFanout:
+    """A fan-out whose sends wait until released (Redis slow or reconnecting)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.sent: list[int] = []
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        await self.release.wait()
+        self.sent.extend(e.id for e in events)
+
+    async def run(self, deliver: object) -> None:  # pragma: no cover - not used here
+        raise NotImplementedError
+
+    async def close(self) -> None:  # pragma: no cover - not used here
+        pass
+
+
+async def test_publishers_do_not_wait_for_the_fan_out(store: Store) -> None:
+    fanout = SlowFanout()
+    log = EventLog(store, MemoryEventBus(), EventsConfig(), ManualClock(), fanout)
+    log.open()
+    writer = asyncio.create_task(log.run())
+    first = await asyncio.wait_for(log.publish("a", {}), 5)  # the fan-out has sent nothing yet
+    rest = [await asyncio.wait_for(log.publish("b", {"n": i}), 5) for i in range(20)]
+    assert fanout.sent == []
+    fanout.release.set()
+    await log.close()
+    await asyncio.wait_for(writer, 5)  # closing lets the fan-out send what is queued
+
+    assert fanout.sent == [first.id, *(e.id for e in rest)]  # in commit order

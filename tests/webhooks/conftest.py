@@ -1,4 +1,5 @@
-"""A real webhook receiver on loopback, and in-process gateways that deliver to it."""
+"""A real webhook receiver on loopback, in-process gateways that deliver to it, and
+two "processes" (stores) on one database for the store-level tests."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,8 +18,16 @@ import pytest
 import standardwebhooks
 
 from agentcore.app import Gateway, create_app
-from agentcore.clock import system_clock
+from agentcore.clock import ManualClock, system_clock
+from agentcore.events.base import Event
+from agentcore.store import open_store
+from agentcore.store.sql import SqlStore
+from agentcore.webhooks.dispatcher import WebhookDispatcher
+from agentcore.webhooks.store import Secret, Webhook, WebhookStore, new_webhook_id
+from tests.store.conftest import create_pg_database, drop_pg_database
 from tests.support import make_config
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 #: Webhook settings of the in-process tests: loopback allowed, fast retries, no jitter.
 FAST: dict[str, Any] = {
@@ -169,3 +179,82 @@ async def until(check: Callable[[], Any], within_s: float = 10.0) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met in {within_s} s (last: {value!r})")
         await asyncio.sleep(0.05)
+
+
+# -- two processes on one database (store-level tests) --------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'agentcore.db'}"
+        return
+    name, url = await create_pg_database()
+    try:
+        yield url
+    finally:
+        await drop_pg_database(name)
+
+
+class Process:
+    """One process's view of the database: its store, webhook store and dispatcher."""
+
+    def __init__(self, url: str, clock: ManualClock) -> None:
+        store = open_store(url)
+        assert isinstance(store, SqlStore)
+        self.store = store
+        self.webhooks = WebhookStore(self.store.db)
+        self.dispatcher = WebhookDispatcher(self.webhooks, clock, batch_size=50)
+        self.clock = clock
+        #: Calls of the webhook reads the dispatcher makes, by method name.
+        self.reads: dict[str, int] = {}
+        for name in ("active", "active_ids"):
+            self._count(name)
+
+    def _count(self, name: str) -> None:
+        original: Callable[..., Awaitable[Any]] = getattr(self.webhooks, name)
+
+        async def counted(*args: Any) -> Any:
+            self.reads[name] = self.reads.get(name, 0) + 1
+            return await original(*args)
+
+        setattr(self.webhooks, name, counted)
+
+    async def register(self, *patterns: str, tenant: str = "default") -> Webhook:
+        self.clock.advance(1)
+        now = self.clock()
+        hook = Webhook(
+            id=new_webhook_id(),
+            tenant=tenant,
+            url="http://127.0.0.1:9/h",
+            events=list(patterns),
+            secrets=[Secret(SECRET)],
+            created_at=now,
+            updated_at=now,
+        )
+        return await self.webhooks.create(hook)
+
+    async def publish(self, *types: str, tenant: str = "default") -> list[int]:
+        events = [Event(type=t, timestamp=self.clock(), tenant=tenant) for t in types]
+        return [e.id for e in await self.store.append_events(events)]
+
+    async def dispatch_all(self) -> int:
+        consumed = 0
+        while n := await self.dispatcher.run_once():
+            consumed += n
+        return consumed
+
+    async def queued(self) -> set[tuple[str, int]]:
+        rows = await self.store.db.fetch("SELECT webhook_id, event_id FROM webhook_deliveries")
+        return {(r[0], int(r[1])) for r in rows}
+
+
+@pytest.fixture
+async def processes(database_url: str) -> AsyncIterator[tuple[Process, Process]]:
+    clock = ManualClock()
+    first, second = Process(database_url, clock), Process(database_url, clock)
+    await first.store.open()
+    await second.store.open()
+    yield first, second
+    await second.store.close()
+    await first.store.close()

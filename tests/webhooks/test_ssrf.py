@@ -90,6 +90,23 @@ async def test_registration_accepts_loopback_when_allowed() -> None:
     assert target.host == "127.0.0.1"
 
 
+async def test_an_address_literal_is_checked_on_the_spot_and_not_cached() -> None:
+    policy = AddressPolicy(["127.0.0.0/8"])
+    for port in range(50):
+        await policy.check_registration(f"http://127.0.0.1:{port}/hook")
+    with pytest.raises(UnsafeUrl):
+        await policy.check_registration("http://10.0.0.1/hook")
+    assert policy._registration == {}
+
+
+async def test_a_refused_host_name_stays_refused_from_the_cache() -> None:
+    policy = AddressPolicy()
+    for _ in range(3):
+        with pytest.raises(UnsafeUrl):
+            await policy.check_registration("http://localhost/hook")
+    assert list(policy._registration) == ["localhost:80"]
+
+
 async def test_a_name_that_does_not_resolve_is_accepted_at_registration() -> None:
     target = await AddressPolicy().check_registration("https://webhook-test.example.com/endpoint")
     assert target.host == "webhook-test.example.com"

@@ -8,9 +8,19 @@ gap-free, increasing ids. Committed events go to this process's hub and,
 through the :class:`~agentcore.events.base.Fanout` when there is one, to every
 other worker and instance.
 
+A publisher waits for its commit and nothing else: the batch's futures are
+resolved as soon as the append returns, and the writer goes on to the next
+batch without waiting for the fan-out, which a task of its own sends in
+commit order (Redis round trips, reconnect back-off). There is no batching
+window: a publish arriving at an idle writer commits at once; one arriving
+during a commit waits for that commit to end, then for its own (group commit).
+
 The writer's queue is bounded (``events.writer_queue_size``); when it is
 full, publishers wait (back-pressure) rather than the log growing without
-bound. Retention: a periodic trim keeps the newest ``events.retention_count``
+bound. So is the fan-out's (:data:`FANOUT_QUEUE_BATCHES`); when Redis falls
+that far behind, the writer waits for it.
+
+Retention: a periodic trim keeps the newest ``events.retention_count``
 events and none older than ``events.retention_s``; a client resuming from a
 trimmed cursor gets what is left (see the streams' ``since`` semantics).
 """
@@ -33,6 +43,9 @@ log = logging.getLogger("agentcore.events")
 
 _Pending = tuple[Event, "asyncio.Future[Event]"]
 
+#: Committed batches waiting for the fan-out before the writer waits for it.
+FANOUT_QUEUE_BATCHES = 1_000
+
 
 class EventLog:
     def __init__(
@@ -49,6 +62,8 @@ class EventLog:
         self._clock = clock
         self.fanout = fanout
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(config.writer_queue_size)
+        #: Committed batches for the fan-out task; None ends it.
+        self._outbox: asyncio.Queue[list[Event] | None] = asyncio.Queue(FANOUT_QUEUE_BATCHES)
         self._closed = True
 
     async def publish(
@@ -77,7 +92,18 @@ class EventLog:
         self._closed = False
 
     async def run(self) -> None:
-        """The writer: runs from startup until :meth:`close` drains the queue."""
+        """The writer (and the fan-out): from startup until :meth:`close` drains the queue."""
+        if self.fanout is None:
+            await self._write()
+            return
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._fan_out(self.fanout))
+            try:
+                await self._write()
+            finally:
+                await self._outbox.put(None)  # the fan-out sends what is queued, then ends
+
+    async def _write(self) -> None:
         while True:
             item = await self._queue.get()
             if item is None:
@@ -109,8 +135,13 @@ class EventLog:
         for event in stored:
             self.hub.publish(event)
         if self.fanout is not None:
+            await self._outbox.put(stored)
+
+    async def _fan_out(self, fanout: Fanout) -> None:
+        """Send committed batches to other processes, in commit order, until the end marker."""
+        while (batch := await self._outbox.get()) is not None:
             try:
-                await self.fanout.publish(stored)
+                await fanout.publish(batch)
             except Exception:  # boundary: the events are durable; remote streams can replay
                 log.exception("event fan-out failed")
 

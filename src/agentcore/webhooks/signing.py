@@ -13,8 +13,9 @@ import base64
 import binascii
 import hashlib
 import hmac
-import secrets
 from collections.abc import Iterable, Mapping
+
+from agentcore.webhooks.entropy import random_bytes
 
 PREFIX = "whsec_"
 #: Random bytes in a generated secret (Svix uses 24; the spec asks for 24 to 64).
@@ -30,7 +31,7 @@ class InvalidSignature(Exception):
 
 
 def generate_secret() -> str:
-    return PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+    return PREFIX + base64.b64encode(random_bytes.take(SECRET_BYTES)).decode()
 
 
 def secret_key(secret: str) -> bytes:

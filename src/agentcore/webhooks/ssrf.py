@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import socket
 import time
@@ -52,8 +53,13 @@ class Target:
     port: int
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_url(url: str) -> Target:
-    """Check the shape of ``url``: http(s), a host, no credentials; :class:`UnsafeUrl` if not."""
+    """Check the shape of ``url``: http(s), a host, no credentials; :class:`UnsafeUrl` if not.
+
+    Remembered (a pure function of the string): registrations and attempts
+    of the same URL parse it once.
+    """
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeUrl(f"url longer than {MAX_URL_LENGTH} characters")
     try:
@@ -82,8 +88,20 @@ class AddressPolicy:
         #: again) costs one lookup, not one resolver timeout each. Delivery
         #: always resolves afresh (DNS rebinding).
         self._registration: dict[str, tuple[float, asyncio.Future[None]]] = {}
+        #: Verdicts by address: the policy never changes, and the checks cost
+        #: microseconds each (``is_global`` walks a dozen networks).
+        self._verdicts: dict[IPAddress, bool] = {}
 
     def permits(self, address: IPAddress) -> bool:
+        verdict = self._verdicts.get(address)
+        if verdict is None:
+            verdict = self._permits(address)
+            if len(self._verdicts) >= REGISTRATION_CACHE_SIZE:
+                self._verdicts.clear()
+            self._verdicts[address] = verdict
+        return verdict
+
+    def _permits(self, address: IPAddress) -> bool:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         if any(address in network for network in self._allowed):
@@ -129,6 +147,10 @@ class AddressPolicy:
     async def check_registration(self, url: str) -> Target:
         """Shape and addresses of a URL being registered; an unresolvable name passes."""
         target = parse_url(url)
+        literal = _literal(target.host)
+        if literal is not None:  # nothing to resolve: checked here, without a task or a cache entry
+            self.check_address(literal)
+            return target
         key = f"{target.host}:{target.port}"
         now = time.monotonic()
         cached = self._registration.get(key)
@@ -138,7 +160,10 @@ class AddressPolicy:
             if len(self._registration) > REGISTRATION_CACHE_SIZE:
                 self._registration = {k: v for k, v in self._registration.items() if v[0] >= now}
             cached = self._registration[key]
-        await asyncio.shield(cached[1])
+        if cached[1].done():
+            cached[1].result()  # raises UnsafeUrl again for a refused host
+        else:
+            await asyncio.shield(cached[1])
         return target
 
     async def _check_host(self, target: Target) -> None:
@@ -146,6 +171,7 @@ class AddressPolicy:
             await self.resolve(target)
 
 
+@functools.lru_cache(maxsize=4096)
 def _literal(host: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(host)

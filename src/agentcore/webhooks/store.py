@@ -4,7 +4,8 @@ Tables of migration 4 (``store/sql.py``): ``webhooks``; ``webhook_deliveries``,
 the outbox, one row per (webhook, event) (unique, so matching an event twice
 adds nothing) whose id is the ``webhook-id`` header of every attempt;
 ``webhook_attempts``, one row per attempt; ``webhook_cursor``, the last event
-the dispatcher has matched.
+the dispatcher has matched (row ``dispatcher``) and the number of changes
+made to webhooks (row ``webhooks``, see :class:`WebhooksVersion`).
 
 A delivery is ``pending`` (due at ``next_attempt_at``), ``delivering``
 (claimed by one worker until ``lease_until``), ``succeeded`` or ``dead``
@@ -20,14 +21,16 @@ Every method takes ``now`` (epoch seconds) from the caller's clock.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
-import secrets
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import msgspec
 
-from agentcore.store.sql import Database, Driver
+from agentcore.store.sql import Database
+from agentcore.webhooks.entropy import random_bytes
 
 WebhookStatus = Literal["active", "disabled"]
 DeliveryStatus = Literal["pending", "delivering", "succeeded", "dead"]
@@ -113,6 +116,37 @@ class EventRow(msgspec.Struct, frozen=True):
     data: str
 
 
+class WebhooksVersion(msgspec.Struct, frozen=True):
+    """What a cached copy of the active webhooks is checked against (``dispatcher.py``).
+
+    ``changes`` (row ``webhooks`` of ``webhook_cursor``) counts every change
+    that can remove an active webhook or alter what it matches (delete,
+    replace, disable), made in the changing transaction. Creation does not
+    count there (a registration stays one statement); it shows in
+    ``active``, which only creation and re-enabling (a replace) raise. So
+    with ``changes`` equal, the active webhooks are those of the copy plus
+    ``active - len(copy)`` new ones.
+    """
+
+    #: Active webhooks.
+    active: int
+    changes: int
+    #: The event log's head.
+    head: int
+
+
+class Batch(msgspec.Struct, frozen=True):
+    """Events for the dispatcher, read in one snapshot with the webhooks' version.
+
+    So the version counts every webhook committed before any of the events;
+    ids commit in order, so the events are a gap-free run after ``cursor``.
+    """
+
+    cursor: int
+    events: list[EventRow]
+    version: WebhooksVersion
+
+
 class Stats(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int
     successes: int
@@ -124,8 +158,9 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     deliveries: dict[str, int]
 
 
-#: Turns events and the active webhooks into outbox rows (see ``dispatcher.py``).
-Planner = Callable[[list[EventRow], list[Webhook]], list[Delivery]]
+def _placeholders(start: int, count: int) -> str:
+    return ", ".join(f"${i}" for i in range(start, start + count))
+
 
 _WEBHOOK_COLUMNS = (
     "id, tenant, url, events, name, description, secrets, headers, max_attempts, "
@@ -140,6 +175,47 @@ _INSERT_DELIVERY = (
     f"INSERT INTO webhook_deliveries ({_DELIVERY_COLUMNS}, lease_until) VALUES "
     "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL)"
 )
+#: The webhook with ``after_event_id`` set to the event log's head, in one statement.
+_INSERT_WEBHOOK = (
+    f"INSERT INTO webhooks ({_WEBHOOK_COLUMNS}) VALUES ({_placeholders(1, 13)}, "
+    "(SELECT n FROM event_seq), $14, $15) RETURNING after_event_id"
+)
+#: Counts a change to the webhooks (see :class:`WebhooksVersion`); creates the row on first use.
+_COUNT_CHANGE = (
+    "INSERT INTO webhook_cursor (name, position) VALUES ('webhooks', 1) "
+    "ON CONFLICT (name) DO UPDATE SET position = webhook_cursor.position + 1"
+)
+_VERSION_COLUMNS = (
+    "(SELECT COUNT(*) FROM webhooks WHERE status = 'active'), "
+    "(SELECT position FROM webhook_cursor WHERE name = 'webhooks'), "
+    "(SELECT n FROM event_seq)"
+)
+#: The next events after the dispatcher's cursor, each with the cursor's position and
+#: the webhooks' version as of the same snapshot.
+_NEXT_EVENTS = (
+    "SELECT e.id, e.type, e.timestamp, e.source, e.tenant, e.data, c.position, "
+    f"{_VERSION_COLUMNS} FROM webhook_cursor c JOIN events e ON e.id > c.position "
+    "WHERE c.name = 'dispatcher' ORDER BY e.id LIMIT $1"
+)
+_VERSION = f"SELECT {_VERSION_COLUMNS}"
+#: Compare-and-set of the cursor, refused when webhooks changed since the batch was matched.
+_ADVANCE = (
+    "UPDATE webhook_cursor SET position = $2 WHERE name = 'dispatcher' AND position = $1 "
+    "AND COALESCE((SELECT position FROM webhook_cursor WHERE name = 'webhooks'), 0) = $3"
+)
+#: A tenant's webhook count with the change counter: whether its listing order still holds.
+_LISTING_VERSION = (
+    "SELECT COUNT(*) AS n, "
+    "(SELECT position FROM webhook_cursor WHERE name = 'webhooks') AS changes "
+    "FROM webhooks WHERE tenant = $1"
+)
+_PREFIXED_COLUMNS = ", ".join(f"w.{c.strip()}" for c in _WEBHOOK_COLUMNS.split(","))
+_LISTING_ORDER = "SELECT id, status FROM webhooks WHERE tenant = $1 ORDER BY created_at, id"
+#: Tenants whose listing order (ids by status, ~150 bytes a webhook) is kept.
+LISTINGS_KEPT = 64
+#: Webhooks created by this process kept for its dispatcher (the oldest are dropped past it;
+#: the dispatcher then finds them by their ids).
+CREATED_KEPT = 4096
 #: Claimable: due, or claimed by a worker whose lease ran out.
 _CLAIMABLE = (
     "((status = 'pending' AND next_attempt_at <= $1) "
@@ -156,12 +232,12 @@ def _json(value: object) -> str:
 
 
 def new_webhook_id() -> str:
-    return "wh_" + secrets.token_hex(12)
+    return "wh_" + random_bytes.take(12).hex()
 
 
 def new_delivery_id(now: float) -> str:
     """``msg_`` + milliseconds (sortable by creation) + randomness."""
-    return f"msg_{int(now * 1000):011x}{secrets.token_hex(8)}"
+    return f"msg_{int(now * 1000):011x}{random_bytes.take(8).hex()}"
 
 
 def _opt_float(value: float | None) -> float | None:
@@ -208,6 +284,11 @@ def _webhook(row: Sequence[Any]) -> Webhook:
         created_at=row[14],
         updated_at=row[15],
     )
+
+
+def _version(row: Sequence[Any]) -> WebhooksVersion:
+    active, changes, head = row
+    return WebhooksVersion(int(active), int(changes or 0), int(head))
 
 
 def _delivery_row(d: Delivery) -> tuple[Any, ...]:
@@ -263,26 +344,70 @@ def _attempt(row: Sequence[Any]) -> Attempt:
     )
 
 
-def _placeholders(start: int, count: int) -> str:
-    return ", ".join(f"${i}" for i in range(start, start + count))
+class _Listing:
+    """A tenant's webhook ids, oldest first, all and by status, as of ``version``."""
+
+    def __init__(self, version: tuple[int, int], rows: Sequence[Sequence[Any]]) -> None:
+        self.version = version
+        self.ids: dict[WebhookStatus | None, list[str]] = {None: [], "active": [], "disabled": []}
+        for webhook_id, status in rows:
+            self.ids[None].append(webhook_id)
+            self.ids.setdefault(status, []).append(webhook_id)
 
 
 class WebhookStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        #: Created here, for this process's dispatcher (:meth:`take_created`).
+        self._created: deque[Webhook] = deque(maxlen=CREATED_KEPT)
+        #: Per tenant, least recently listed first.
+        self._listings: dict[str, _Listing] = {}
+        self._listing = asyncio.Lock()
 
     # -- webhooks -------------------------------------------------------------
 
     async def create(self, webhook: Webhook) -> Webhook:
-        """Insert ``webhook``, starting after the event log's current head."""
-        async with self._db.transaction() as tx:
-            rows = await tx.fetch("SELECT n FROM event_seq")
-            stored = msgspec.structs.replace(webhook, after_event_id=int(rows[0][0]))
-            await tx.execute(
-                f"INSERT INTO webhooks ({_WEBHOOK_COLUMNS}) VALUES ({_placeholders(1, 16)})",
-                *_webhook_row(stored),
-            )
+        """Insert ``webhook``, starting after the event log's current head.
+
+        One statement, no explicit transaction: registration is the hot write
+        of the webhook API.
+        """
+        row = _webhook_row(webhook)
+        rows = await self._db.fetch(_INSERT_WEBHOOK, *row[:13], *row[14:])
+        stored = msgspec.structs.replace(webhook, after_event_id=int(rows[0][0]))
+        self._created.append(stored)
         return stored
+
+    def take_created(self) -> list[Webhook]:
+        """The webhooks this process created (committed) since the last call, oldest first.
+
+        At most :data:`CREATED_KEPT`; older ones are dropped.
+        """
+        created = list(self._created)
+        self._created.clear()
+        return created
+
+    async def active(self, ids: Sequence[str] | None = None) -> list[Webhook]:
+        """The active webhooks (of ``ids`` when given), ordered by id."""
+        if ids is None:
+            rows = await self._db.fetch(
+                f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE status = 'active' ORDER BY id"
+            )
+            return [_webhook(row) for row in rows]
+        found: list[Webhook] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = await self._db.fetch(
+                f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE status = 'active' "
+                f"AND id IN ({_placeholders(1, len(chunk))})",
+                *chunk,
+            )
+            found.extend(_webhook(row) for row in rows)
+        return sorted(found, key=lambda w: w.id)
+
+    async def active_ids(self) -> list[str]:
+        rows = await self._db.fetch("SELECT id FROM webhooks WHERE status = 'active'")
+        return [row[0] for row in rows]
 
     async def get(self, webhook_id: str, tenant: str | None = None) -> Webhook | None:
         """The webhook; None when unknown or (with ``tenant``) another tenant's."""
@@ -314,34 +439,71 @@ class WebhookStore:
     async def page(
         self, tenant: str, status: WebhookStatus | None, limit: int, offset: int
     ) -> tuple[list[Webhook], int]:
-        """One page of the tenant's webhooks, oldest first, and how many there are in all."""
-        where = "tenant = $1" + (" AND status = $2" if status is not None else "")
-        args: list[object] = [tenant]
-        if status is not None:
-            args.append(status)
-        total = await self._db.fetch(f"SELECT COUNT(*) FROM webhooks WHERE {where}", *args)
-        n = len(args)
+        """One page of the tenant's webhooks, oldest first, and how many there are in all.
+
+        Paging by offset through the table costs a row per skipped webhook
+        (the order, created_at then id, is not one index), tens of
+        milliseconds deep into 10,000 webhooks. So the order itself, ids and
+        statuses, is kept per tenant and checked on every call against the
+        tenant's count and the change counter (see :class:`WebhooksVersion`:
+        a registration raises the count, anything else counts a change); the
+        page's 50 rows are then read by id. Concurrent deletes can leave a
+        page a row short, as any offset paging over a changing list can
+        skip or repeat one.
+        """
+        listing = self._listings.get(tenant)
+        # Optimistically the page of the kept order, with the version in the same read.
+        version, page = await self._page(tenant, listing, status, limit, offset)
+        if listing is None or listing.version != version:
+            async with self._listing:  # one read of the order at a time; the waiters reuse it
+                listing = self._listings.get(tenant)
+                if listing is None or listing.version != version:
+                    version, _ = await self._page(tenant, None, status, 0, 0)
+                    listing = _Listing(version, await self._db.fetch(_LISTING_ORDER, tenant))
+                    self._listings[tenant] = listing
+            _, page = await self._page(tenant, listing, status, limit, offset)
+        self._listings.pop(tenant, None)
+        self._listings[tenant] = listing  # most recently used last
+        if len(self._listings) > LISTINGS_KEPT:
+            del self._listings[next(iter(self._listings))]
+        return page, len(listing.ids[status])
+
+    async def _page(
+        self,
+        tenant: str,
+        listing: _Listing | None,
+        status: WebhookStatus | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[tuple[int, int], list[Webhook]]:
+        """The tenant's version and the webhooks at [offset, offset + limit) of ``listing``."""
+        wanted = [] if listing is None else listing.ids[status][offset : offset + limit]
+        joined = f"w.id IN ({_placeholders(2, len(wanted))})" if wanted else "1 = 0"
         rows = await self._db.fetch(
-            f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE {where} "
-            f"ORDER BY created_at, id LIMIT ${n + 1} OFFSET ${n + 2}",
-            *args,
-            int(limit),
-            int(offset),
+            f"SELECT v.n, v.changes, {_PREFIXED_COLUMNS} FROM ({_LISTING_VERSION}) v "
+            f"LEFT JOIN webhooks w ON {joined}",
+            tenant,
+            *wanted,
         )
-        return [_webhook(row) for row in rows], int(total[0][0])
+        version = (int(rows[0][0]), int(rows[0][1] or 0))
+        found = {row[2]: _webhook(row[2:]) for row in rows if row[2] is not None}
+        return version, [found[i] for i in wanted if i in found]
 
     async def replace(self, webhook: Webhook) -> bool:
         """Store every field of ``webhook`` but its id, tenant, cursor and creation time."""
         row = _webhook_row(webhook)
-        changed = await self._db.execute(
-            "UPDATE webhooks SET url = $3, events = $4, name = $5, description = $6, "
-            "secrets = $7, headers = $8, max_attempts = $9, rate_limit_per_s = $10, "
-            "status = $11, disabled_reason = $12, failing_since = $13, updated_at = $14 "
-            "WHERE id = $1 AND tenant = $2",
-            *row[:13],
-            row[15],
-        )
-        return changed > 0
+        async with self._db.transaction() as tx:
+            if not await tx.execute(
+                "UPDATE webhooks SET url = $3, events = $4, name = $5, description = $6, "
+                "secrets = $7, headers = $8, max_attempts = $9, rate_limit_per_s = $10, "
+                "status = $11, disabled_reason = $12, failing_since = $13, updated_at = $14 "
+                "WHERE id = $1 AND tenant = $2",
+                *row[:13],
+                row[15],
+            ):
+                return False
+            await tx.execute(_COUNT_CHANGE)
+        return True
 
     async def delete(self, webhook_id: str, tenant: str) -> bool:
         """Delete the webhook with its outbox rows and attempt log."""
@@ -352,6 +514,7 @@ class WebhookStore:
                 return False
             await tx.execute("DELETE FROM webhook_attempts WHERE webhook_id = $1", webhook_id)
             await tx.execute("DELETE FROM webhook_deliveries WHERE webhook_id = $1", webhook_id)
+            await tx.execute(_COUNT_CHANGE)
         return True
 
     async def failed(
@@ -386,6 +549,8 @@ class WebhookStore:
                 reason,
                 float(now),
             )
+            if rows:
+                await tx.execute(_COUNT_CHANGE)
         return _webhook(rows[0]) if rows else None
 
     async def succeeded(self, webhook_id: str) -> None:
@@ -396,50 +561,40 @@ class WebhookStore:
 
     # -- the dispatcher -------------------------------------------------------
 
-    async def dispatch(self, limit: int, plan: Planner) -> int:
-        """Match up to ``limit`` events after the cursor, in one transaction.
+    async def next_events(self, limit: int) -> Batch | None:
+        """Up to ``limit`` events after the dispatcher's cursor; None when there are none."""
+        rows = await self._db.fetch(_NEXT_EVENTS, int(limit))
+        if not rows:
+            return None
+        events = [EventRow(int(r[0]), r[1], float(r[2]), r[3], r[4], r[5]) for r in rows]
+        return Batch(int(rows[0][6]), events, _version(rows[0][7:]))
 
-        Inserts the outbox rows ``plan`` returns and moves the cursor past the
-        events; returns how many events were consumed. The cursor row is
-        locked first (a no-op UPDATE), so concurrent dispatchers take turns
-        and a crash anywhere leaves either all of a batch or none of it.
+    async def version(self) -> WebhooksVersion:
+        rows = await self._db.fetch(_VERSION)
+        return _version(rows[0])
+
+    async def advance(
+        self, cursor: int, position: int, changes: int, deliveries: Sequence[Delivery] = ()
+    ) -> bool:
+        """Move the cursor from ``cursor`` to ``position`` and queue ``deliveries``, atomically.
+
+        Refused (False, nothing written) when the cursor is no longer at
+        ``cursor`` (another dispatcher went first) or the webhooks changed
+        since ``changes`` (the batch was matched against a stale copy). An
+        event matched twice adds nothing (``UNIQUE (webhook_id, event_id)``).
+        Without deliveries this is one statement, committed with whatever
+        else the database is writing.
         """
+        if not deliveries:
+            return bool(await self._db.execute(_ADVANCE, cursor, position, changes))
         async with self._db.transaction() as tx:
-            rows = await tx.fetch(
-                "UPDATE webhook_cursor SET position = position WHERE name = 'dispatcher' "
-                "RETURNING position"
-            )
-            cursor = int(rows[0][0])
-            hooks = [
-                _webhook(row)
-                for row in await tx.fetch(
-                    f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE status = 'active' ORDER BY id"
-                )
-            ]
-            if not hooks:
-                # Nothing can match: skip to the head (every id <= n is committed).
-                head = int((await tx.fetch("SELECT n FROM event_seq"))[0][0])
-                if head > cursor:
-                    await _move_cursor(tx, cursor, head)
-                return max(0, head - cursor)
-            events = [
-                EventRow(int(r[0]), r[1], float(r[2]), r[3], r[4], r[5])
-                for r in await tx.fetch(
-                    "SELECT id, type, timestamp, source, tenant, data FROM events "
-                    "WHERE id > $1 ORDER BY id LIMIT $2",
-                    cursor,
-                    limit,
-                )
-            ]
-            if not events:
-                return 0
-            deliveries = plan(events, hooks)
+            if not await tx.execute(_ADVANCE, cursor, position, changes):
+                return False
             await tx.executemany(
                 f"{_INSERT_DELIVERY} ON CONFLICT (webhook_id, event_id) DO NOTHING",
                 [_delivery_row(d) for d in deliveries],
             )
-            await _move_cursor(tx, cursor, events[-1].id)
-        return len(events)
+        return True
 
     async def cursor(self) -> int:
         rows = await self._db.fetch("SELECT position FROM webhook_cursor WHERE name = 'dispatcher'")
@@ -652,13 +807,3 @@ class WebhookStore:
             recent_durations_ms=[float(row[0]) for row in durations],
             deliveries=by_status,
         )
-
-
-async def _move_cursor(tx: Driver, old: int, new: int) -> None:
-    """Compare-and-set: a second dispatcher that read the same position fails and rolls back."""
-    if not await tx.execute(
-        "UPDATE webhook_cursor SET position = $2 WHERE name = 'dispatcher' AND position = $1",
-        old,
-        new,
-    ):
-        raise RuntimeError("webhook dispatcher cursor moved concurrently")

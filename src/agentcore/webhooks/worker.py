@@ -9,8 +9,10 @@ event is matched twice and no delivery is attempted by two runners at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import time
 
 from agentcore.clock import Clock, system_clock
 from agentcore.config import Config, WebhooksConfig
@@ -27,6 +29,11 @@ from agentcore.webhooks.ssrf import AddressPolicy
 from agentcore.webhooks.store import WebhookStore
 
 log = logging.getLogger("agentcore.webhooks")
+
+#: Least seconds between the starts of two dispatch rounds while events keep coming
+#: (a backlog of full batches is not paced): bounds the dispatcher's share of the
+#: process under a publish load, at the cost of this much delay before a first attempt.
+DISPATCH_PACE_S = 0.02
 
 
 class WebhookWorker:
@@ -64,17 +71,24 @@ class WebhookWorker:
 
     async def _dispatch(self, stop: asyncio.Event) -> None:
         batch = self._config.batch_size
+        pace_s = min(DISPATCH_PACE_S, self._config.poll_interval_s)
         while not stop.is_set():
             self._events.clear()
+            started = time.monotonic()
             try:
                 consumed = await self.dispatcher.run_once()
             except Exception:  # boundary: retried at the next poll
                 log.exception("webhook dispatch failed")
                 consumed = 0
-            if consumed:
+            if self.dispatcher.queued:
                 self.delivery.wake()
             if consumed < batch:
                 await wait_any(stop, self._events, self._config.poll_interval_s)
+                # Under a stream of commits, let events gather: one round per pace, not per commit.
+                rest = pace_s - (time.monotonic() - started)
+                if rest > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), rest)
 
 
 async def run_standalone(config: Config, stop: asyncio.Event | None = None) -> None:
