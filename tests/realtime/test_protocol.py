@@ -253,6 +253,52 @@ def test_a_feed_that_cannot_hold_more_during_the_replay_overflows() -> None:
     assert sink.overflowed
 
 
+TOPIC_SETS: list[list[str]] = [
+    ["task.created"],
+    ["task.created", "agent.registered"],
+    ["task.*"],
+    ["*"],
+    ["agent.registered", "task.c?eated"],  # one glob: the whole feed is scanned
+    ["load.abc"],
+    ["*.registered"],
+]
+EVENT_TYPES = ["task.created", "agent.registered", "load.abc", "load.abd", "task.completed"]
+
+
+def test_indexed_dispatch_offers_exactly_what_a_scan_of_every_feed_would(gateway: Gateway) -> None:
+    streams = gateway.streams
+    identity = Identity("api_key", "k", "acme", None)
+    feeds: list[tuple[Feed, Sink]] = []
+    for number, topics in enumerate(TOPIC_SETS * 2):
+        sink = Sink(limit=100)
+        feed = Feed(f"s{number}", subscription_filter(identity, Subscribe(topics=topics)), sink)
+        feed.go_live()
+        streams.attach(feed)
+        feeds.append((feed, sink))
+    other = Sink(limit=100)  # another tenant's feed never sees acme's events
+    zeta = Identity("api_key", "k2", "zeta")
+    other_feed = Feed("o", subscription_filter(zeta, Subscribe()), other)
+    other_feed.go_live()
+    streams.attach(other_feed)
+    events = [
+        Event(id=i + 1, type=t, timestamp=1.0, tenant="acme") for i, t in enumerate(EVENT_TYPES)
+    ]
+
+    for event in events:
+        streams.dispatch(event)
+
+    for feed, sink in feeds:
+        assert sink.got == [e.id for e in events if feed.filter.matches(e)], feed.filter.patterns
+    assert other.got == []
+    assert any(sink.got for _, sink in feeds)
+
+    for feed, _ in feeds:
+        streams.detach(feed)
+    streams.detach(other_feed)
+    assert streams.subscriptions == 0
+    assert not streams._by_type and not streams._scanned  # nothing left behind
+
+
 # -- the WebSocket protocol in-process ---------------------------------------------------
 
 

@@ -34,7 +34,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
@@ -45,6 +45,7 @@ from agentcore.errors import AgentCoreError
 from agentcore.events.base import Event, EventFilter
 from agentcore.events.log import EventLog
 from agentcore.events.memory import MemorySubscription
+from agentcore.events.patterns import classify
 from agentcore.metrics import Metrics
 from agentcore.realtime.feed import Feed
 from agentcore.store.base import Store
@@ -52,6 +53,7 @@ from agentcore.tasks import TaskService
 from agentcore.types import Message, Send
 
 log = logging.getLogger("agentcore.realtime")
+K = TypeVar("K")
 
 Transport = Literal["websocket", "sse"]
 #: Events the router's hub subscription holds; the router drains it without
@@ -135,7 +137,8 @@ class Connection:
         self.last_sent = now
         self.last_pinged = now
         self.closing_since = 0.0
-        #: The ASGI call serving the connection (cancelled only by :meth:`kill`).
+        #: The ASGI call serving the connection: cancelled by :meth:`kill`, and by a
+        #: WebSocket closing while it waits in receive() (websocket.py, ``finish``).
         self.task = asyncio.current_task()
 
     # -- framing (per transport) ------------------------------------------------
@@ -300,7 +303,13 @@ class Connections:
         self._wall = wall_clock
         self._open: set[Connection] = set()
         #: Live feeds by tenant: an event is matched only against its tenant's feeds.
+        #: tenant -> its feeds (every attached feed is in exactly one of the two indexes):
+        #: feeds whose patterns are all exact types, filed under (tenant, type), so an
+        #: event reaches them by one lookup however many streams are open; the rest
+        #: (any glob pattern) are scanned per event of their tenant.
         self._feeds: dict[str, set[Feed]] = {}
+        self._by_type: dict[tuple[str, str], set[Feed]] = {}
+        self._scanned: dict[str, set[Feed]] = {}
         self._subscription: MemorySubscription | None = None
         self._encoded: dict[int, bytes] = {}
         self._encoder = msgspec.json.Encoder()
@@ -358,16 +367,29 @@ class Connections:
         tenant = feed.filter.tenant
         assert tenant is not None, "stream feeds are always bound to a tenant"
         self._feeds.setdefault(tenant, set()).add(feed)
+        types = _exact_types(feed.filter.patterns)
+        if types is None:
+            self._scanned.setdefault(tenant, set()).add(feed)
+        else:
+            for event_type in types:
+                self._by_type.setdefault((tenant, event_type), set()).add(feed)
         if self._metrics is not None:
             self._metrics.stream_subscriptions.inc()
 
     def detach(self, feed: Feed) -> None:
         feed.stop()
-        feeds = self._feeds.get(feed.filter.tenant or "")
+        tenant = feed.filter.tenant or ""
+        feeds = self._feeds.get(tenant)
         if feeds is not None and feed in feeds:
             feeds.discard(feed)
             if not feeds:
-                del self._feeds[feed.filter.tenant or ""]
+                del self._feeds[tenant]
+            types = _exact_types(feed.filter.patterns)
+            if types is None:
+                _discard(self._scanned, tenant, feed)
+            else:
+                for event_type in types:
+                    _discard(self._by_type, (tenant, event_type), feed)
             if self._metrics is not None:
                 self._metrics.stream_subscriptions.dec()
 
@@ -398,13 +420,17 @@ class Connections:
                 conn.close(1013, "the server fell behind; resume from your cursor")
 
     def dispatch(self, event: Event) -> None:
-        feeds = self._feeds.get(event.tenant)
-        if not feeds:
-            return
-        # Offering never changes the set (a closing connection only stops its feeds).
-        for feed in feeds:
-            if feed.filter.matches(event):
-                feed.offer(event)
+        # Offering never changes the sets (a closing connection only stops its feeds).
+        exact = self._by_type.get((event.tenant, event.type))
+        if exact:
+            for feed in exact:
+                if feed.filter.matches(event):  # task and agent filters still apply
+                    feed.offer(event)
+        scanned = self._scanned.get(event.tenant)
+        if scanned:
+            for feed in scanned:
+                if feed.filter.matches(event):
+                    feed.offer(event)
 
     # -- encoding and accounting ---------------------------------------------------
 
@@ -468,3 +494,18 @@ class Connections:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._empty.wait()
+
+
+def _exact_types(patterns: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The patterns when every one is an exact event type; None when any is a glob."""
+    if all(classify(p)[0] == "exact" for p in patterns):
+        return patterns
+    return None
+
+
+def _discard(index: dict[K, set[Feed]], key: K, feed: Feed) -> None:
+    feeds = index.get(key)
+    if feeds is not None:
+        feeds.discard(feed)
+        if not feeds:
+            del index[key]
