@@ -71,6 +71,7 @@ from typing import Any, TextIO
 HERE = Path(__file__).resolve().parent
 REPO_SRC = HERE.parent / "src"
 REFERENCE_APP = HERE / "reference_fastapi.py"
+FLOOR_APP = HERE / "floor_asgi.py"
 
 HOST = "127.0.0.1"
 HEALTH_PATH = "/api/v1/health"
@@ -106,7 +107,7 @@ WRK_TIMEOUT = "2s"
 
 INSTALL_HINT = "apt-get install wrk nginx-light"
 ROUTES = ("health", "ping")
-KINDS = ("gateway", "nginx", "fastapi")
+KINDS = ("gateway", "nginx", "fastapi", "floor")
 GATEWAY_SERVERS = ("uvicorn", "granian")
 #: The tenant of the API key the ``-protected`` variants authenticate with.
 BENCH_TENANT = "bench"
@@ -660,6 +661,14 @@ def nginx_target(executable: str, port: int, directory: Path, pin: list[str]) ->
     return Target("nginx", port, argv, base_env(), register=False)
 
 
+def floor_target(port: int, pin: list[str]) -> Target:
+    """An ASGI app that does nothing, under Granian as ``agentcore serve`` runs the gateway."""
+    argv = [*pin, sys.executable, str(FLOOR_APP), "--host", HOST, "--port", str(port)]
+    env = base_env()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
+    return Target("floor-granian", port, argv, env, register=False)
+
+
 def fastapi_target(port: int, pin: list[str]) -> Target:
     argv = [*pin, sys.executable, str(REFERENCE_APP), "--host", HOST, "--port", str(port)]
     return Target("fastapi", port, argv, base_env(), register=True)
@@ -828,7 +837,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2,
                         help="warm-up seconds per server, split over the routes (default 2)")
     parser.add_argument("--only", default=",".join(KINDS),
-                        help="comma-separated subset of gateway,nginx,fastapi (default all)")
+                        help="comma-separated subset of gateway,nginx,fastapi,floor (default all)")
     parser.add_argument("--gateway-servers", default="uvicorn,granian",
                         help="comma-separated gateway ASGI servers to run the gateway under with "
                              "its default configuration; 'none' for none (default "
@@ -1003,6 +1012,8 @@ def run(args: argparse.Namespace) -> int:
                                             server_pin))
             if "fastapi" in args.kinds and "fastapi" not in unavailable:
                 targets.append(fastapi_target(free_port(), server_pin))
+            if "floor" in args.kinds:
+                targets.append(floor_target(free_port(), server_pin))
             for server in dict.fromkeys(servers + protection):
                 variants = ([""] if server in servers else []) + (
                     ["bare", "protected"] if server in protection else [])
@@ -1022,12 +1033,20 @@ def run(args: argparse.Namespace) -> int:
 
     variants = [f"gateway-{s}" for s in servers]
     found = ratios(results, variants, unavailable)
+    # The same goals for an app that does nothing: a goal the floor misses is out of
+    # reach for any ASGI app on this server and machine.
+    floor = [r for r in ratios(results, ["floor-granian"], unavailable)
+             if r.reference == "nginx"] if "floor" in args.kinds else []
     protected = protection_ratios(results, protection)
     out()
     print_table(results)
     out()
     out("ratios (req/s):")
     print_ratios(found)
+    if floor:
+        out()
+        out("the floor (an ASGI app doing nothing, under Granian) against the same goals:")
+        print_ratios(floor)
     if protection:
         out()
         out("protection layer overhead (req/s; API key auth and rate limiting on / both off):")
@@ -1041,6 +1060,7 @@ def run(args: argparse.Namespace) -> int:
                          "wait_idle_s": args.wait_idle},
             "results": [asdict(r) | {"valid": r.valid, "skewed": r.skewed} for r in results],
             "ratios": [asdict(r) for r in found],
+            "floor_ratios": [asdict(r) for r in floor],
             "protection_ratios": [asdict(r) for r in protected],
         }, indent=2) + "\n")
         progress(f"wrote {args.json}")

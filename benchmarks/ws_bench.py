@@ -217,13 +217,18 @@ def tail(path: Path | None, lines: int = 20) -> str:
 
 
 def worker_pid(pid: int) -> int:
-    """The process that serves: ``pid``'s only child when it has one (Granian runs its
-    worker under a parent process), else ``pid`` itself (uvicorn with one worker)."""
+    """The process that serves: Granian's worker, a child of the ``serve`` process
+    started by multiprocessing's spawn (beside its resource tracker); else ``pid``
+    itself (uvicorn with one worker serves in the ``serve`` process)."""
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return pid
-    return int(children[0]) if len(children) == 1 else pid
+    for child in children:
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+    return pid
 
 
 def rss_kb(pid: int | None) -> int | None:

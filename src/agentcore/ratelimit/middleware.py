@@ -37,7 +37,7 @@ log = logging.getLogger("agentcore.ratelimit")
 Headers = list[tuple[bytes, bytes]]
 #: Distinct paths whose route class is remembered (beyond it, computed each time).
 CLASS_CACHE_ENTRIES = 4096
-#: Distinct (limit, remaining, reset) header sets remembered; cleared when full.
+#: Distinct (limit, remaining, reset) header sets remembered (the first ones seen).
 HEADER_CACHE_ENTRIES = 4096
 
 
@@ -64,7 +64,8 @@ class RateLimitMiddleware:
             k: Limit(f"tenant-{k}", v.rate, v.burst) for k, v in config.tenants.items()
         }
         self._keys = {k: Limit(f"key-{k}", v.rate, v.burst) for k, v in config.keys.items()}
-        self._policies: dict[Limit, bytes] = {}
+        #: Per limit: the policy header, the start of the RateLimit value, the limit header.
+        self._fixed: dict[Limit, tuple[tuple[bytes, bytes], bytes, tuple[bytes, bytes]]] = {}
         self._path_classes: dict[str, RouteClass | None] = {}
         #: Under load most answers repeat (same limit, remaining and reset): built once.
         self._header_sets: dict[tuple[Limit, int, int], Headers] = {}
@@ -79,27 +80,37 @@ class RateLimitMiddleware:
         return self._classes.get(cls, self._default)
 
     def _headers(self, d: Decision) -> Headers:
-        """The headers of a decision; the returned list is shared: copy before changing it."""
+        """The headers of a decision; the returned list is shared: copy before changing it.
+
+        Under a limit far above the load most answers repeat (same limit,
+        remaining and reset) and come from a cache; under a high burst the
+        remaining count differs per request and only its numbers are formatted.
+        """
         reset_s = math.ceil(d.reset_s)
         key = (d.limit, d.remaining, reset_s)
         found = self._header_sets.get(key)
         if found is None:
-            if len(self._header_sets) >= HEADER_CACHE_ENTRIES:
-                self._header_sets.clear()
-            found = self._header_sets[key] = self._build_headers(d.limit, d.remaining, reset_s)
+            found = self._build_headers(d.limit, d.remaining, reset_s)
+            if len(self._header_sets) < HEADER_CACHE_ENTRIES:
+                self._header_sets[key] = found
         return found
 
     def _build_headers(self, limit: Limit, remaining_n: int, reset_s: int) -> Headers:
-        policy = self._policies.get(limit)
-        if policy is None:
+        fixed = self._fixed.get(limit)
+        if fixed is None:
             policy = f'"{limit.name}";q={limit.burst};w={limit.window_s}'.encode()
-            self._policies[limit] = policy
-        reset = str(reset_s).encode()
-        remaining = str(remaining_n).encode()
+            fixed = self._fixed[limit] = (
+                (b"ratelimit-policy", policy),
+                b'"' + limit.name.encode() + b'";r=',
+                (b"x-ratelimit-limit", b"%d" % limit.burst),
+            )
+        policy_header, prefix, limit_header = fixed
+        remaining = b"%d" % remaining_n
+        reset = b"%d" % reset_s
         return [
-            (b"ratelimit-policy", policy),
-            (b"ratelimit", b'"' + limit.name.encode() + b'";r=' + remaining + b";t=" + reset),
-            (b"x-ratelimit-limit", str(limit.burst).encode()),
+            policy_header,
+            (b"ratelimit", prefix + remaining + b";t=" + reset),
+            limit_header,
             (b"x-ratelimit-remaining", remaining),
             (b"x-ratelimit-reset", reset),
         ]
