@@ -842,11 +842,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="comma-separated gateway ASGI servers to run the gateway under with "
                              "its default configuration; 'none' for none (default "
                              "uvicorn,granian)")
-    parser.add_argument("--protection-servers", default="granian", metavar="LIST",
+    parser.add_argument("--protection-servers", default="uvicorn", metavar="LIST",
                         help="comma-separated gateway ASGI servers to also run bare (auth and "
                              "rate limiting off) and protected (API key auth, a rate limit far "
                              "above the load), for the protection-layer overhead ratio; "
-                             "'none' for none (default granian, the default server)")
+                             "'none' for none (default uvicorn, the default server)")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                         help="before each server, wait up to S seconds for the CPUs to be "
                              f"under {IDLE_BELOW * 100:.0f}%% busy (default 0: do not wait)")

@@ -50,7 +50,7 @@ def test_defaults_bind_loopback_8001_with_sqlite_under_dot_agentcore() -> None:
     assert config == Config()
     assert (config.server.host, config.server.port) == ("127.0.0.1", 8001)
     assert config.server.workers == 1
-    assert config.server.server == "granian"
+    assert config.server.server == "uvicorn"
     assert config.database.url == ""
     assert config.database.data_dir == ".agentcore"
     assert config.database_url == "sqlite:///.agentcore/agentcore.db"

@@ -56,7 +56,7 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--database-url", help="sqlite:///path or postgresql://...")
     parser.add_argument(
-        "--server", choices=["granian", "uvicorn"], help="ASGI server (default granian)"
+        "--server", choices=["granian", "uvicorn"], help="ASGI server (default uvicorn)"
     )
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
 

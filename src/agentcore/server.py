@@ -1,11 +1,13 @@
 """Running the gateway under an ASGI server (``agentcore serve``).
 
-Granian (its Rust HTTP server, ``Interfaces.ASGI``, uvloop) is the default:
-it measured faster than uvicorn on this hardware, most on GETs and in the
-latency tail (docs/performance.md). uvicorn (uvloop + httptools) stays
-selectable with ``server.server = "uvicorn"`` / ``--server uvicorn``, and the
-seed's ``uvicorn agentcore.a2a_protocol.main:app`` runs the same app under
-uvicorn by definition. The app is a plain ASGI app under both.
+uvicorn (uvloop + httptools) is the default; Granian (its Rust HTTP server,
+``Interfaces.ASGI``, uvloop) is selectable with ``server.server = "granian"``
+/ ``--server granian``. Granian measured faster on plain HTTP (most on GETs,
+and in the latency tail) but holds about 153 KB per idle WebSocket against
+about 22 KB under uvicorn (docs/performance.md, "Which server"), and the
+gateway is first a front door for many long-lived streams. The seed's
+``uvicorn agentcore.a2a_protocol.main:app`` runs the same app under uvicorn
+by definition. The app is a plain ASGI app under both.
 
 Workers are separate, freshly started processes (``spawn``) that each rebuild
 the app from the effective configuration, which the parent hands over as
