@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from agentcore.errors import StoreUnavailable
+from agentcore.events.base import Event
 from agentcore.models import AgentQuery
 from agentcore.store.sql import SqlStore, migrate
 from agentcore.store.sqlite import SqliteDatabase
@@ -370,3 +372,66 @@ async def test_single_connection_mode_groups_writes_and_reads_between_batches(
         assert len(await store.query_agents(AgentQuery(capabilities=["x"]))) == 20
     finally:
         await db.close()
+
+
+# -- blocks that never wait for the event loop --------------------------------------------
+
+
+async def test_an_event_append_commits_while_the_event_loop_is_blocked(tmp_path: Path) -> None:
+    """The append's block sends every statement and its commit at once: the writer
+    finishes it without the event loop (a block that awaited the counter first would
+    hold the one writer for an event-loop round trip, under load for everyone)."""
+    path = tmp_path / "store.db"
+    store = SqlStore(SqliteDatabase(str(path)))
+    await store.open()
+    observer = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store.append_events([Event(type="warm.up", timestamp=1.0)])
+        events = [Event(type=f"e.{n}", timestamp=2.0, data={"n": n}) for n in range(3)]
+        appending = asyncio.create_task(store.append_events(events))
+        await queued()  # the block, its statements and its commit are queued
+        committed = False
+        for _ in range(100):  # the loop stays blocked: only the writer thread moves
+            time.sleep(0.01)  # noqa: ASYNC251 - blocking the event loop is the point
+            committed = observer.execute("SELECT count(*) FROM events").fetchone()[0] == 4
+            if committed:
+                break
+        assert committed
+        stored = await appending
+    finally:
+        observer.close()
+        await store.close()
+    assert [(e.id, e.type, e.data) for e in stored] == [
+        (2, "e.0", {"n": 0}),
+        (3, "e.1", {"n": 1}),
+        (4, "e.2", {"n": 2}),
+    ]
+
+
+async def test_concurrent_registrations_of_one_id_have_one_winner_with_its_labels(
+    tmp_path: Path,
+) -> None:
+    store = SqlStore(SqliteDatabase(str(tmp_path / "store.db")))
+    await store.open()
+    try:
+        rivals = [
+            make_agent("same", name=f"rival-{n}", capabilities=(f"c{n}", "shared"), tags=(f"t{n}",))
+            for n in range(20)
+        ]
+        won = await asyncio.gather(*(store.put_agent(a, replace=False) for a in rivals))
+        stored = await store.get_agent("same")
+        by_capability = {
+            c: [a.agent_id for a in await store.query_agents(AgentQuery(capabilities=[c]))]
+            for c in [f"c{n}" for n in range(20)]
+        }
+        again = await store.put_agent(rivals[0], replace=False)
+    finally:
+        await store.close()
+
+    assert won.count(True) == 1
+    winner = rivals[won.index(True)]
+    assert stored is not None and stored.name == winner.name
+    assert sorted(stored.capabilities) == sorted(winner.capabilities)
+    # Only the winner's labels were written: discovery finds it by its own capability only.
+    assert {c for c, ids in by_capability.items() if ids} == set(winner.capabilities) - {"shared"}
+    assert again is False  # registered already: refused up front

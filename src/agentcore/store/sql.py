@@ -13,7 +13,7 @@ struct that was stored.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -52,12 +52,23 @@ class Driver(Protocol):
         statement or at its end). Statements whose row count is not needed use it
         inside transactions, even for one row, so the block does not wait for them."""
 
+    async def fetch_pipelined(self, sql: str, *args: Any) -> Awaitable[list[Sequence[Any]]]:
+        """Send a query and return its result to await later. Inside a SQLite
+        transaction it is queued without waiting, so the statements after it and
+        the commit reach the one writer together and it never waits for the event
+        loop; elsewhere it runs now."""
+
     def transaction(self) -> AbstractAsyncContextManager[Driver]:
         """One connection from BEGIN to COMMIT; rolled back when the block raises.
 
         The yielded driver is the only one to use inside the block: the outer
         one may wait for the transaction to end (SQLite) and so deadlock.
         """
+
+
+async def ready(rows: list[Sequence[Any]]) -> list[Sequence[Any]]:
+    """Rows already fetched, as :meth:`Driver.fetch_pipelined` returns them when it ran at once."""
+    return rows
 
 
 class Database(Driver, Protocol):
@@ -441,6 +452,8 @@ class SqlStore:
 
     async def put_agent(self, agent: Agent, *, replace: bool) -> bool:
         row = _agent_row(agent)
+        if not replace and self._db.dialect == "sqlite":
+            return await self._insert_agent_sqlite(agent, row)
         async with self._db.transaction() as tx:
             if replace:
                 await tx.executemany(_UPSERT_AGENT, [row])  # no need to wait: see Driver
@@ -456,6 +469,42 @@ class SqlStore:
                 [(agent.agent_id, tag) for tag in sorted(set(agent.tags))],
             )
         return True
+
+    async def _insert_agent_sqlite(self, agent: Agent, row: tuple[Any, ...]) -> bool:
+        """A new agent in one write block that never waits for the event loop.
+
+        SQLite has one writer for every caller; a block that awaited a
+        statement's result (the insert's row count, to decide on the labels)
+        would hold it across an event-loop round trip, which under load is
+        hundreds of milliseconds per registration for everyone. Here every
+        statement is queued at once: the labels are written only if no agent
+        of that id exists yet (the writer runs the block's statements in
+        order, alone), then the agent row with ``ON CONFLICT DO NOTHING``.
+        Whether this call created it is read afterwards, on a reader: an
+        existing agent is refused up front; a registration of the same id
+        committed in between is told apart by its content (an identical one
+        is the same registration made twice, and both may report success).
+        """
+        agent_id = agent.agent_id
+        if await self._db.fetch("SELECT 1 FROM agents WHERE id = $1", agent_id):
+            return False
+        absent = "WHERE NOT EXISTS (SELECT 1 FROM agents WHERE id = $1)"
+        async with self._db.transaction() as tx:
+            await tx.executemany(
+                f"INSERT INTO agent_capabilities (agent_id, name) SELECT $1, $2 {absent}",
+                [(agent_id, name) for name in sorted(set(agent.capabilities))],
+            )
+            await tx.executemany(
+                f"INSERT INTO agent_tags (agent_id, tag) SELECT $1, $2 {absent}",
+                [(agent_id, tag) for tag in sorted(set(agent.tags))],
+            )
+            await tx.executemany(f"{_INSERT_AGENT} ON CONFLICT (id) DO NOTHING", [row])
+        stored = await self._db.fetch(
+            "SELECT tenant, name, version, card, registered_at FROM agents WHERE id = $1",
+            agent_id,
+        )
+        mine = (row[1], row[2], row[3], row[5], row[8])
+        return bool(stored) and tuple(stored[0]) == mine
 
     async def get_agent(self, agent_id: str) -> Agent | None:
         rows = await self._db.fetch(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = $1", agent_id)
@@ -641,9 +690,27 @@ class SqlStore:
     async def append_events(self, events: Sequence[Event]) -> list[Event]:
         if not events:
             return []
+        count = len(events)
+        if self._db.dialect == "sqlite":
+            # Ids computed by the INSERT from the counter it follows: nothing in the
+            # block waits for a result, so the single writer never waits for the loop.
+            async with self._db.transaction() as tx:
+                head = await tx.fetch_pipelined(
+                    "UPDATE event_seq SET n = n + $1 RETURNING n", count
+                )
+                await tx.executemany(
+                    f"INSERT INTO events ({_EVENT_COLUMNS}) "
+                    "SELECT n - $7 + $1, $2, $3, $4, $5, $6 FROM event_seq",
+                    [
+                        (i, e.type, float(e.timestamp), e.source, e.tenant, _json(e.data), count)
+                        for i, e in enumerate(events, 1)
+                    ],
+                )
+            first = int((await head)[0][0]) - count + 1
+            return [msgspec.structs.replace(e, id=first + i) for i, e in enumerate(events)]
         async with self._db.transaction() as tx:
-            rows = await tx.fetch("UPDATE event_seq SET n = n + $1 RETURNING n", len(events))
-            first = int(rows[0][0]) - len(events) + 1
+            rows = await tx.fetch("UPDATE event_seq SET n = n + $1 RETURNING n", count)
+            first = int(rows[0][0]) - count + 1
             stored = [msgspec.structs.replace(e, id=first + i) for i, e in enumerate(events)]
             await tx.executemany(
                 f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",

@@ -60,14 +60,14 @@ import re
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from agentcore.errors import StoreUnavailable
-from agentcore.store.sql import Driver
+from agentcore.store.sql import Driver, ready
 
 MEMORY = ":memory:"
 
@@ -620,6 +620,10 @@ class SqliteDatabase:
         rows = await self._write("read", query, args)
         return rows
 
+    async def fetch_pipelined(self, sql: str, *args: Any) -> Awaitable[list[Sequence[Any]]]:
+        """Outside a transaction nothing is held: it runs now."""
+        return ready(await self.fetch(sql, *args))
+
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         params = list(rows)
         if params:
@@ -663,6 +667,11 @@ class _InTransaction:
     async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
         rows: list[Sequence[Any]] = await self._unit.ask("fetch", _numbered(sql), args)
         return rows
+
+    async def fetch_pipelined(self, sql: str, *args: Any) -> Awaitable[list[Sequence[Any]]]:
+        """Queued like :meth:`executemany`; the rows arrive when the writer ran it."""
+        future: asyncio.Future[list[Sequence[Any]]] = self._unit.ask("fetch", _numbered(sql), args)
+        return future
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Pipelined: returns once queued; a failure surfaces at the block's next
