@@ -265,6 +265,30 @@ async def test_malformed_json_is_a_parse_error(client: httpx.AsyncClient, body: 
 
 
 @pytest.mark.parametrize(
+    ("body", "rpc_id"),
+    [
+        (b'{"jsonrpc":"2.0","method":"agent.get","params":{"agent_id":"\xff"},"id":1}', 1),
+        (b'{"jsonrpc":"2.0","method":"agent.get","params":{"agent_id":"\xed\xa0\x80"},"id":"x"}',
+         "x"),
+        (b'[{"jsonrpc":"2.0","method":"agent.get","params":{"agent_id":"\xc3"},"id":7}]', 7),
+    ],
+)
+async def test_invalid_utf8_inside_params_is_a_parse_error(
+    client: httpx.AsyncClient, body: bytes, rpc_id: Any
+) -> None:
+    """The envelope parses (params stay raw bytes until the method decodes them), so the
+    error is found late; it is still -32700 with the call's id, never a 500."""
+    response = await post(client, body)
+
+    if body.startswith(b"["):
+        assert response.status_code == 200
+        [item] = response.json()
+        assert item["id"] == rpc_id and item["error"]["code"] == -32700
+    else:
+        assert_error(response, 400, -32700, rpc_id)
+
+
+@pytest.mark.parametrize(
     "body",
     [
         b'{"jsonrpc": 1, "method": ',

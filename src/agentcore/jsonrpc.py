@@ -38,7 +38,9 @@ log = logging.getLogger("agentcore.jsonrpc")
 P = TypeVar("P")
 RpcId = int | float | str | None
 
-#: msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 inside a string.
+#: Invalid UTF-8 inside a string: msgspec before 0.23 raised UnicodeDecodeError,
+#: 0.23 raises DecodeError, and only once the string is decoded (a ``Raw`` params
+#: value passes the envelope unchecked), so both are caught wherever JSON is decoded.
 INVALID_UTF8 = "parse error: body is not valid UTF-8"
 
 
@@ -122,8 +124,9 @@ class Method(Generic[P]):
             return self._decoder.decode(buf)
         except msgspec.ValidationError as exc:
             raise InvalidParams(f"invalid params: {safe_message(exc)}") from exc
-        except UnicodeDecodeError as exc:
-            raise ParseError(INVALID_UTF8) from exc
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise ParseError(f"parse error: params are not valid JSON: {safe_message(exc)}"
+                             ) from exc
 
 
 def _error(exc: AgentCoreError, rpc_id: RpcId) -> Failure:
