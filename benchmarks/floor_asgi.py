@@ -9,9 +9,11 @@ ASGI app makes. Run under Granian with the gateway's settings
 off), it is what any ASGI application costs on this server before it does
 any work: ``benchmarks/http_bench.py`` measures it beside the gateway, so the
 gateway's own cost is the difference, and a goal above the floor's ratio is
-out of reach for any ASGI app on the machine.
+out of reach for any ASGI app on the machine. ``--server uvicorn`` serves it
+as the default ``agentcore serve`` does instead: uvicorn with uvloop and the
+gateway's coalescing httptools protocol (``agentcore.http_protocol``).
 
-    python benchmarks/floor_asgi.py --host 127.0.0.1 --port 8003
+    python benchmarks/floor_asgi.py --host 127.0.0.1 --port 8003 [--server uvicorn]
 """
 
 from __future__ import annotations
@@ -50,19 +52,25 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def main() -> None:
+def serve_uvicorn(host: str, port: int) -> None:
+    import uvicorn
+
+    from agentcore.http_protocol import CoalescingHttpToolsProtocol
+
+    uvicorn.run("floor_asgi:app", host=host, port=port, loop="uvloop",
+                http=CoalescingHttpToolsProtocol, backlog=4096, access_log=False,
+                log_level="warning", server_header=False, date_header=False)
+
+
+def serve_granian(host: str, port: int) -> None:
     from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
     from granian.server import Server
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8003)
-    args = parser.parse_args()
     Server(
         "floor_asgi:app",
-        address=args.host,
-        port=args.port,
+        address=host,
+        port=port,
         interface=Interfaces.ASGI,
         workers=1,
         loop=Loops.uvloop,
@@ -70,6 +78,16 @@ def main() -> None:
         log_level=LogLevels.warning,
         log_access=False,
     ).serve()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8003)
+    parser.add_argument("--server", choices=("granian", "uvicorn"), default="granian")
+    args = parser.parse_args()
+    serve = serve_uvicorn if args.server == "uvicorn" else serve_granian
+    serve(args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -661,12 +661,16 @@ def nginx_target(executable: str, port: int, directory: Path, pin: list[str]) ->
     return Target("nginx", port, argv, base_env(), register=False)
 
 
-def floor_target(port: int, pin: list[str]) -> Target:
-    """An ASGI app that does nothing, under Granian as ``agentcore serve`` runs the gateway."""
-    argv = [*pin, sys.executable, str(FLOOR_APP), "--host", HOST, "--port", str(port)]
+def floor_target(server: str, port: int, pin: list[str]) -> Target:
+    """An ASGI app that does nothing, under ``server`` as ``agentcore serve`` runs the gateway."""
+    argv = [*pin, sys.executable, str(FLOOR_APP), "--host", HOST, "--port", str(port),
+            "--server", server]
     env = base_env()
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
-    return Target("floor-granian", port, argv, env, register=False)
+    paths = [str(HERE), env.get("PYTHONPATH")]
+    if importlib.util.find_spec("agentcore") is None and (REPO_SRC / "agentcore").is_dir():
+        paths.insert(1, str(REPO_SRC))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    return Target(f"floor-{server}", port, argv, env, register=False)
 
 
 def fastapi_target(port: int, pin: list[str]) -> Target:
@@ -1013,7 +1017,7 @@ def run(args: argparse.Namespace) -> int:
             if "fastapi" in args.kinds and "fastapi" not in unavailable:
                 targets.append(fastapi_target(free_port(), server_pin))
             if "floor" in args.kinds:
-                targets.append(floor_target(free_port(), server_pin))
+                targets.extend(floor_target(s, free_port(), server_pin) for s in servers)
             for server in dict.fromkeys(servers + protection):
                 variants = ([""] if server in servers else []) + (
                     ["bare", "protected"] if server in protection else [])
@@ -1035,7 +1039,7 @@ def run(args: argparse.Namespace) -> int:
     found = ratios(results, variants, unavailable)
     # The same goals for an app that does nothing: a goal the floor misses is out of
     # reach for any ASGI app on this server and machine.
-    floor = [r for r in ratios(results, ["floor-granian"], unavailable)
+    floor = [r for r in ratios(results, [f"floor-{s}" for s in servers], unavailable)
              if r.reference == "nginx"] if "floor" in args.kinds else []
     protected = protection_ratios(results, protection)
     out()
@@ -1045,7 +1049,7 @@ def run(args: argparse.Namespace) -> int:
     print_ratios(found)
     if floor:
         out()
-        out("the floor (an ASGI app doing nothing, under Granian) against the same goals:")
+        out("the floor (an ASGI app doing nothing, on each server) against the same goals:")
         print_ratios(floor)
     if protection:
         out()

@@ -67,6 +67,7 @@ from uvicorn.supervisors import multiprocess
 
 from agentcore.app import Gateway, create_app
 from agentcore.config import Config
+from agentcore.http_protocol import CoalescingHttpToolsProtocol
 
 log = logging.getLogger("agentcore.server")
 
@@ -253,7 +254,8 @@ def _serve_uvicorn(config: Config) -> None:
         port=server.port,
         workers=server.workers,
         loop="uvloop",
-        http="httptools",
+        # httptools, each response written to the socket once (see http_protocol.py).
+        http=CoalescingHttpToolsProtocol,
         lifespan="on",
         access_log=server.access_log,
         log_level=server.log_level,
