@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -465,6 +466,49 @@ async def test_least_loaded_agent_picks_fewest_active_tasks_then_name(store: Sto
     assert await store.least_loaded_agent(["nope"], "default") is None
 
 
+async def loads_by_column(store: Store) -> dict[str, int]:
+    """The stored per-agent counter, read the way least_loaded_agent orders by it."""
+    rows = await store._db.fetch("SELECT id, active_tasks FROM agents ORDER BY id")  # type: ignore[attr-defined]
+    return {str(row[0]): int(row[1]) for row in rows}
+
+
+async def test_agent_load_counter_follows_every_task_write(store: Store) -> None:
+    """The counter least_loaded_agent orders by equals the count of active tasks
+    after inserts, transitions, reassignment, deletion of the agent and re-registration."""
+    for agent_id in ("a", "b"):
+        await store.put_agent(make_agent(agent_id, capabilities=("x",)), replace=False)
+    await store.insert_task(make_task("1", status=TaskStatus.ASSIGNED, agent_id="a"))
+    await store.insert_task(make_task("2", status=TaskStatus.ASSIGNED, agent_id="a"))
+    await store.insert_task(make_task("3", status=TaskStatus.PENDING))
+    await store.insert_task(make_task("4", status=TaskStatus.COMPLETED, agent_id="b"))
+    assert await loads_by_column(store) == {"a": 2, "b": 0}
+
+    async def move(task_id: str, **changes: Any) -> None:
+        task = await store.get_task(task_id)
+        assert task is not None
+        assert await store.update_task(
+            msgspec.structs.replace(task, version=task.version + 1, **changes)
+        )
+
+    await move("1", status=TaskStatus.RUNNING)  # still active: no change
+    await move("1", progress=50.0)  # neither status nor agent: no change
+    assert await loads_by_column(store) == {"a": 2, "b": 0}
+    await move("2", agent_id="b")  # reassigned
+    assert await loads_by_column(store) == {"a": 1, "b": 1}
+    await move("3", status=TaskStatus.ASSIGNED, agent_id="b")  # pending -> assigned
+    await move("1", status=TaskStatus.COMPLETED)  # active -> done
+    assert await loads_by_column(store) == {"a": 0, "b": 2}
+    assert await store.least_loaded_agent(["x"], "default") == "a"
+
+    # b's tasks outlive b; registering b again starts from them, replacing keeps them.
+    assert await store.delete_agent("b")
+    await store.put_agent(make_agent("b", capabilities=("x",)), replace=False)
+    assert await loads_by_column(store) == {"a": 0, "b": 2}
+    await store.put_agent(make_agent("b", capabilities=("x", "y")), replace=True)
+    assert await loads_by_column(store) == {"a": 0, "b": 2}
+    assert await store.agent_loads(["a", "b"]) == {"b": 2}
+
+
 async def test_count_tasks_by_status(store: Store) -> None:
     assert await store.count_tasks() == {}
     await store.insert_task(make_task("1"))
@@ -562,6 +606,62 @@ async def test_migrations_record_the_schema_version(tmp_path: Path) -> None:
             await migrate(db)
     finally:
         await db.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """An open database with no schema at all, of each dialect."""
+    if request.param == "sqlite":
+        database: Database = SqliteDatabase(str(tmp_path / "fresh.db"))
+        await database.open()
+        yield database
+        await database.close()
+        return
+    name, url = await create_pg_database()
+    database = PostgresDatabase(url)
+    await database.open()
+    try:
+        yield database
+    finally:
+        await database.close()
+        await drop_pg_database(name)
+
+
+async def test_migration_backfills_agent_loads(db: Database) -> None:
+    """A database from before the load counter gets it counted from its tasks."""
+    previous = len(MIGRATIONS) - 1
+    async with db.transaction() as tx:
+        await tx.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY)")
+        for version in range(1, previous + 1):
+            for entry in MIGRATIONS[version - 1]:
+                for statement in (entry,) if isinstance(entry, str) else entry[tx.dialect]:
+                    await tx.execute(statement)
+            await tx.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+    for agent_id in ("a", "b"):
+        await db.execute(
+            "INSERT INTO agents (id, tenant, name, version, status, card, capabilities, tags, "
+            "registered_at, updated_at, last_seen) "
+            "VALUES ($1, 'default', $1, '1', 'active', '{}', '[]', '[]', 1, 1, 1)",
+            agent_id,
+        )
+    for n, (agent_id, status) in enumerate(
+        [("a", "assigned"), ("a", "running"), ("a", "completed"), ("b", "failed")]
+    ):
+        await db.execute(
+            "INSERT INTO tasks (id, tenant, type, status, priority, agent_id, created_at, "
+            "updated_at, deadline, version, body) "
+            "VALUES ($1, 'default', 't', $2, 5, $3, 1, 1, NULL, 1, '{}')",
+            str(n), status, agent_id,
+        )
+
+    assert await migrate(db) == len(MIGRATIONS)
+
+    rows = await db.fetch("SELECT id, active_tasks FROM agents ORDER BY id")
+    assert [(str(r[0]), int(r[1])) for r in rows] == [("a", 2), ("b", 0)]
+    # The triggers are in place from then on.
+    await db.execute("UPDATE tasks SET status = 'completed' WHERE id = '0'")
+    rows = await db.fetch("SELECT active_tasks FROM agents WHERE id = 'a'")
+    assert int(rows[0][0]) == 1
 
 
 async def test_sqlite_file_stores_migrate_concurrently(tmp_path: Path) -> None:

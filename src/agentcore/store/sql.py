@@ -13,7 +13,7 @@ struct that was stored.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -81,8 +81,59 @@ class Database(Driver, Protocol):
 
 # -- schema -------------------------------------------------------------------
 
+#: Statements the two dialects spell differently: each dialect's own, by its name.
+Dialects = Mapping[str, tuple[str, ...]]
+
+#: The task statuses that count towards an agent's load, as stored.
+_ACTIVE = ", ".join(f"'{status}'" for status in sorted(str(s) for s in ACTIVE_TASK))
+
+#: Each agent's count of assigned and running tasks, kept by the database itself
+#: on every write to ``tasks`` (no extra round trip): the least-loaded agent is
+#: then one index walk instead of a count over every active task per assignment.
+_TASK_LOAD_SQLITE = (
+    f"""CREATE TRIGGER tasks_load_insert AFTER INSERT ON tasks
+    WHEN NEW.agent_id IS NOT NULL AND NEW.status IN ({_ACTIVE})
+    BEGIN
+        UPDATE agents SET active_tasks = active_tasks + 1 WHERE id = NEW.agent_id;
+    END""",
+    f"""CREATE TRIGGER tasks_load_update AFTER UPDATE OF status, agent_id ON tasks
+    WHEN OLD.status IS NOT NEW.status OR OLD.agent_id IS NOT NEW.agent_id
+    BEGIN
+        UPDATE agents SET active_tasks = active_tasks - 1
+            WHERE id = OLD.agent_id AND OLD.status IN ({_ACTIVE});
+        UPDATE agents SET active_tasks = active_tasks + 1
+            WHERE id = NEW.agent_id AND NEW.status IN ({_ACTIVE});
+    END""",
+    f"""CREATE TRIGGER tasks_load_delete AFTER DELETE ON tasks
+    WHEN OLD.agent_id IS NOT NULL AND OLD.status IN ({_ACTIVE})
+    BEGIN
+        UPDATE agents SET active_tasks = active_tasks - 1 WHERE id = OLD.agent_id;
+    END""",
+)
+_TASK_LOAD_POSTGRESQL = (
+    f"""CREATE FUNCTION agentcore_task_load() RETURNS trigger LANGUAGE plpgsql AS $body$
+    BEGIN
+        IF TG_OP <> 'INSERT' AND OLD.agent_id IS NOT NULL AND OLD.status IN ({_ACTIVE}) THEN
+            UPDATE agents SET active_tasks = active_tasks - 1 WHERE id = OLD.agent_id;
+        END IF;
+        IF TG_OP <> 'DELETE' AND NEW.agent_id IS NOT NULL AND NEW.status IN ({_ACTIVE}) THEN
+            UPDATE agents SET active_tasks = active_tasks + 1 WHERE id = NEW.agent_id;
+        END IF;
+        RETURN NULL;
+    END
+    $body$""",
+    """CREATE TRIGGER tasks_load_insert AFTER INSERT ON tasks
+    FOR EACH ROW EXECUTE FUNCTION agentcore_task_load()""",
+    """CREATE TRIGGER tasks_load_update AFTER UPDATE OF status, agent_id ON tasks
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status
+                       OR OLD.agent_id IS DISTINCT FROM NEW.agent_id)
+    EXECUTE FUNCTION agentcore_task_load()""",
+    """CREATE TRIGGER tasks_load_delete AFTER DELETE ON tasks
+    FOR EACH ROW EXECUTE FUNCTION agentcore_task_load()""",
+)
+
 #: Migration N (1-based) is ``MIGRATIONS[N - 1]``; append, never edit.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+MIGRATIONS: tuple[tuple[str | Dialects, ...], ...] = (
     (
         """CREATE TABLE agents (
             id TEXT PRIMARY KEY,
@@ -233,6 +284,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (day, tenant, agent_id, provider, model)
         )""",
     ),
+    (
+        # task.query by status in its stable order without sorting every match.
+        "CREATE INDEX tasks_status_created_id ON tasks (status, created_at, id)",
+        "ALTER TABLE agents ADD COLUMN active_tasks INTEGER NOT NULL DEFAULT 0",
+        "UPDATE agents SET active_tasks = (SELECT COUNT(*) FROM tasks "
+        f"WHERE tasks.agent_id = agents.id AND tasks.status IN ({_ACTIVE}))",
+        "CREATE INDEX agents_load ON agents (tenant, status, active_tasks, name, id)",
+        {"sqlite": _TASK_LOAD_SQLITE, "postgresql": _TASK_LOAD_POSTGRESQL},
+    ),
 )
 
 _LLM_USAGE_COLUMNS = (
@@ -262,8 +322,9 @@ async def migrate(db: Database) -> int:
                 f"({len(MIGRATIONS)})"
             )
         for version in range(current + 1, len(MIGRATIONS) + 1):
-            for statement in MIGRATIONS[version - 1]:
-                await tx.execute(statement)
+            for entry in MIGRATIONS[version - 1]:
+                for statement in (entry,) if isinstance(entry, str) else entry[tx.dialect]:
+                    await tx.execute(statement)
             await tx.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
     return len(MIGRATIONS)
 
@@ -274,8 +335,12 @@ _AGENT_COLUMNS = (
     "id, tenant, name, version, status, card, capabilities, tags, "
     "registered_at, updated_at, last_seen"
 )
+#: A new row starts from the active tasks already held by its id (tasks outlive
+#: an unregistered agent); a replacing upsert keeps the stored count.
 _INSERT_AGENT = (
-    f"INSERT INTO agents ({_AGENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    f"INSERT INTO agents ({_AGENT_COLUMNS}, active_tasks) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
+    f"(SELECT COUNT(*) FROM tasks WHERE agent_id = $1 AND status IN ({_ACTIVE})))"
 )
 _UPSERT_AGENT = (
     f"{_INSERT_AGENT} ON CONFLICT (id) DO UPDATE SET tenant = excluded.tenant, "
@@ -397,10 +462,13 @@ def _where(conditions: list[str]) -> str:
 
 
 def _has_all(table: str, column: str, values: Iterable[str], args: _Args) -> str:
-    wanted = sorted(set(values))
-    return (
-        f"id IN (SELECT agent_id FROM {table} WHERE {column} IN ({args.many(wanted)}) "
-        f"GROUP BY agent_id HAVING COUNT(*) = {args(len(wanted))})"
+    """Every value present for the agent: one primary-key probe per value and agent,
+    so a query walks agents in its ORDER BY index and stops at its LIMIT (a grouped
+    subquery would first list every agent that has them, per query)."""
+    return " AND ".join(
+        f"EXISTS (SELECT 1 FROM {table} l WHERE l.agent_id = agents.id "
+        f"AND l.{column} = {args(value)})"
+        for value in sorted(set(values))
     )
 
 
@@ -634,12 +702,11 @@ class SqlStore:
         conditions = [f"status = {args(str(AgentStatus.ACTIVE))}", f"tenant = {args(tenant)}"]
         if capabilities:
             conditions.append(_has_all("agent_capabilities", "name", capabilities, args))
-        load = (
-            "(SELECT COUNT(*) FROM tasks t WHERE t.agent_id = agents.id "
-            f"AND t.status IN ({args.many(_ACTIVE_TASK)}))"
-        )
+        # Walks agents_load (tenant, status, active_tasks, name, id) in order.
         rows = await self._db.fetch(
-            f"SELECT id FROM agents{_where(conditions)} ORDER BY {load}, name, id LIMIT 1", *args
+            f"SELECT id FROM agents{_where(conditions)} "
+            "ORDER BY active_tasks, name, id LIMIT 1",
+            *args,
         )
         return str(rows[0][0]) if rows else None
 
