@@ -15,7 +15,13 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from agentcore.http_protocol import FLUSH_BYTES, CoalescingHttpToolsProtocol, CoalescingTransport
+from agentcore.http_protocol import (
+    FLUSH_BYTES,
+    CoalescingHttpToolsProtocol,
+    CoalescingTransport,
+    header_line,
+    response_head,
+)
 
 BODY = b'{"status":"ok"}'
 
@@ -89,12 +95,15 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def connect(
-    protocol_class: type[HttpToolsProtocol],
+    protocol_class: type[HttpToolsProtocol], asgi: Any = app, **options: Any
 ) -> tuple[HttpToolsProtocol, RecordingTransport]:
-    config = uvicorn.Config(app, http=protocol_class, ws="auto", lifespan="off",
-                            server_header=False, date_header=False, log_level="warning")
+    settings: dict[str, Any] = {"server_header": False, "date_header": False} | options
+    config = uvicorn.Config(asgi, http=protocol_class, ws="auto", lifespan="off",
+                            log_level="warning", **settings)
     config.load()
-    protocol = protocol_class(config=config, server_state=ServerState(),
+    state = ServerState()
+    state.default_headers = list(config.encoded_headers)  # as uvicorn's Server sets them
+    protocol = protocol_class(config=config, server_state=state,
                               app_state={}, _loop=asyncio.get_running_loop())
     transport = RecordingTransport()
     protocol.connection_made(transport)
@@ -224,3 +233,83 @@ async def test_empty_writes_schedule_nothing(empty: Any) -> None:
     await settle()
 
     assert real.writes == [b"ab"]
+
+
+# -- the fast head: byte for byte what uvicorn writes ---------------------------
+
+HEADS: list[list[tuple[bytes, bytes]]] = [
+    [(b"content-type", b"application/json"), (b"content-length", b"15")],
+    [(b"content-length", b"15"), (b"x-content-type-options", b"nosniff"),
+     (b"ratelimit-policy", b'"control";q=200000;w=2'), (b"ratelimit", b'"control";r=1;t=1')],
+    [(b"Content-Type", b"application/json"), (b"X-Mixed-Case", b"Yes"),
+     (b"content-length", b"15")],
+    [(b"content-type", b"application/json")],  # no length: chunked
+    [(b"content-length", b"15"), (b"content-length", b"15")],
+    [(b"content-length", b"+15")],
+    [(b"Content-Length", b"15"), (b"connection", b"close")],
+    [(b"content-length", b"15"), (b"transfer-encoding", b"chunked")],
+    [(b"content-length", b"15"), (b"x-tab", b"a\tb c")],
+    [(b"content-length", b"15"), (b"x-bad", b"a\r\nx-injected: 1")],
+    [(b"content-length", b"15"), (b"bad name", b"v")],
+    [(b"content-length", b"15"), (b"x-empty", b"")],
+]
+
+
+def head_app(headers: list[tuple[bytes, bytes]], status: int = 200) -> Any:
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": BODY})
+
+    return asgi
+
+
+async def wire(cls: type[HttpToolsProtocol], asgi: Any, request: bytes, **options: Any) -> bytes:
+    protocol, transport = connect(cls, asgi, **options)
+    protocol.data_received(request)
+    await settle()
+    protocol.connection_lost(None)
+    return b"".join(transport.writes)
+
+
+@pytest.mark.parametrize("headers", HEADS)
+@pytest.mark.parametrize("status", [200, 201, 404, 429, 599])
+async def test_response_heads_are_what_uvicorn_writes(
+    headers: list[tuple[bytes, bytes]], status: int
+) -> None:
+    asgi = head_app(headers, status)
+    for request in (get("/"), b"HEAD / HTTP/1.1\r\nhost: t\r\n\r\n",
+                    b"GET / HTTP/1.0\r\n\r\n"):
+        expected = await wire(HttpToolsProtocol, asgi, request)
+        assert await wire(CoalescingHttpToolsProtocol, asgi, request) == expected
+        # uvicorn refuses a bad header (the app's send raises, nothing is written).
+        refused = headers in (HEADS[9], HEADS[10])
+        assert expected.startswith(b"HTTP/1.1 ") != refused
+
+
+async def test_default_headers_and_access_log_match_uvicorn_too() -> None:
+    asgi = head_app(HEADS[1])
+    for options in ({"server_header": True}, {"access_log": True}):
+        expected = await wire(HttpToolsProtocol, asgi, get("/"), **options)
+        assert await wire(CoalescingHttpToolsProtocol, asgi, get("/"), **options) == expected
+    assert b"server: uvicorn\r\n" in await wire(
+        CoalescingHttpToolsProtocol, asgi, get("/"), server_header=True
+    )
+
+
+def test_header_lines_are_checked_once_and_refused_where_uvicorn_refuses() -> None:
+    assert header_line(b"X-Frame-Options", b"DENY") == b"x-frame-options: DENY\r\n"
+    assert header_line(b"x", b"a\nb") is None
+    assert header_line(b"x y", b"v") is None
+    assert header_line(b"Connection", b"close") is None
+    before = header_line.cache_info().hits
+    header_line(b"X-Frame-Options", b"DENY")
+    assert header_line.cache_info().hits == before + 1
+
+
+def test_response_head_needs_exactly_one_numeric_length() -> None:
+    found = response_head(200, [(b"content-length", b"2"), (b"x-a", b"b")])
+    assert found == (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: b\r\n\r\n", 2)
+    assert response_head(200, [(b"x-a", b"b")]) is None
+    assert response_head(200, [(b"content-length", b"2")] * 2) is None
+    assert response_head(200, [(b"content-length", b"-2")]) is None
+    assert response_head(99, [(b"content-length", b"2")]) is None
