@@ -9,8 +9,9 @@ counted, not failed (it must carry Retry-After); any other status, a 5xx
 above all, fails. After each spike the recovery time is measured: the time
 until a full second passes in which every request is answered 200. Target:
 recovery < 5 s. Start the gateway with the limit under test, e.g.
-``AGENTCORE_RATE_LIMIT__CLASSES='{control={rate=500,burst=200}}'``
-(``agentcore loadtest run burst`` does).
+``AGENTCORE_RATE_LIMIT__CLASSES='{control={rate=2000,burst=500}}'``
+(``agentcore loadtest run burst`` does): above the base load (100 users at up
+to 10 requests/s from one address), below a spike.
 """
 
 from __future__ import annotations

@@ -178,3 +178,33 @@ def test_the_seed_locust_command_runs_from_the_repo_root(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "current_stats.csv").exists()
+
+
+#: What each remaining scenario's short run must show besides a verdict and no 5xx.
+SCENARIO_FIGURES = {
+    "sustained": ("degradation_percent", "rss_growth_mb"),
+    "burst": ("rate_limited", "recovery_s"),
+    "failure": ("server_errors", "error_rate_percent"),
+    "integration": ("llm_p95_ms", "webhook_registrations_per_s"),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIO_FIGURES))
+def test_every_other_scenario_runs_short_with_a_verdict(scenario: str, tmp_path: Path) -> None:
+    """sustained, burst, failure and integration, for a few seconds each against the
+    gateway (and helpers) the runner starts: the outputs exist, the scenario's own
+    figures are in the summary, no 5xx, and the exit code is the verdict's."""
+    out = tmp_path / scenario
+    done = short_run(out, scenario, "--no-wrk", "--warmup", "0")
+    assert (out / "summary.json").exists(), done.stdout + done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scenario"] == scenario
+    figures = summary["figures"]
+    for name in SCENARIO_FIGURES[scenario]:
+        assert name in figures, (name, sorted(figures))
+    assert figures["server_errors"]["value"] == 0, done.stdout
+    assert (out / "report.html").exists() and (out / f"{scenario}_stats.csv").exists()
+    with open(out / f"{scenario}_stats.csv", newline="") as fh:
+        rows = {row["Name"]: row for row in csv.DictReader(fh)}
+    assert int(rows["Aggregated"]["Request Count"]) > 0
+    assert done.returncode == EXIT_CODES[summary["verdict"]], done.stdout + done.stderr

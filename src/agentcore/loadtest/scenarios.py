@@ -44,7 +44,9 @@ CATALOGUE: dict[str, Scenario] = {
             1000,
             200,
             "5m",
-            gateway_env={"AGENTCORE_RATE_LIMIT__CLASSES": "{control={rate=100,burst=50}}"},
+            # Above the base load (10 % of the users at up to 10 requests/s each: 1,000/s
+            # from one address), far below a spike: recovery can be seen after each.
+            gateway_env={"AGENTCORE_RATE_LIMIT__CLASSES": "{control={rate=2000,burst=500}}"},
             summary="burst",
         ),
         Scenario("failure", "failure_scenario_test.py", 100, 10, "5m", auth=True),
