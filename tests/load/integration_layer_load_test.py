@@ -12,6 +12,15 @@ registered with the seed's URL (``https://webhook-test.example.com/endpoint``,
 which resolves nowhere: registration must still answer 201) unless
 ``AGENTCORE_LOADTEST_WEBHOOK_URL`` names a receiver. Every answer's status
 AND body are checked.
+
+Subscriptions are what a deployment has, not a broadcast: each user (one
+agent) registers webhooks for its own events (``loadtest.<agent>.*``) and
+publishes ``loadtest.<agent>.created``, and manages them: past
+:data:`WEBHOOKS_PER_USER` it deletes its oldest with each new registration,
+so an event is delivered to at most that many endpoints. (With every webhook
+on ``loadtest.*``, as in an earlier version, each event went to every
+webhook registered so far: thousands of deliveries per publish after a
+minute, work growing with the square of the run time.)
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ from common import api_key_headers
 from locust import FastHttpUser, between, task
 
 PREFIX = "/api/v1/integration"
+#: Webhooks a user keeps; a registration past it deletes the user's oldest.
+WEBHOOKS_PER_USER = 3
 WEBHOOK_URL = os.environ.get(
     "AGENTCORE_LOADTEST_WEBHOOK_URL", "https://webhook-test.example.com/endpoint"
 )
@@ -93,11 +104,22 @@ class IntegrationUser(FastHttpUser):
             json={
                 "name": f"load-{uuid.uuid4().hex[:8]}",
                 "url": WEBHOOK_URL,
-                "events": ["loadtest.*"],
+                "events": [f"loadtest.{self.agent_id}.*"],
             },
         )
-        if body is not None:
-            self.webhook_ids.append(body["id"])
+        if body is None:
+            return
+        self.webhook_ids.append(body["id"])
+        if len(self.webhook_ids) > WEBHOOKS_PER_USER:
+            oldest = self.webhook_ids.pop(0)
+            with self.client.request(
+                "DELETE", f"{PREFIX}/webhooks/{oldest}", name="webhook delete",
+                headers=api_key_headers(), catch_response=True,
+            ) as response:  # fmt: skip
+                if response.status_code == 204:
+                    response.success()
+                else:
+                    response.failure(f"expected 204, got {response.status_code}")
 
     @task(30)
     def publish_event(self) -> None:
@@ -108,7 +130,7 @@ class IntegrationUser(FastHttpUser):
             202,
             "event_id",
             json={
-                "event_type": "loadtest.created",
+                "event_type": f"loadtest.{self.agent_id}.created",
                 "data": {"agent": self.agent_id, "n": 1},
                 "source": "locust",
             },
