@@ -12,12 +12,12 @@ and its next ping brings it back (written at once, not batched).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from uuid import uuid4
 
 import msgspec
 
 from agentcore.clock import Clock
 from agentcore.config import RegistryConfig
+from agentcore.entropy import random_hex
 from agentcore.errors import AgentAlreadyExists, AgentNotFound
 from agentcore.events.base import Publisher
 from agentcore.models import DEFAULT_TENANT, Agent, AgentCard, AgentQuery, AgentStatus
@@ -60,7 +60,7 @@ class Registry:
         self, card: AgentCard, *, override: bool = False, tenant: str = DEFAULT_TENANT
     ) -> Agent:
         now = self._clock()
-        agent_id = card.agent_id or f"agent-{uuid4().hex}"
+        agent_id = card.agent_id or f"agent-{random_hex()}"
         agent = Agent(
             agent_id=agent_id,
             name=card.name,

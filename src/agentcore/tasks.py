@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from uuid import uuid4
 
 import msgspec
 
 from agentcore.clock import Clock
 from agentcore.config import TasksConfig
+from agentcore.entropy import random_hex
 from agentcore.errors import Forbidden, InvalidTransition, TaskAlreadyExists, TaskNotFound
 from agentcore.events.base import Publisher
 from agentcore.models import (
@@ -99,7 +99,7 @@ class TaskService:
         now = self._clock()
         max_retries = definition.max_retries
         task = Task(
-            task_id=definition.task_id or f"task-{uuid4().hex}",
+            task_id=definition.task_id or f"task-{random_hex()}",
             type=definition.type,
             title=definition.title or definition.name or definition.type,
             description=definition.description,

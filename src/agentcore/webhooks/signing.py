@@ -15,7 +15,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 
-from agentcore.webhooks.entropy import random_bytes
+from agentcore.entropy import random_bytes
 
 PREFIX = "whsec_"
 #: Random bytes in a generated secret (Svix uses 24; the spec asks for 24 to 64).

@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from agentcore.entropy import random_bytes
 from agentcore.store.sql import Database
-from agentcore.webhooks.entropy import random_bytes
 
 WebhookStatus = Literal["active", "disabled"]
 DeliveryStatus = Literal["pending", "delivering", "succeeded", "dead"]

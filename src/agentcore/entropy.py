@@ -2,7 +2,9 @@
 
 ``os.urandom`` is a system call that releases the GIL; on the event loop's
 thread, with the store's threads busy, getting the GIL back can cost far
-more than the call (tens of microseconds per webhook registration, measured).
+more than the call (tens of microseconds per webhook registration, measured;
+``uuid4()`` for task ids was 12 % of a loaded worker's samples, see
+docs/performance.md). Every random id made on the event loop comes from here.
 So bytes are read :data:`BLOCK_BYTES` at a time and handed out once each:
 the same CSPRNG output, one system call per ~100 secrets.
 
@@ -42,3 +44,8 @@ class RandomBytes:
 
 #: The process's pool; reads nothing until first used.
 random_bytes = RandomBytes()
+
+
+def random_hex(n_bytes: int = 16) -> str:
+    """``n_bytes`` random bytes as lower-case hex (16: as many bits as a uuid4 and then some)."""
+    return random_bytes.take(n_bytes).hex()

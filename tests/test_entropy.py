@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from agentcore.webhooks.entropy import RandomBytes
+from agentcore.entropy import RandomBytes
 
 
 def test_bytes_are_never_handed_out_twice_across_blocks() -> None:
