@@ -26,7 +26,7 @@ from agentcore.models import (
 )
 from agentcore.store import Store, open_store
 from agentcore.store.postgres import PostgresDatabase
-from agentcore.store.sql import MIGRATIONS, Database, migrate
+from agentcore.store.sql import MIGRATIONS, Database, migrate, migration_statements
 from agentcore.store.sqlite import SqliteDatabase
 
 from .conftest import create_pg_database, drop_pg_database
@@ -633,9 +633,8 @@ async def test_migration_backfills_agent_loads(db: Database) -> None:
     async with db.transaction() as tx:
         await tx.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY)")
         for version in range(1, previous + 1):
-            for entry in MIGRATIONS[version - 1]:
-                for statement in (entry,) if isinstance(entry, str) else entry[tx.dialect]:
-                    await tx.execute(statement)
+            for statement in migration_statements(version, tx.dialect):
+                await tx.execute(statement)
             await tx.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
     for agent_id in ("a", "b"):
         await db.execute(

@@ -322,11 +322,19 @@ async def migrate(db: Database) -> int:
                 f"({len(MIGRATIONS)})"
             )
         for version in range(current + 1, len(MIGRATIONS) + 1):
-            for entry in MIGRATIONS[version - 1]:
-                for statement in (entry,) if isinstance(entry, str) else entry[tx.dialect]:
-                    await tx.execute(statement)
+            for statement in migration_statements(version, tx.dialect):
+                await tx.execute(statement)
             await tx.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
     return len(MIGRATIONS)
+
+
+def migration_statements(version: int, dialect: str) -> list[str]:
+    """The statements of migration ``version`` (1-based) as ``dialect`` runs them."""
+    return [
+        statement
+        for entry in MIGRATIONS[version - 1]
+        for statement in ((entry,) if isinstance(entry, str) else entry[dialect])
+    ]
 
 
 # -- rows ---------------------------------------------------------------------
