@@ -496,3 +496,53 @@ async def test_endless_contention_is_reported(
     with pytest.raises(InvalidTransition, match="concurrently"):
         await gateway.tasks.update(task.task_id, progress=1.0, step=None)
     assert len(attempts) > 1
+
+
+# -- the pass over pending tasks ----------------------------------------------------
+
+
+async def test_concurrent_callers_share_one_pass_over_pending_tasks(gateway: Gateway) -> None:
+    pending = [await new_task(gateway) for _ in range(3)]  # no capable agent yet
+    reads = 0
+    original = gateway.store.pending_tasks
+
+    async def counted(limit: int) -> list[Task]:
+        nonlocal reads
+        reads += 1
+        await asyncio.sleep(0.01)  # a pass that takes a while
+        return await original(limit)
+
+    gateway.store.pending_tasks = counted  # type: ignore[method-assign]
+    await add_agent(gateway, "a", "work")  # its own pass: one read, three assigned
+    assert reads == 1
+    await asyncio.gather(*(gateway.tasks.assign_pending() for _ in range(20)))
+
+    # Twenty callers: the first starts a pass, the nineteen arriving during it ask
+    # for one more round between them (2 reads, where each running its own made 20).
+    assert reads == 2
+    for task in pending:
+        assert (await gateway.tasks.get(task.task_id)).agent_id == "a"
+
+
+async def test_a_pass_leaves_tasks_being_created_to_their_own_assignment(
+    gateway: Gateway,
+) -> None:
+    await add_agent(gateway, "a", "work")
+    attempts: list[str] = []
+    original = gateway.store.least_loaded_agent
+
+    async def counted(capabilities: Any, tenant: str) -> str | None:
+        attempts.append(tenant)
+        return await original(capabilities, tenant)
+
+    gateway.store.least_loaded_agent = counted  # type: ignore[method-assign]
+    created = asyncio.ensure_future(new_task(gateway))
+    for _ in range(100):  # until the task is inserted (pending) but not yet assigned
+        await asyncio.sleep(0)
+        if gateway.tasks._creating and await gateway.store.pending_tasks(10):
+            break
+    await gateway.tasks.assign_pending()
+    task = await created
+
+    assert task.status is S.ASSIGNED and task.agent_id == "a"
+    assert len(attempts) == 1  # only the task's own create looked for an agent

@@ -482,6 +482,7 @@ class Gateway:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.tasks.close()
         if self.fanout is not None:
             await self.fanout.close()  # after the writer: its last batches were fanned out
         await self.bus.close()

@@ -19,6 +19,8 @@ capable agent registers or comes back.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +69,12 @@ class TaskService:
         self._events = events
         self._config = config
         self._clock = clock
+        #: The pass over pending tasks in progress, shared by every caller meanwhile.
+        self._pass: asyncio.Future[int] | None = None
+        self._again = False
+        #: Tasks this worker created and is assigning right now: a pass leaves them
+        #: to their own ``create`` (they are pending only between insert and assign).
+        self._creating: set[str] = set()
 
     async def _emit(self, event_type: str, task: Task, **data: object) -> None:
         await self._events.publish(
@@ -116,12 +124,16 @@ class TaskService:
             updated_at=now,
             version=1,
         )
-        if not await self._store.insert_task(task):
-            raise TaskAlreadyExists(
-                f"task {task.task_id!r} already exists", data={"task_id": task.task_id}
-            )
-        await self._emit("task.created", task, type=task.type, priority=task.priority)
-        assigned = await self._try_assign(task)
+        self._creating.add(task.task_id)
+        try:
+            if not await self._store.insert_task(task):
+                raise TaskAlreadyExists(
+                    f"task {task.task_id!r} already exists", data={"task_id": task.task_id}
+                )
+            await self._emit("task.created", task, type=task.type, priority=task.priority)
+            assigned = await self._try_assign(task)
+        finally:
+            self._creating.discard(task.task_id)
         return assigned or task
 
     async def _pick_agent(self, task: Task) -> str | None:
@@ -140,12 +152,40 @@ class TaskService:
         return updated
 
     async def assign_pending(self) -> int:
-        """Try to assign pending tasks (oldest highest-priority first); returns how many."""
+        """Try to assign pending tasks (oldest highest-priority first); returns how many.
+
+        One pass at a time per worker: a caller arriving during a pass (another
+        agent registering, say) asks for one more round and waits for it, instead
+        of starting a pass of its own over the same tasks. Under load, hundreds of
+        concurrent registrations each scanning the same pending tasks multiplied
+        the store's work and made each registration wait seconds. The shared
+        pass is shielded from a caller's cancellation (a request deadline).
+        """
+        if self._pass is None or self._pass.done():
+            self._pass = asyncio.ensure_future(self._assign_pending_rounds())
+        else:
+            self._again = True
+        return await asyncio.shield(self._pass)
+
+    async def _assign_pending_rounds(self) -> int:
         assigned = 0
-        for task in await self._store.pending_tasks(PENDING_BATCH):
-            if await self._try_assign(task) is not None:
-                assigned += 1
+        again = True
+        while again:
+            self._again = False
+            for task in await self._store.pending_tasks(PENDING_BATCH):
+                if task.task_id in self._creating:
+                    continue
+                if await self._try_assign(task) is not None:
+                    assigned += 1
+            again = self._again
         return assigned
+
+    async def close(self) -> None:
+        """Stop a pass over pending tasks still running (at shutdown)."""
+        if self._pass is not None and not self._pass.done():
+            self._pass.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pass
 
     async def on_agent_available(self, agent_id: str) -> None:
         await self.assign_pending()
