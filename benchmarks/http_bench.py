@@ -596,15 +596,23 @@ def base_env() -> dict[str, str]:
             if not k.startswith("AGENTCORE_") and k != "PROMETHEUS_MULTIPROC_DIR"}
 
 
+def with_paths(env: dict[str, str], *first: str) -> dict[str, str]:
+    """``env`` with ``first``, then the repository's ``src/`` when agentcore is not
+    installed, ahead of its PYTHONPATH."""
+    paths = list(first)
+    if importlib.util.find_spec("agentcore") is None and (REPO_SRC / "agentcore").is_dir():
+        paths.append(str(REPO_SRC))
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (*paths, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def gateway_target(server: str, port: int, data_dir: Path, pin: list[str],
                    protection: str = "") -> Target:
     """The gateway under ``server``: its default configuration, or with
     ``protection`` ``"bare"`` (auth and rate limiting off) or ``"protected"``
     (API key auth, a rate limit far above the load)."""
-    env = base_env()
-    if importlib.util.find_spec("agentcore") is None and (REPO_SRC / "agentcore").is_dir():
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_SRC), env.get("PYTHONPATH"))
-                                            if p)
+    env = with_paths(base_env())
     argv = [*pin, sys.executable, "-m", "agentcore.cli", "serve", "--host", HOST,
             "--port", str(port), "--data-dir", str(data_dir), "--server", server,
             "--workers", "1"]
@@ -665,11 +673,7 @@ def floor_target(server: str, port: int, pin: list[str]) -> Target:
     """An ASGI app that does nothing, under ``server`` as ``agentcore serve`` runs the gateway."""
     argv = [*pin, sys.executable, str(FLOOR_APP), "--host", HOST, "--port", str(port),
             "--server", server]
-    env = base_env()
-    paths = [str(HERE), env.get("PYTHONPATH")]
-    if importlib.util.find_spec("agentcore") is None and (REPO_SRC / "agentcore").is_dir():
-        paths.insert(1, str(REPO_SRC))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env = with_paths(base_env(), str(HERE))
     return Target(f"floor-{server}", port, argv, env, register=False)
 
 

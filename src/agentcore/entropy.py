@@ -4,9 +4,9 @@
 thread, with the store's threads busy, getting the GIL back can cost far
 more than the call (tens of microseconds per webhook registration, measured;
 ``uuid4()`` for task ids was 12 % of a loaded worker's samples, see
-docs/performance.md). Every random id made on the event loop comes from here.
-So bytes are read :data:`BLOCK_BYTES` at a time and handed out once each:
-the same CSPRNG output, one system call per ~100 secrets.
+docs/performance.md). So bytes are read :data:`BLOCK_BYTES` at a time and
+handed out once each: the same CSPRNG output, one system call per ~100
+secrets. Every random id made on the event loop comes from here.
 
 After a fork the child starts a fresh block (the process id is checked on
 every call), so two processes never hand out the same bytes.

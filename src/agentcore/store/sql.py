@@ -84,8 +84,10 @@ class Database(Driver, Protocol):
 #: Statements the two dialects spell differently: each dialect's own, by its name.
 Dialects = Mapping[str, tuple[str, ...]]
 
-#: The task statuses that count towards an agent's load, as stored.
-_ACTIVE = ", ".join(f"'{status}'" for status in sorted(str(s) for s in ACTIVE_TASK))
+#: The task statuses that count towards an agent's load, as stored: as parameters,
+#: and as SQL literals for triggers (which take none).
+_ACTIVE_TASK = sorted(str(status) for status in ACTIVE_TASK)
+_ACTIVE = ", ".join(f"'{status}'" for status in _ACTIVE_TASK)
 
 #: Each agent's count of assigned and running tasks, kept by the database itself
 #: on every write to ``tasks`` (no extra round trip): the least-loaded agent is
@@ -378,8 +380,6 @@ _task_decoder = msgspec.json.Decoder(Task)
 
 #: Glob (``*``, ``?``) to LIKE with ``\`` as the escape character.
 _GLOB_TO_LIKE = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_", "*": "%", "?": "_"})
-
-_ACTIVE_TASK = sorted(str(status) for status in ACTIVE_TASK)
 
 #: Ids per ``IN (...)`` list, well below both databases' parameter limits.
 _CHUNK = 500
