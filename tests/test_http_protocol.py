@@ -1,4 +1,4 @@
-"""The coalescing httptools protocol: one socket write per response, nothing else changed.
+"""The gateway's HTTP protocol: uvicorn's behaviour on the wire, less work per request.
 
 uvicorn's own protocol runs beside it on the same requests, through a transport
 that records every write, so each claim is checked against what uvicorn would
@@ -16,13 +16,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from agentcore.http_protocol import (
-    FLUSH_BYTES,
-    CoalescingHttpToolsProtocol,
-    CoalescingTransport,
+    SWEEPS_PER_TIMEOUT,
+    GatewayHttpProtocol,
+    KeepAliveSweeper,
     header_line,
     response_head,
 )
 
+CHUNK = 64 * 1024
 BODY = b'{"status":"ok"}'
 
 
@@ -73,38 +74,86 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "websocket.close", "code": 1000})
         return
     if scope["path"] == "/stream":
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
         for n in range(3):
-            await send({"type": "http.response.body", "body": b"data: %d\n\n" % n,
-                        "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": b"data: %d\n\n" % n, "more_body": True}
+            )
             await asyncio.sleep(0)
         await send({"type": "http.response.body", "body": b""})
         return
+    if scope["path"] == "/echo":
+        parts = []
+        while True:
+            message = await receive()
+            assert message["type"] == "http.request", message
+            parts.append(message["body"])
+            if not message["more_body"]:
+                break
+        body = b"|".join(parts)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-length", b"%d" % len(body)),
+                    (b"x-path", scope["path"].encode()),
+                    (b"x-query", scope["query_string"] or b"-"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        return
+    if scope["path"] == "/fail":
+        raise RuntimeError("boom")
     if scope["path"] == "/big":
-        chunk = b"x" * FLUSH_BYTES
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", b"%d" % (3 * len(chunk)))]})
+        chunk = b"x" * CHUNK
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"%d" % (3 * len(chunk)))],
+            }
+        )
         for n in range(3):
             await send({"type": "http.response.body", "body": chunk, "more_body": n < 2})
         return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", b"%d" % len(BODY))]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(BODY)),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": BODY})
 
 
 def connect(
     protocol_class: type[HttpToolsProtocol], asgi: Any = app, **options: Any
 ) -> tuple[HttpToolsProtocol, RecordingTransport]:
-    settings: dict[str, Any] = {"server_header": False, "date_header": False} | options
-    config = uvicorn.Config(asgi, http=protocol_class, ws="auto", lifespan="off",
-                            log_level="warning", **settings)
+    settings: dict[str, Any] = {
+        "server_header": False,
+        "date_header": False,
+        "access_log": False,
+    } | options
+    config = uvicorn.Config(
+        asgi, http=protocol_class, ws="auto", lifespan="off", log_level="warning", **settings
+    )
     config.load()
     state = ServerState()
     state.default_headers = list(config.encoded_headers)  # as uvicorn's Server sets them
-    protocol = protocol_class(config=config, server_state=state,
-                              app_state={}, _loop=asyncio.get_running_loop())
+    protocol = protocol_class(
+        config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop()
+    )
     transport = RecordingTransport()
     protocol.connection_made(transport)
     return protocol, transport
@@ -121,63 +170,23 @@ def get(path: str) -> bytes:
 
 async def test_a_small_response_is_one_write_where_uvicorn_makes_two() -> None:
     seen = {}
-    for cls in (HttpToolsProtocol, CoalescingHttpToolsProtocol):
+    for cls in (HttpToolsProtocol, GatewayHttpProtocol):
         protocol, transport = connect(cls)
         protocol.data_received(get("/"))
         await settle()
         seen[cls] = transport.writes
         protocol.connection_lost(None)
 
-    plain, coalesced = seen[HttpToolsProtocol], seen[CoalescingHttpToolsProtocol]
+    plain, lean = seen[HttpToolsProtocol], seen[GatewayHttpProtocol]
     assert len(plain) == 2
-    assert coalesced == [b"".join(plain)]
-    assert coalesced[0].startswith(b"HTTP/1.1 200 OK\r\n") and coalesced[0].endswith(BODY)
+    assert lean == [b"".join(plain)]
+    assert lean[0].startswith(b"HTTP/1.1 200 OK\r\n") and lean[0].endswith(BODY)
 
 
-async def test_pipelined_requests_get_every_response_in_order() -> None:
-    protocol, transport = connect(CoalescingHttpToolsProtocol)
-    protocol.data_received(get("/a") + get("/b") + get("/c"))
+async def test_a_websocket_upgrade_takes_uvicorns_path() -> None:
+    protocol, transport = connect(GatewayHttpProtocol)
+    protocol.data_received(get("/"))
     await settle()
-
-    wire = b"".join(transport.writes)
-    assert wire.count(b"HTTP/1.1 200 OK\r\n") == 3
-    assert wire.endswith(BODY)
-    # Never more writes than uvicorn's two per response.
-    assert 1 <= len(transport.writes) <= 6
-
-
-async def test_a_stream_reaches_the_socket_as_it_is_sent() -> None:
-    protocol, transport = connect(CoalescingHttpToolsProtocol)
-    protocol.data_received(get("/stream"))
-    await settle()
-
-    wire = b"".join(transport.writes)
-    assert b"transfer-encoding: chunked" in wire
-    for n in range(3):
-        assert b"data: %d\n\n" % n in wire
-    assert wire.endswith(b"0\r\n\r\n")
-    # The app yields between events: each went out in its own turn, not all at the end.
-    assert len(transport.writes) >= 3
-
-
-async def test_a_large_body_is_written_at_once_so_backpressure_still_applies() -> None:
-    protocol, transport = connect(CoalescingHttpToolsProtocol)
-    protocol.data_received(get("/big"))
-    # Past FLUSH_BYTES a write goes straight to the socket, inside the app's own turn:
-    # the socket's buffer (and uvicorn's pause_writing) sees every chunk as it comes.
-    for _ in range(5):
-        await asyncio.sleep(0)
-        if len(transport.writes) >= 3:
-            break
-    assert len(transport.writes) >= 3
-    assert all(len(w) >= FLUSH_BYTES for w in transport.writes[:3])
-    await settle()
-    assert sum(len(w) for w in transport.writes) > 3 * FLUSH_BYTES
-
-
-async def test_websocket_upgrade_hands_over_the_socket_itself() -> None:
-    protocol, transport = connect(CoalescingHttpToolsProtocol)
-    assert isinstance(protocol.transport, CoalescingTransport)
     protocol.data_received(
         b"GET /ws HTTP/1.1\r\nhost: test\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
         b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
@@ -187,62 +196,159 @@ async def test_websocket_upgrade_hands_over_the_socket_itself() -> None:
     ws_protocol: Any = transport.protocol
     assert ws_protocol is not None and ws_protocol is not protocol
     assert ws_protocol.transport is transport
-    assert b"".join(transport.writes).startswith(b"HTTP/1.1 101 ")
+    assert b"HTTP/1.1 101 " in b"".join(transport.writes)
 
 
-async def test_close_writes_what_was_gathered_first() -> None:
-    real = RecordingTransport()
-    transport = CoalescingTransport(real, asyncio.get_running_loop())
-    transport.write(b"head")
-    transport.write(b"body")
-    assert real.writes == []
-    assert transport.get_write_buffer_size() == 8
+ODD_REQUESTS = [
+    # streamed (chunked) response, a long body in several sends, a failing app
+    get("/stream"),
+    get("/big"),
+    get("/fail"),
+    # a query and escapes take httptools.parse_url, as uvicorn does
+    get("/echo?a=1&b=%20"),
+    get("/ech%6F"),
+    b"GET http://test/echo?x=1 HTTP/1.1\r\nhost: test\r\n\r\n",
+    # bodies: whole, chunked, empty
+    b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\n\r\nhello",
+    b"POST /echo HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n",
+    # two pipelined requests in one read, and one asking to close
+    get("/") + get("/echo?second"),
+    b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+    # refused by the parser
+    b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+]
 
-    transport.close()
 
-    assert real.writes == [b"headbody"] and real.closing
+@pytest.mark.parametrize("request_bytes", ODD_REQUESTS)
+async def test_what_reaches_the_socket_is_what_uvicorn_writes(request_bytes: bytes) -> None:
+    expected = await wire(HttpToolsProtocol, app, request_bytes)
+    assert expected  # every case answers something
+    assert await wire(GatewayHttpProtocol, app, request_bytes) == expected
 
 
-async def test_writes_once_the_socket_is_closing_are_dropped() -> None:
-    real = RecordingTransport()
-    transport = CoalescingTransport(real, asyncio.get_running_loop())
-    transport.write(b"late")
-    real.closing = True  # the peer went away before the next turn
+async def test_a_body_arriving_in_pieces_is_waited_for() -> None:
+    protocol, transport = connect(GatewayHttpProtocol)
+    protocol.data_received(b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\nhel")
+    await settle()
+    assert transport.writes == []  # the app waits for the rest
+    protocol.data_received(b"lo")
+    await settle()
+    protocol.data_received(b"world")
     await settle()
 
-    assert real.writes == []
-    assert transport.get_write_buffer_size() == 0
+    out = b"".join(transport.writes)
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert out.endswith(b"\r\n\r\nhel|lo|world") or out.endswith(b"\r\n\r\nhel|loworld")
+    assert not transport.closing
 
 
-async def test_abort_discards_what_was_gathered() -> None:
-    real = RecordingTransport()
-    transport = CoalescingTransport(real, asyncio.get_running_loop())
-    transport.write(b"never")
-    transport.abort()
+async def test_a_client_gone_mid_body_is_a_disconnect_for_the_app() -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def reader(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            seen.append(message)
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                return
+
+    protocol, transport = connect(GatewayHttpProtocol, reader)
+    protocol.data_received(b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\nab")
+    await settle()
+    protocol.connection_lost(None)
     await settle()
 
-    assert real.writes == [] and real.closing
+    assert seen == [
+        {"type": "http.request", "body": b"ab", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    assert transport.writes == []
 
 
-@pytest.mark.parametrize("empty", [b"", bytearray(), memoryview(b"")])
-async def test_empty_writes_schedule_nothing(empty: Any) -> None:
-    real = RecordingTransport()
-    transport = CoalescingTransport(real, asyncio.get_running_loop())
-    transport.write(empty)
-    transport.writelines([b"a", b"b"])
+async def test_after_the_body_receive_waits_for_the_end_of_the_response() -> None:
+    seen: list[str] = []
+
+    async def watcher(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+
+        async def wait_end() -> None:
+            seen.append((await receive())["type"])
+
+        task = asyncio.get_running_loop().create_task(wait_end())
+        await asyncio.sleep(0)
+        assert not task.done()  # nothing more to receive until the response ends
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        await task
+
+    protocol, transport = connect(GatewayHttpProtocol, watcher)
+    protocol.data_received(get("/"))
     await settle()
 
-    assert real.writes == [b"ab"]
+    assert seen == ["http.disconnect"]
+    assert b"".join(transport.writes) == b"HTTP/1.1 204 No Content\r\n\r\n"
+
+
+async def test_idle_connections_close_after_the_keep_alive_timeout() -> None:
+    gate = asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/slow":
+            await gate.wait()
+        await app(scope, receive, send)
+
+    idle, idle_transport = connect(GatewayHttpProtocol, slow)
+    busy, busy_transport = connect(GatewayHttpProtocol, slow)
+    assert idle.server_state is not busy.server_state  # connect() makes one server each
+    busy.server_state = idle.server_state
+    idle.server_state.connections.update({idle, busy})
+    sweeper = KeepAliveSweeper.of(asyncio.get_running_loop(), idle.server_state, 5.0)
+    assert sweeper.interval_s == 5.0 / SWEEPS_PER_TIMEOUT
+
+    idle.data_received(get("/"))
+    busy.data_received(get("/slow"))
+    await settle()
+    for _ in range(SWEEPS_PER_TIMEOUT):  # the first sweep only clears "seen"
+        sweeper.sweep()
+    assert not idle_transport.closing and not busy_transport.closing
+    sweeper.sweep()  # one timeout without a request
+    assert idle_transport.closing
+    assert not busy_transport.closing  # still answering: never idle
+
+    gate.set()
+    await settle()
+    assert b"".join(busy_transport.writes).endswith(BODY)
+    for _ in range(SWEEPS_PER_TIMEOUT + 1):
+        sweeper.sweep()
+    assert busy_transport.closing
+
+
+async def test_the_sweeper_stops_with_the_last_connection() -> None:
+    protocol, _ = connect(GatewayHttpProtocol)
+    state = protocol.server_state
+    sweeper = KeepAliveSweeper.of(asyncio.get_running_loop(), state, 5.0)
+    assert KeepAliveSweeper.of(asyncio.get_running_loop(), state, 5.0) is sweeper
+    assert sweeper._handle is not None  # armed by the connection
+    sweeper.sweep()
+    assert sweeper._handle is not None
+    protocol.connection_lost(None)
+    sweeper.sweep()
+    assert sweeper._handle is None
 
 
 # -- the fast head: byte for byte what uvicorn writes ---------------------------
 
 HEADS: list[list[tuple[bytes, bytes]]] = [
     [(b"content-type", b"application/json"), (b"content-length", b"15")],
-    [(b"content-length", b"15"), (b"x-content-type-options", b"nosniff"),
-     (b"ratelimit-policy", b'"control";q=200000;w=2'), (b"ratelimit", b'"control";r=1;t=1')],
-    [(b"Content-Type", b"application/json"), (b"X-Mixed-Case", b"Yes"),
-     (b"content-length", b"15")],
+    [
+        (b"content-length", b"15"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"ratelimit-policy", b'"control";q=200000;w=2'),
+        (b"ratelimit", b'"control";r=1;t=1'),
+    ],
+    [(b"Content-Type", b"application/json"), (b"X-Mixed-Case", b"Yes"), (b"content-length", b"15")],
     [(b"content-type", b"application/json")],  # no length: chunked
     [(b"content-length", b"15"), (b"content-length", b"15")],
     [(b"content-length", b"+15")],
@@ -277,10 +383,9 @@ async def test_response_heads_are_what_uvicorn_writes(
     headers: list[tuple[bytes, bytes]], status: int
 ) -> None:
     asgi = head_app(headers, status)
-    for request in (get("/"), b"HEAD / HTTP/1.1\r\nhost: t\r\n\r\n",
-                    b"GET / HTTP/1.0\r\n\r\n"):
+    for request in (get("/"), b"HEAD / HTTP/1.1\r\nhost: t\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n"):
         expected = await wire(HttpToolsProtocol, asgi, request)
-        assert await wire(CoalescingHttpToolsProtocol, asgi, request) == expected
+        assert await wire(GatewayHttpProtocol, asgi, request) == expected
         # uvicorn refuses a bad header (the app's send raises, nothing is written).
         refused = headers in (HEADS[9], HEADS[10])
         assert expected.startswith(b"HTTP/1.1 ") != refused
@@ -290,9 +395,9 @@ async def test_default_headers_and_access_log_match_uvicorn_too() -> None:
     asgi = head_app(HEADS[1])
     for options in ({"server_header": True}, {"access_log": True}):
         expected = await wire(HttpToolsProtocol, asgi, get("/"), **options)
-        assert await wire(CoalescingHttpToolsProtocol, asgi, get("/"), **options) == expected
+        assert await wire(GatewayHttpProtocol, asgi, get("/"), **options) == expected
     assert b"server: uvicorn\r\n" in await wire(
-        CoalescingHttpToolsProtocol, asgi, get("/"), server_header=True
+        GatewayHttpProtocol, asgi, get("/"), server_header=True
     )
 
 

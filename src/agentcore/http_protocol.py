@@ -1,66 +1,80 @@
-"""uvicorn's httptools protocol, writing each response to the socket once, its head built fast.
+"""The gateway's HTTP/1.1 protocol: uvicorn's httptools protocol with a lean request path.
 
-uvicorn writes the status line and headers of a response as soon as the app
-sends ``http.response.start``, then the body on ``http.response.body``: two
-``send()`` system calls for every small JSON answer, and on loopback the
-kernel's share of a request is most of what the gateway costs. This protocol
-hands uvicorn a transport that gathers what is written during one turn of the
-event loop and passes it to the socket at the start of the next, as one write:
-a whole small response, or several pipelined ones. Measured with wrk on the
-2-core machine (``benchmarks/http_bench.py``, one worker): agent.ping from
-19,400 to about 31,000 requests/s, health from 28,700 to about 47,000.
+uvicorn spends about 22 µs of CPU on an empty request on the project machine
+(``benchmarks/floor_asgi.py``), where the same httptools parser on uvloop
+answering from a bare ``asyncio.Protocol`` spends about 8: the difference is
+per-request machinery, not parsing. Per request uvicorn builds its scope in
+``on_message_begin``, parses every URL with ``httptools.parse_url``, makes an
+``asyncio.Event`` and a cycle with a dozen fields, writes the head and the
+body of the response with two ``send()`` system calls, checks every response
+header with two regular expressions, and arms a keep-alive timer after the
+response that the next request cancels (a libuv timer started and stopped
+per request). This protocol keeps uvicorn's server, its configuration, its
+lifespan, workers and signal handling, and its WebSocket upgrade, and
+replaces that request path for the common case:
 
-Nothing else changes. Backpressure still reaches uvicorn's flow control: past
-:data:`FLUSH_BYTES` gathered in one turn (a large or streamed body) the write
-goes to the socket at once, whose buffer pauses the app as before. ``close()``
-writes what was gathered first; once the socket is closing, late writes are
-dropped, as the socket would drop them. A WebSocket upgrade takes the socket
-itself, so frames keep uvicorn's own path and cost.
+- the scope is built once, in ``on_headers_complete``; a URL with no query and
+  no escapes is its own path (``parse_url`` only for the rest);
+- a :class:`Cycle` has slots and no Event: ``receive()`` makes a future only
+  when it has to wait for the body;
+- the app starts after the bytes received have been parsed, so a small POST
+  finds its body already there instead of waiting a loop turn for it;
+- the head of a response is held until the first body bytes and written with
+  them, one ``send()`` for a small answer; heads are built from checked,
+  cached header lines (:func:`header_line`);
+- idle keep-alive connections are closed by one sweep per server
+  (:class:`KeepAliveSweeper`, every quarter of uvicorn's ``timeout_keep_alive``)
+  instead of a timer per response: a connection is closed after between one
+  and one and a quarter timeouts without a request, and, unlike uvicorn, a
+  connection that never sends one is closed too.
 
-The head of a response (status line and headers) is built from lines already
-checked: uvicorn checks every header name and value with two regular
-expressions and lower-cases the name on every response, about 0.4 µs a header,
-and the gateway's answers carry ten (security and rate-limit headers) that
-repeat from one response to the next. Each distinct ``(name, value)`` is
-checked once and its line remembered (:func:`header_line`, a bounded cache);
-anything out of the ordinary (no Content-Length, framing headers, a bad
-header, the access log on, a closing connection) takes uvicorn's own path, so
-what reaches the socket is byte for byte what uvicorn writes.
+Everything out of the ordinary takes uvicorn's own path, request by request:
+HTTP/1.0, ``Expect: 100-continue``, upgrades (WebSockets), a request
+pipelined behind an unfinished one, ``root_path``, ``limit_concurrency`` and
+the access log. What reaches the socket is byte for byte what uvicorn writes
+(tests/test_http_protocol.py runs both on the same requests).
 
 ``agentcore serve`` runs uvicorn with it; any uvicorn command line can too:
-``uvicorn --http agentcore.http_protocol:CoalescingHttpToolsProtocol``.
+``uvicorn --http agentcore.http_protocol:GatewayHttpProtocol``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import urllib.parse
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import httptools
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
     HEADER_VALUE_RE,
     STATUS_LINE,
     HttpToolsProtocol,
-    RequestResponseCycle,
 )
 
 if TYPE_CHECKING:
-    from uvicorn._types import ASGISendEvent, HTTPResponseStartEvent
+    from uvicorn._types import ASGI3Application, ASGIReceiveEvent, ASGISendEvent
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
 
-#: Bytes gathered in one loop turn past which they go to the socket at once.
-FLUSH_BYTES = 64 * 1024
 #: Distinct checked header lines remembered (past it, the oldest are checked again).
 HEADER_LINES = 4096
-#: Headers that frame the message: uvicorn acts on them, so their responses take its path.
+#: Headers that frame the message: the general path handles them.
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+#: Sweeps per keep-alive timeout; an idle connection closes after this many.
+SWEEPS_PER_TIMEOUT = 4
+
+log = logging.getLogger("uvicorn.error")
 
 
 @functools.lru_cache(maxsize=HEADER_LINES)
 def header_line(name: bytes, value: bytes) -> bytes | None:
     """``name: value\\r\\n`` as uvicorn writes it; None for a header uvicorn would
-    refuse (a bad name or value) or act on (framing), which must take its path."""
+    refuse (a bad name or value) or act on (framing), which take the general path."""
     if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
         return None
     lowered = name.lower()
@@ -69,9 +83,7 @@ def header_line(name: bytes, value: bytes) -> bytes | None:
     return lowered + b": " + value + b"\r\n"
 
 
-def response_head(
-    status: int, headers: Iterable[tuple[bytes, bytes]]
-) -> tuple[bytes, int] | None:
+def response_head(status: int, headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, int] | None:
     """The status line and headers of a response with exactly one numeric
     Content-Length and nothing uvicorn treats specially, and that length;
     None otherwise."""
@@ -97,148 +109,402 @@ def response_head(
     return b"".join(parts), int(length)
 
 
-class FastHeadCycle(RequestResponseCycle):
-    """uvicorn's request/response cycle, whose common response heads skip its per-header work."""
+class Cycle:
+    """One request and its response on the lean path (uvicorn's
+    ``RequestResponseCycle``, same ASGI behaviour, less per-request work)."""
+
+    __slots__ = (
+        "_waiter",
+        "body",
+        "chunked",
+        "disconnected",
+        "final_received",
+        "head",
+        "keep_alive",
+        "more_body",
+        "protocol",
+        "remaining",
+        "response_complete",
+        "response_started",
+        "scope",
+    )
+
+    def __init__(self, protocol: GatewayHttpProtocol, scope: dict[str, Any], keep_alive: bool):
+        self.protocol = protocol
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.body = b""
+        self.more_body = True
+        self.final_received = False
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.head: bytes | None = None
+        self.chunked = False
+        self.remaining = 0
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- from the protocol ----------------------------------------------------
+
+    def feed(self, body: bytes) -> None:
+        self.body += body
+        if len(self.body) > HIGH_WATER_LIMIT:
+            self.protocol.flow.pause_reading()
+        self.wake()
+
+    def complete(self) -> None:
+        self.more_body = False
+        self.wake()
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        waiter = self.protocol.loop.create_future()
+        self._waiter = waiter
+        await waiter
+
+    # -- running the app ------------------------------------------------------
+
+    async def run(self, app: ASGI3Application) -> None:
+        try:
+            result = await app(self.scope, self.receive, self.send)  # type: ignore[arg-type,func-returns-value]
+        except BaseException as exc:
+            log.error("Exception in ASGI application\n", exc_info=exc)
+            if not self.response_started:
+                await self._send_500()
+            else:
+                self.protocol.transport.close()
+        else:
+            if result is not None:
+                log.error("ASGI callable should return None, but returned '%s'.", result)
+                self.protocol.transport.close()
+            elif not self.response_started and not self.disconnected:
+                log.error("ASGI callable returned without starting response.")
+                await self._send_500()
+            elif not self.response_complete and not self.disconnected:
+                log.error("ASGI callable returned without completing response.")
+                self.protocol.transport.close()
+
+    async def _send_500(self) -> None:
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", b"21"),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await self.send({"type": "http.response.body", "body": b"Internal Server Error"})
+
+    # -- ASGI -----------------------------------------------------------------
+
+    async def receive(self) -> ASGIReceiveEvent:
+        if not self.disconnected and not self.response_complete:
+            if self.final_received:
+                await self._wait()  # nothing more comes but the end
+            elif not self.body and self.more_body:
+                self.protocol.flow.resume_reading()
+                await self._wait()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        body = self.body
+        self.body = b""
+        more_body = self.more_body
+        if not more_body:
+            self.final_received = True
+        return {"type": "http.request", "body": body, "more_body": more_body}
 
     async def send(self, message: ASGISendEvent) -> None:
-        if (
-            message["type"] == "http.response.start"
-            and not self.response_started
-            and self.keep_alive
-            and not self.access_log
-            and not self.disconnected
-            and not self.flow.write_paused
-        ):
-            start: HTTPResponseStartEvent = message
-            headers: Iterable[tuple[bytes, bytes]] = start.get("headers", ())
-            if self.default_headers:
-                headers = [*self.default_headers, *headers]
-            found = response_head(start["status"], headers)
+        protocol = self.protocol
+        if protocol.flow.write_paused and not self.disconnected:
+            await protocol.flow.drain()
+        if self.disconnected:
+            return
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(
+                    f"Expected ASGI message 'http.response.start', but got '{message['type']}'."
+                )
+            self.response_started = True
+            status: int = message["status"]
+            headers: Iterable[tuple[bytes, bytes]] = message.get("headers", ())
+            default = protocol.server_state.default_headers
+            if default:
+                headers = [*default, *headers]
+            found = response_head(status, headers) if self.keep_alive else None
             if found is not None:
-                self.response_started = True
-                self.waiting_for_100_continue = False
-                self.expected_content_length = found[1]
-                self.chunked_encoding = False
-                self.transport.write(found[0])
-                return
-        await super().send(message)
-
-
-class CoalescingTransport(asyncio.Transport):
-    """A transport that passes writes to ``real`` once per loop turn."""
-
-    __slots__ = ("_loop", "_pending", "_scheduled", "_size", "real")
-
-    def __init__(self, real: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
-        self.real = real
-        self._loop = loop
-        self._pending: list[bytes | bytearray | memoryview] = []
-        self._size = 0
-        self._scheduled = False
-
-    # -- writing -------------------------------------------------------------
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not data:
+                self.head, self.remaining = found
+            else:
+                self.head = self._general_head(status, headers)
             return
-        self._pending.append(data)
-        self._size += len(data)
-        if self._size >= FLUSH_BYTES:
-            self.flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush_soon)
+        if self.response_complete:
+            raise RuntimeError(
+                f"Unexpected ASGI message '{message['type']}' sent, "
+                "after response already completed."
+            )
+        if message["type"] != "http.response.body":
+            raise RuntimeError(
+                f"Expected ASGI message 'http.response.body', but got '{message['type']}'."
+            )
+        body: bytes = message.get("body", b"")
+        more_body: bool = message.get("more_body", False)
+        if self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more_body:
+                data += b"0\r\n\r\n"
+        else:
+            if len(body) > self.remaining:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.remaining -= len(body)
+            data = body
+        head = self.head
+        if head is not None:
+            self.head = None
+            data = head + data
+        if data:
+            protocol.transport.write(data)
+        if not more_body:
+            if self.remaining != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.wake()
+            if not self.keep_alive:
+                protocol.transport.close()
+            protocol.on_response_complete()
 
-    def writelines(self, list_of_data: Any) -> None:
-        for data in list_of_data:
-            self.write(data)
-
-    def _flush_soon(self) -> None:
-        self._scheduled = False
-        self.flush()
-
-    def flush(self) -> None:
-        """Pass what is gathered to the socket now (dropped if it is closing)."""
-        pending = self._pending
-        if not pending:
-            return
-        self._pending = []
-        self._size = 0
-        if self.real.is_closing():
-            return
-        self.real.write(pending[0] if len(pending) == 1 else b"".join(pending))
-
-    def get_write_buffer_size(self) -> int:
-        return self._size + self.real.get_write_buffer_size()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self.real.get_write_buffer_limits()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self.real.set_write_buffer_limits(high, low)
-
-    def write_eof(self) -> None:
-        self.flush()
-        self.real.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return self.real.can_write_eof()
-
-    # -- closing -------------------------------------------------------------
-
-    def close(self) -> None:
-        self.flush()
-        self.real.close()
-
-    def abort(self) -> None:
-        self._pending = []
-        self._size = 0
-        self.real.abort()
-
-    def is_closing(self) -> bool:
-        return self.real.is_closing()
-
-    # -- the rest, as the socket has it --------------------------------------
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.real.get_extra_info(name, default)
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.real.set_protocol(protocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self.real.get_protocol()
-
-    def pause_reading(self) -> None:
-        self.real.pause_reading()
-
-    def resume_reading(self) -> None:
-        self.real.resume_reading()
-
-    def is_reading(self) -> bool:
-        return self.real.is_reading()
+    def _general_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+        """The head as uvicorn builds it, for whatever :func:`response_head` leaves."""
+        content = [STATUS_LINE[status]]
+        has_connection_close = False
+        chunked: bool | None = None
+        for raw_name, value in headers:
+            if HEADER_RE.search(raw_name):
+                raise RuntimeError("Invalid HTTP header name.")
+            if HEADER_VALUE_RE.search(value):
+                raise RuntimeError("Invalid HTTP header value.")
+            name = raw_name.lower()
+            if name == b"content-length" and chunked is None:
+                self.remaining = int(value.decode())
+                chunked = False
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.remaining = 0
+                chunked = True
+            elif name == b"connection" and b"close" in [
+                token.lower().strip() for token in value.split(b",")
+            ]:
+                self.keep_alive = False
+                has_connection_close = True
+            content.extend([name, b": ", value, b"\r\n"])
+        if not self.keep_alive and not has_connection_close:
+            content.append(b"connection: close\r\n")
+        if chunked is None and status not in (204, 304):
+            chunked = True
+            content.append(b"transfer-encoding: chunked\r\n")
+        self.chunked = bool(chunked)
+        content.append(b"\r\n")
+        return b"".join(content)
 
 
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol over a :class:`CoalescingTransport`, its
-    request/response cycles :class:`FastHeadCycle`."""
+class KeepAliveSweeper:
+    """Closes a server's idle keep-alive connections: one timer per server, not one per response."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, state: ServerState, timeout_s: float):
+        self.loop = loop
+        self.state = state
+        self.interval_s = timeout_s / SWEEPS_PER_TIMEOUT
+        self._handle: asyncio.TimerHandle | None = None
+
+    def ensure(self) -> None:
+        """Sweep from now on (until a sweep finds no connection)."""
+        if self._handle is None:
+            self._handle = self.loop.call_later(self.interval_s, self.sweep)
+
+    def sweep(self) -> None:
+        self._handle = None
+        found = False
+        for connection in list(self.state.connections):
+            if isinstance(connection, GatewayHttpProtocol):
+                found = True
+                connection.idle_tick()
+        if found:
+            self.ensure()
+
+    @classmethod
+    def of(
+        cls, loop: asyncio.AbstractEventLoop, state: ServerState, timeout_s: float
+    ) -> KeepAliveSweeper:
+        """The server's sweeper (kept on its ``ServerState``, made on first use)."""
+        sweeper: KeepAliveSweeper | None = getattr(state, "agentcore_keepalive", None)
+        if sweeper is None or sweeper.loop is not loop:
+            sweeper = cls(loop, state, timeout_s)
+            state.agentcore_keepalive = sweeper  # type: ignore[attr-defined]
+        return sweeper
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, common requests on :class:`Cycle` (module docstring)."""
+
+    #: A :class:`Cycle`, or uvicorn's own for a request on its path.
+    cycle: Any
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._lean = not self.access_log and self.limit_concurrency is None and not self.root_path
+        self._start: Cycle | None = None
+        self._seen = True
+        self._idle_sweeps = 0
+        self._sweeper = KeepAliveSweeper.of(self.loop, server_state, self.timeout_keep_alive)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport, self.loop))
+        super().connection_made(transport)
+        self._sweeper.ensure()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        if type(cycle) is Cycle:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+            cycle.wake()
+            self.cycle = None
+            self._start = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._seen = True
+        super().data_received(data)
+        cycle = self._start
+        if cycle is not None:
+            self._start = None
+            if not self.transport.is_closing():
+                self._run(cycle)
+
+    # -- parser callbacks -------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
 
     def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        # uvicorn made the cycle (its task has not run yet); same fields, faster send.
+        parser = self.parser
         cycle = self.cycle
-        if type(cycle) is RequestResponseCycle:
-            cycle.__class__ = FastHeadCycle
+        method: bytes = parser.get_method()
+        if (
+            not self._lean
+            or method == b"HEAD"
+            or self.expect_100_continue
+            or parser.should_upgrade()
+            or (cycle is not None and not cycle.response_complete)
+            or parser.get_http_version() != "1.1"
+        ):
+            self._uvicorn_request()
+            return
+        url: bytes = self.url
+        if b"?" in url or b"%" in url or url[:1] != b"/":
+            parsed = httptools.parse_url(url)
+            raw_path: bytes = parsed.path
+            query: bytes = parsed.query or b""
+            path = raw_path.decode("ascii")
+            if "%" in path:
+                path = urllib.parse.unquote(path)
+        else:
+            raw_path = url
+            query = b""
+            path = url.decode("ascii")
+        scope = {
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": "",
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+            "method": method.decode("ascii"),
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+        }
+        self.scope = scope  # type: ignore[assignment]
+        cycle = Cycle(self, scope, parser.should_keep_alive())
+        self.cycle = cycle
+        self._start = cycle  # the app starts once the bytes at hand are parsed
 
-    def handle_websocket_upgrade(self) -> None:
-        # The WebSocket protocol gets the socket itself: what was gathered goes
-        # first, then frames are written as uvicorn writes them.
-        transport = self.transport
-        if isinstance(transport, CoalescingTransport):
-            transport.flush()
-            self.transport = transport.real
-        super().handle_websocket_upgrade()
+    def _uvicorn_request(self) -> None:
+        """This request on uvicorn's own path (its scope as uvicorn makes it)."""
+        self.scope = {  # type: ignore[typeddict-item]
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if type(cycle) is Cycle:
+            if not cycle.response_complete:
+                cycle.feed(body)
+        else:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self.cycle
+        if type(cycle) is Cycle:
+            if not cycle.response_complete:
+                cycle.complete()
+        else:
+            super().on_message_complete()
+
+    # -- running ------------------------------------------------------------------
+
+    def _run(self, cycle: Cycle) -> None:
+        task = self.loop.create_task(cycle.run(self.app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, without arming a keep-alive timer (the sweeper closes idle connections).
+        self.server_state.total_requests += 1
+        self._seen = True
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+
+    def idle_tick(self) -> None:
+        """One sweep: close the connection after a keep-alive timeout without a request."""
+        cycle = self.cycle
+        if self._seen or (cycle is not None and not cycle.response_complete) or self.pipeline:
+            self._seen = False
+            self._idle_sweeps = 0
+            return
+        self._idle_sweeps += 1
+        if self._idle_sweeps >= SWEEPS_PER_TIMEOUT and not self.transport.is_closing():
+            self.transport.close()
+
+
+#: The name earlier releases documented for ``uvicorn --http``.
+CoalescingHttpToolsProtocol = GatewayHttpProtocol

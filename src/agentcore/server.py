@@ -67,7 +67,7 @@ from uvicorn.supervisors import multiprocess
 
 from agentcore.app import Gateway, create_app
 from agentcore.config import Config
-from agentcore.http_protocol import CoalescingHttpToolsProtocol
+from agentcore.http_protocol import GatewayHttpProtocol
 
 log = logging.getLogger("agentcore.server")
 
@@ -255,7 +255,7 @@ def _serve_uvicorn(config: Config) -> None:
         workers=server.workers,
         loop="uvloop",
         # httptools, each response written to the socket once (see http_protocol.py).
-        http=CoalescingHttpToolsProtocol,
+        http=GatewayHttpProtocol,
         lifespan="on",
         access_log=server.access_log,
         log_level=server.log_level,

@@ -164,7 +164,7 @@ async def test_a_committed_batch_is_one_message(
             message = await spy.get_message(ignore_subscribe_messages=True, timeout=1)
             if message is not None:
                 messages.append(message)
-    await spy.aclose()  # type: ignore[no-untyped-call]
+    await spy.aclose()  # type: ignore[no-untyped-call,unused-ignore]
     assert len(messages) == len(appends) < 200
     assert sum(len(msgspec.json.decode(m["data"])["events"]) for m in messages) == 200
 

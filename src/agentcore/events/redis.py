@@ -246,7 +246,7 @@ class RedisFanout:
                         self._receive(message["data"], deliver)
         finally:
             with contextlib.suppress(RedisError, OSError):  # the connection may be gone
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis 8
 
     def _receive(self, payload: bytes, deliver: Callable[[Event], None]) -> None:
         try:
