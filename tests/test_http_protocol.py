@@ -418,3 +418,22 @@ def test_response_head_needs_exactly_one_numeric_length() -> None:
     assert response_head(200, [(b"content-length", b"2")] * 2) is None
     assert response_head(200, [(b"content-length", b"-2")]) is None
     assert response_head(99, [(b"content-length", b"2")]) is None
+
+
+async def test_the_server_holds_the_apps_task_until_it_ends() -> None:
+    gate = asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await gate.wait()
+        await app(scope, receive, send)
+
+    protocol, transport = connect(GatewayHttpProtocol, slow)
+    protocol.data_received(get("/"))
+    await settle()
+    assert len(protocol.tasks) == 1  # uvicorn's shutdown waits for these
+    (task,) = protocol.tasks
+
+    gate.set()
+    await settle()
+    assert task.done() and protocol.tasks == set()
+    assert b"".join(transport.writes).endswith(BODY)
