@@ -155,24 +155,30 @@ class Gateway:
         self.shedder = LoadShedMiddleware(
             self._endpoint, config.limits.max_in_flight, self.metrics, streams={SSE_PATH}
         )
-        self.stack: ASGIApp = SecurityMiddleware(
-            AuthMiddleware(
-                RateLimitMiddleware(
-                    self.shedder,
-                    self.limiter,
-                    config.rate_limit,
-                    TrustedProxies(config.server.trusted_proxies),
-                    self.metrics,
-                )
-                if config.rate_limit.enabled
-                else self.shedder,
-                self.authenticator,
-                protect_metrics=config.auth.protect_metrics,
-                metrics=self.metrics,
-            ),
-            cors_origins=config.server.cors_allow_origins,
-            hsts=config.server.hsts,
+        self.ratelimit = (
+            RateLimitMiddleware(
+                self.shedder,
+                self.limiter,
+                config.rate_limit,
+                TrustedProxies(config.server.trusted_proxies),
+                self.metrics,
+            )
+            if config.rate_limit.enabled
+            else None
         )
+        self.auth = AuthMiddleware(
+            self.ratelimit or self.shedder,
+            self.authenticator,
+            protect_metrics=config.auth.protect_metrics,
+            metrics=self.metrics,
+        )
+        self.security = SecurityMiddleware(
+            self.auth, cors_origins=config.server.cors_allow_origins, hsts=config.server.hsts
+        )
+        #: The protection layer as ASGI middleware: security, auth, rate limit, shedding.
+        #: WebSockets pass through it; HTTP requests take :meth:`_protected`, the
+        #: same checks in the same order without an await per layer.
+        self.stack: ASGIApp = self.security
         self.started_at = time.monotonic()
         self._stop = asyncio.Event()
         limits = config.limits
@@ -349,10 +355,40 @@ class Gateway:
     # -- ASGI -----------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
+        kind = scope["type"]
+        if kind == "http":
+            await self._protected(scope, receive, send)
+        elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:
             await self.stack(scope, receive, send)
+
+    async def _protected(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An HTTP request through the protection layer: what :attr:`stack` does,
+        each middleware's ``admit`` called in turn (about 0.7 µs an awaited layer
+        less, docs/performance.md), then the endpoint."""
+        answer: ASGIApp | None = self.security.admit(scope)
+        if answer is None:
+            admitted = self.auth.admit(scope)
+            if admitted is not None:
+                answer = await admitted if isinstance(admitted, Coroutine) else admitted
+            if answer is None and self.ratelimit is not None:
+                admitted = self.ratelimit.admit(scope)
+                if admitted is not None:
+                    answer = await admitted if isinstance(admitted, Coroutine) else admitted
+            if answer is None:
+                shedder = self.shedder
+                if scope["path"] in shedder.streams:
+                    await self._endpoint(scope, receive, send)
+                    return
+                answer = shedder.enter(scope)
+                if answer is None:
+                    try:
+                        await self._endpoint(scope, receive, send)
+                    finally:
+                        shedder.leave()
+                    return
+        await answer(scope, receive, send)
 
     async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

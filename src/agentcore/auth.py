@@ -21,6 +21,7 @@ authentication off is refused unless ``--insecure`` (:func:`check_bind`).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -28,7 +29,7 @@ from agentcore import apikeys
 from agentcore.clock import Clock
 from agentcore.config import AuthConfig
 from agentcore.errors import AgentCoreError, ConfigError, Forbidden, Unauthorized
-from agentcore.http import reject
+from agentcore.http import Admission, refusal
 from agentcore.metrics import Metrics
 from agentcore.models import DEFAULT_TENANT
 from agentcore.types import ASGIApp, Receive, Scope, Send
@@ -120,23 +121,46 @@ class AuthMiddleware:
         self.authenticator = authenticator
         self.open_paths = OPEN_PATHS if protect_metrics else OPEN_PATHS | {"/metrics"}
         self._metrics = metrics
+        #: The authenticator's own cache of verified credentials, where it has one.
+        self._verified = (
+            authenticator.verified if isinstance(authenticator, StoreAuthenticator) else None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind not in ("http", "websocket"):
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        refused = self.admit(scope)
+        if isinstance(refused, Coroutine):
+            refused = await refused
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def admit(self, scope: Scope) -> Admission:
+        """For an HTTP or WebSocket request: its identity (in the scope), else the
+        answer that refuses it. None: go on. A credential this process has
+        already verified costs no await; any other is checked by the coroutine
+        returned, which gives None or the refusal."""
         if self.authenticator is None or scope["path"] in self.open_paths:
             scope[IDENTITY] = ANONYMOUS
-            await self.app(scope, receive, send)
-            return
+            return None
         credential = credential_of(scope)
-        if credential is None and kind == "websocket":
+        if credential is None and scope["type"] == "websocket":
             # No identity in the scope: the WebSocket endpoint asks for
             # {"type": "auth", "token": ...} as the first message (closing with
             # 1008 when it does not come in time); browsers cannot set headers.
-            await self.app(scope, receive, send)
-            return
+            return None
+        if credential is not None and self._verified is not None:
+            identity = self._verified(credential)
+            if identity is not None:
+                scope[IDENTITY] = identity
+                return None
+        return self._authenticate(scope, credential)
+
+    async def _authenticate(self, scope: Scope, credential: str | None) -> ASGIApp | None:
+        assert self.authenticator is not None
         try:
             if credential is None:
                 raise Unauthorized("missing credentials: send Authorization: Bearer <key or token>")
@@ -147,13 +171,23 @@ class AuthMiddleware:
                 self._metrics.unauthorized.labels(
                     "missing" if credential is None else "invalid"
                 ).inc()
-            if kind == "websocket":
-                code = 1008 if refused else 1011
-                await send({"type": "websocket.close", "code": code, "reason": exc.message})
-                return
-            await reject(scope, send, exc, CHALLENGE if refused else None)
-            return
-        await self.app(scope, receive, send)
+            if scope["type"] == "websocket":
+                return WebSocketClose(1008 if refused else 1011, exc.message)
+            return refusal(scope, exc, CHALLENGE if refused else None)
+        return None
+
+
+class WebSocketClose:
+    """An ASGI app that refuses a WebSocket: closes it with ``code`` and ``reason``."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.close", "code": self.code, "reason": self.reason})
 
 
 #: Most API keys (and unknown key ids) remembered at once by one authenticator.
@@ -197,6 +231,14 @@ class StoreAuthenticator:
         if self._jwt is not None:
             return self._jwt.verify(credential)
         raise Unauthorized("invalid credentials: expected an API key (ak_...)")
+
+    def verified(self, credential: str) -> Identity | None:
+        """The identity of an API key this process verified and still trusts, else None
+        (no await: the common case of :meth:`authenticate`)."""
+        verified = self._verified.get(credential)
+        if verified is not None and self._clock() < verified[2]:
+            return verified[0]
+        return None
 
     async def _api_key(self, credential: str) -> Identity:
         now = self._clock()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -22,7 +22,7 @@ from agentcore.errors import (
     ParseError,
     PayloadTooLarge,
 )
-from agentcore.types import Message, Receive, Scope, Send
+from agentcore.types import ASGIApp, Message, Receive, Scope, Send
 
 T = TypeVar("T")
 JSON = b"application/json"
@@ -264,6 +264,21 @@ def error_response(exc: AgentCoreError, path: str | None = None) -> Response:
     return Response(exc.status, body, headers=list(exc.headers) or None)
 
 
+#: What a middleware's ``admit`` gives: None (go on), the ASGI app that answers
+#: instead (a refusal), or, when deciding has to wait, a coroutine giving one of those.
+Admission: TypeAlias = "ASGIApp | Coroutine[Any, Any, ASGIApp | None] | None"
+
+
+def refusal(
+    scope: Scope, exc: AgentCoreError, headers: list[tuple[bytes, bytes]] | None = None
+) -> Response:
+    """The answer to a request refused before it reached its handler (middleware)."""
+    response = error_response(exc, scope.get("path"))
+    if headers:
+        response.headers = [*(response.headers or ()), *headers]
+    return response
+
+
 async def reject(
     scope: Scope,
     send: Send,
@@ -271,10 +286,7 @@ async def reject(
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     """Answer a request refused before it reached its handler (middleware)."""
-    response = error_response(exc, scope.get("path"))
-    if headers:
-        response.headers = [*(response.headers or ()), *headers]
-    await response(scope, _no_receive, send)
+    await refusal(scope, exc, headers)(scope, _no_receive, send)
 
 
 async def _no_receive() -> Message:

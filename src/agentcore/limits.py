@@ -16,7 +16,7 @@ from collections.abc import Collection
 from typing import Any
 
 from agentcore.errors import InvalidRequest, Overloaded
-from agentcore.http import reject
+from agentcore.http import Response, refusal
 from agentcore.metrics import Metrics
 from agentcore.types import ASGIApp, Receive, Scope, Send
 
@@ -43,24 +43,34 @@ class LoadShedMiddleware:
         if scope["type"] != "http" or scope["path"] in self.streams:
             await self.app(scope, receive, send)
             return
+        refused = self.enter(scope)
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    def enter(self, scope: Scope) -> Response | None:
+        """Count one more request in flight (the caller calls :meth:`leave` when it
+        ends); the 503 answer instead when the worker is at its limit."""
         if self.in_flight >= self.max_in_flight:
             if self._metrics is not None:
                 self._metrics.shed.inc()
-            await reject(
+            return refusal(
                 scope,
-                send,
                 Overloaded(
                     f"the gateway is at its limit of {self.max_in_flight} requests in flight; "
                     "retry after 1 s"
                 ),
                 RETRY_AFTER,
             )
-            return
         self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
+        return None
+
+    def leave(self) -> None:
+        self.in_flight -= 1
 
 
 def check_json_depth(body: bytes, max_depth: int) -> None:

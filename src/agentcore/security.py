@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agentcore.errors import Forbidden
-from agentcore.http import RESPONSE_HEADERS, Response, reject
+from agentcore.http import RESPONSE_HEADERS, Response, refusal
 from agentcore.types import ASGIApp, Receive, Scope, Send
 
 BASE_HEADERS = [
@@ -37,6 +37,15 @@ class SecurityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        refused = self.admit(scope)
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def admit(self, scope: Scope) -> Response | None:
+        """For an HTTP request: the response headers to add (in the scope), and
+        the answer itself for a CORS preflight, else None (go on)."""
         extra = self.headers
         origin = None
         if self.origins:
@@ -45,7 +54,7 @@ class SecurityMiddleware:
             if origin in self.origins:
                 extra = [*extra, (b"access-control-allow-origin", origin), (b"vary", b"Origin")]
                 if scope["method"] == "OPTIONS":
-                    await Response(
+                    return Response(
                         204,
                         headers=[
                             *extra,
@@ -53,12 +62,10 @@ class SecurityMiddleware:
                             (b"access-control-allow-headers", CORS_HEADERS),
                             (b"access-control-max-age", b"600"),
                         ],
-                    )(scope, receive, send)
-                    return
+                    )
             elif scope["method"] == "OPTIONS":
-                await reject(scope, send, Forbidden("origin not allowed by CORS"), extra)
-                return
+                return refusal(scope, Forbidden("origin not allowed by CORS"), extra)
 
         # Outermost: the list starts here; inner layers extend it, the response sends it.
         scope[RESPONSE_HEADERS] = [*extra]
-        await self.app(scope, receive, send)
+        return None

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Coroutine
 from typing import get_args
 
 from agentcore.auth import IDENTITY, Identity
 from agentcore.config import RateLimitConfig
 from agentcore.errors import RateLimited, StoreUnavailable
-from agentcore.http import add_response_headers, reject
+from agentcore.http import Admission, add_response_headers, refusal
 from agentcore.metrics import Metrics
 from agentcore.proxies import TrustedProxies
 from agentcore.ratelimit.base import Decision, Limit, RateLimiter
@@ -125,44 +126,57 @@ class RateLimitMiddleware:
             return cls
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        cls = self._class_of(scope["path"]) if scope["type"] == "http" else None
-        if cls is None:
-            await self.app(scope, receive, send)
+        refused = self.admit(scope) if scope["type"] == "http" else None
+        if isinstance(refused, Coroutine):
+            refused = await refused
+        if refused is not None:
+            await refused(scope, receive, send)
             return
+        await self.app(scope, receive, send)
+
+    def admit(self, scope: Scope) -> Admission:
+        """For an HTTP request: count it, and its headers (in the scope); the 429
+        answer when over its limit; None: go on. The in-process backend decides
+        without an await; another gives a coroutine that decides."""
+        cls = self._class_of(scope["path"])
+        if cls is None:
+            return None
         identity: Identity | None = scope.get(IDENTITY)
         if identity is None or identity.kind == "anonymous":
             key = "ip:" + self.proxies.client_ip(scope)
         else:
             key = f"{identity.kind}:{identity.subject}"
         limit = self.limit_for(cls, identity)
+        if self._hit_now is not None:
+            return self._decided(scope, cls, limit, self._hit_now(key, limit, 1))
+        return self._hit(scope, cls, key, limit)
+
+    async def _hit(self, scope: Scope, cls: str, key: str, limit: Limit) -> ASGIApp | None:
         try:
-            if self._hit_now is not None:
-                decision = self._hit_now(key, limit, 1)
-            else:
-                decision = await self.limiter.hit(key, limit)
+            decision = await self.limiter.hit(key, limit)
         except StoreUnavailable as exc:
             log.warning("rate limit check skipped: %s", exc.message)
             if self._metrics is not None:
                 self._metrics.rejected.labels("ratelimit_backend_down").inc()
-            await self.app(scope, receive, send)
-            return
+            return None
+        return self._decided(scope, cls, limit, decision)
+
+    def _decided(self, scope: Scope, cls: str, limit: Limit, decision: Decision) -> ASGIApp | None:
         headers = self._headers(decision)
-        if not decision.allowed:
-            headers = [*headers]
-            if self._metrics is not None:
-                self._metrics.rate_limited.labels(cls).inc()
-            retry = max(1, math.ceil(decision.retry_after_s))
-            headers.append((b"retry-after", str(retry).encode()))
-            await reject(
-                scope,
-                send,
-                RateLimited(
-                    f"rate limit of {limit.rate:g} requests/s (burst {limit.burst}) exceeded; "
-                    f"retry after {retry} s",
-                    data={"retry_after_s": retry, "policy": limit.name},
-                ),
-                headers,
-            )
-            return
-        add_response_headers(scope, headers)
-        await self.app(scope, receive, send)
+        if decision.allowed:
+            add_response_headers(scope, headers)
+            return None
+        headers = [*headers]
+        if self._metrics is not None:
+            self._metrics.rate_limited.labels(cls).inc()
+        retry = max(1, math.ceil(decision.retry_after_s))
+        headers.append((b"retry-after", str(retry).encode()))
+        return refusal(
+            scope,
+            RateLimited(
+                f"rate limit of {limit.rate:g} requests/s (burst {limit.burst}) exceeded; "
+                f"retry after {retry} s",
+                data={"retry_after_s": retry, "policy": limit.name},
+            ),
+            headers,
+        )
