@@ -1,7 +1,12 @@
 """HTTP throughput of the gateway against nginx and a FastAPI reference, in one run.
 
 Each server runs with one worker on its own loopback port, pinned to CPU 0;
-``wrk`` (one thread, pinned to CPU 1) drives two routes in turn:
+``wrk`` (one thread, pinned to CPU 1) drives two routes in turn. Every server
+is started (and checked and warmed up) first; then, in each of ``--rounds``
+rounds, each server and route gets its slice of ``--duration``, in turn, so
+that a slow spell of a shared machine falls on all of them alike. A row's
+req/s is the mean over its rounds, and each ratio is also printed per round
+(its spread shows how far to trust it). The routes:
 
 * ``GET /api/v1/health``;
 * ``POST /api/v1/jsonrpc`` with a JSON-RPC ``agent.ping`` for an agent that
@@ -13,7 +18,7 @@ both routes with a fixed body (the ceiling); a FastAPI + pydantic app
 (``reference_fastapi.py``, what most Python gateways look like).
 
 The protection layer's overhead: for each ``--protection-servers`` entry the
-gateway also runs twice more, one after the other: ``-bare`` (authentication
+gateway also runs twice more: ``-bare`` (authentication
 off, rate limiting off) and ``-protected`` (``auth.mode = "api_key"`` with a
 key of tenant ``bench`` created by ``agentcore keys create`` before the server
 starts, sent by wrk as ``Authorization: Bearer``; rate limiting on with a limit
@@ -55,6 +60,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -215,6 +221,8 @@ class Ratio:
     minimum: float
     value: float | None
     verdict: str
+    #: The same ratio in each round (the variant's and the reference's slices of that round).
+    per_round: list[float] = field(default_factory=list)
 
 
 # -- output -------------------------------------------------------------------
@@ -825,12 +833,28 @@ def protection_ratios(results: Sequence[Result], servers: Sequence[str]) -> list
             for server in servers]
 
 
+def add_rounds(found: Sequence[Ratio], per_round: Mapping[tuple[str, str], Sequence[Result]]
+               ) -> None:
+    """Each ratio's value in each round, where both of its rows were measured validly."""
+    for r in found:
+        if r.value is None:
+            continue
+        mine = per_round.get((r.variant, r.route), ())
+        ref = per_round.get((r.reference, r.route), ())
+        r.per_round = [m.requests_per_s / f.requests_per_s for m, f in zip(mine, ref, strict=False)
+                       if m.valid and f.valid and f.requests_per_s]
+
+
 def print_ratios(found: Sequence[Ratio], empty: str = "no gateway variant was measured") -> None:
     if not found:
         out(empty)
     for r in found:
         value = "-" if r.value is None else f"{r.value:.3f}"
-        out(f"{r.label:<44} {value:>7}  (goal >= {r.minimum:.2f})  {r.verdict}")
+        spread = ""
+        if len(r.per_round) > 1:
+            spread = (f"  rounds {min(r.per_round):.3f}..{max(r.per_round):.3f}, "
+                      f"median {statistics.median(r.per_round):.3f}")
+        out(f"{r.label:<44} {value:>7}  (goal >= {r.minimum:.2f})  {r.verdict}{spread}")
 
 
 # -- the run ------------------------------------------------------------------
@@ -839,7 +863,11 @@ def print_ratios(found: Sequence[Ratio], empty: str = "no gateway variant was me
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="HTTP throughput of the gateway vs nginx and a FastAPI reference (wrk).")
-    parser.add_argument("--duration", type=int, default=10, help="seconds per route (default 10)")
+    parser.add_argument("--duration", type=int, default=10,
+                        help="seconds per server and route, split over the rounds (default 10)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds: every server and route is measured once per round, in "
+                             "turn, for duration/rounds seconds (default 5)")
     parser.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
     parser.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
     parser.add_argument("--warmup", type=int, default=2,
@@ -856,7 +884,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "above the load), for the protection-layer overhead ratio; "
                              "'none' for none (default uvicorn, the default server)")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
-                        help="before each server, wait up to S seconds for the CPUs to be "
+                        help="before each round, wait up to S seconds for the CPUs to be "
                              f"under {IDLE_BELOW * 100:.0f}%% busy (default 0: do not wait)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -865,8 +893,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                             allow_none=True)
     args.protection = _choices(parser, "--protection-servers", args.protection_servers,
                                GATEWAY_SERVERS, allow_none=True)
-    if args.duration < 1 or args.connections < 1 or args.warmup < 0:
-        parser.error("--duration and --connections must be >= 1, --warmup >= 0")
+    if args.duration < 1 or args.connections < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error("--duration, --rounds and --connections must be >= 1, --warmup >= 0")
     if not 1 <= args.threads <= args.connections:
         parser.error("--threads must be between 1 and --connections")
     return args
@@ -895,8 +923,21 @@ def pinning() -> tuple[list[str], list[str], str]:
     return [], [], f"not pinned ({why})"
 
 
-def bench_target(target: Target, procs: Processes, wrk: Wrk, workdir: Path,
-                 args: argparse.Namespace, scripts: Mapping[str, Path]) -> list[Result]:
+@dataclass
+class Running:
+    """A started, checked and warmed-up server, ready to be measured."""
+
+    target: Target
+    proc: subprocess.Popen[bytes]
+    urls: dict[str, str]
+    scripts: dict[str, Path]
+    log_path: Path
+
+
+def start_target(target: Target, procs: Processes, wrk: Wrk, workdir: Path,
+                 args: argparse.Namespace, scripts: Mapping[str, Path]) -> Running | list[Result]:
+    """Start ``target``, check it and warm it up; the results saying why it cannot be
+    measured instead, when it cannot (the server is then stopped)."""
     log_path = workdir / f"{target.name}.log"
     base = f"http://{HOST}:{target.port}"
     urls = {"health": base + HEALTH_PATH, "ping": base + RPC_PATH}
@@ -910,45 +951,77 @@ def bench_target(target: Target, procs: Processes, wrk: Wrk, workdir: Path,
         headers["Authorization"] = f"Bearer {key}"
         scripts = {route: write_lua(workdir, route, headers, f"{target.name}-")
                    for route in ROUTES}
-    share = wait_idle(args.wait_idle)
-    if share is not None:
-        progress(f"{target.name}: machine {share:.0%} busy before starting")
     progress(f"{target.name}: starting on port {target.port}")
     proc = procs.start(target.argv, target.env, log_path)
     try:
-        try:
-            wait_ready(proc, urls["health"], log_path)
-        except RuntimeError as exc:
-            progress(f"{target.name}: did not start: {exc}")
-            return [Result(target.name, route, error="server did not start") for route in ROUTES]
-        # With authentication on, the agent belongs to the key's tenant: it is
-        # registered with the same key the pings are sent with.
-        problem = check_rpc(base, REGISTER, headers)[0] if target.register else ""
-        ping_problem, ping = check_rpc(base, PING, headers)
-        problem = problem or ping_problem
-        if problem:
-            progress(f"{target.name}: check failed ({problem}); measuring anyway, "
-                     "the error counts will show it")
-        elif mismatch := check_protection(target, base, ping):
-            progress(f"{target.name}: {mismatch}; not measured")
-            return [Result(target.name, route, error=mismatch) for route in ROUTES]
-        per_route = math.ceil(args.warmup / len(ROUTES))
-        if per_route:
-            progress(f"{target.name}: warming up {per_route * len(ROUTES)} s")
-            for route in ROUTES:
-                wrk.run(urls[route], scripts[route], per_route)
-        results = []
-        for route in ROUTES:
-            progress(f"{target.name}: {route} for {args.duration} s")
-            result = wrk.measure(target.name, route, urls[route], scripts[route], args.duration,
-                                 proc.pid)
-            if proc.poll() is not None:
-                result.error = result.error or f"server exited with status {proc.returncode}"
-                progress(f"{target.name} died:\n{tail(log_path)}")
-            results.append(result)
-        return results
-    finally:
+        wait_ready(proc, urls["health"], log_path)
+    except RuntimeError as exc:
+        progress(f"{target.name}: did not start: {exc}")
         procs.stop(proc)
+        return [Result(target.name, route, error="server did not start") for route in ROUTES]
+    # With authentication on, the agent belongs to the key's tenant: it is
+    # registered with the same key the pings are sent with.
+    problem = check_rpc(base, REGISTER, headers)[0] if target.register else ""
+    ping_problem, ping = check_rpc(base, PING, headers)
+    problem = problem or ping_problem
+    if problem:
+        progress(f"{target.name}: check failed ({problem}); measuring anyway, "
+                 "the error counts will show it")
+    elif mismatch := check_protection(target, base, ping):
+        progress(f"{target.name}: {mismatch}; not measured")
+        procs.stop(proc)
+        return [Result(target.name, route, error=mismatch) for route in ROUTES]
+    per_route = math.ceil(args.warmup / len(ROUTES))
+    if per_route:
+        progress(f"{target.name}: warming up {per_route * len(ROUTES)} s")
+        for route in ROUTES:
+            wrk.run(urls[route], scripts[route], per_route)
+    return Running(target, proc, urls, dict(scripts), log_path)
+
+
+def measure_round(running: Running, wrk: Wrk, seconds: int) -> list[Result]:
+    """One slice of ``seconds`` per route on a running server."""
+    results = []
+    for route in ROUTES:
+        result = wrk.measure(running.target.name, route, running.urls[route],
+                             running.scripts[route], seconds, running.proc.pid)
+        if running.proc.poll() is not None:
+            result.error = result.error or f"server exited with status {running.proc.returncode}"
+            progress(f"{running.target.name} died:\n{tail(running.log_path)}")
+        results.append(result)
+    return results
+
+
+def merge(rounds: Sequence[Result]) -> Result:
+    """One server's and route's rounds as one result: requests and time summed (so
+    req/s is the mean over the rounds), latency percentiles the median of the
+    rounds', errors summed, CPU shares weighted by time."""
+    first = rounds[0]
+    merged = Result(first.server, first.route)
+    merged.requests = sum(r.requests for r in rounds)
+    merged.duration_s = sum(r.duration_s for r in rounds)
+    merged.requests_per_s = merged.requests / merged.duration_s if merged.duration_s else 0.0
+    for name in ("p50_ms", "p99_ms"):
+        values = [v for r in rounds if (v := getattr(r, name)) is not None]
+        setattr(merged, name, statistics.median(values) if values else None)
+    merged.non_200 = sum(r.non_200 for r in rounds)
+    merged.rpc_errors = sum(r.rpc_errors for r in rounds)
+    merged.wrk_non_2xx_3xx = sum(r.wrk_non_2xx_3xx for r in rounds)
+    for r in rounds:
+        for kind, count in r.socket_errors.items():
+            merged.socket_errors[kind] = merged.socket_errors.get(kind, 0) + count
+    timed = [r for r in rounds if r.duration_s]
+    total = sum(r.duration_s for r in timed)
+    for name in ("server_cpu_pct", "wrk_cpu_pct", "other_cpu_pct"):
+        values = [(getattr(r, name), r.duration_s) for r in timed if getattr(r, name) is not None]
+        if values and total:
+            setattr(merged, name, sum(v * d for v, d in values) / sum(d for _, d in values))
+    if merged.server_cpu_pct is not None and merged.requests:
+        merged.server_cpu_us_per_request = (
+            1e6 * merged.server_cpu_pct / 100 * merged.duration_s / merged.requests)
+    merged.error = "; ".join(dict.fromkeys(r.error for r in rounds if r.error))
+    merged.wrk_output = "\n".join(r.wrk_output for r in rounds)
+    return merged
 
 
 def run(args: argparse.Namespace) -> int:
@@ -969,9 +1042,11 @@ def run(args: argparse.Namespace) -> int:
     if info["gateway_revision"]:
         out(f"gateway:  {info['gateway_revision']}")
     out(f"command:  {command}")
-    out(f"load:     wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency, "
+    out(f"load:     wrk -t{args.threads} -c{args.connections} --latency, "
+        f"{args.rounds} rounds of {max(1, round(args.duration / args.rounds))} s per server "
+        f"and route (every server started first, measured in turn each round), "
         f"{args.warmup} s warm-up per server; one server worker; {pin_note}"
-        + (f"; waits up to {args.wait_idle:g} s for an idle machine before each server"
+        + (f"; waits up to {args.wait_idle:g} s for an idle machine before each round"
            if args.wait_idle else ""))
     if "gateway" in args.kinds and args.protection:
         out(f"protection: gateway-<server>-bare: AGENTCORE_AUTH__MODE=off, "
@@ -1007,6 +1082,7 @@ def run(args: argparse.Namespace) -> int:
             "(pip install granian).")
 
     results: list[Result] = []
+    per_round: dict[tuple[str, str], list[Result]] = {}
     procs = Processes()
     previous = {s: signal.signal(s, _raise_on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -1030,10 +1106,28 @@ def run(args: argparse.Namespace) -> int:
                     targets.append(gateway_target(server, free_port(), data_dir, server_pin,
                                                   variant))
             budget = len(targets) * (len(ROUTES) * args.duration + args.warmup + 5)
-            budget += math.ceil(len(targets) * max(args.wait_idle, 1.0))
-            progress(f"{len(targets)} servers, about {budget} s")
+            budget += math.ceil(args.rounds * max(args.wait_idle, 1.0))
+            progress(f"{len(targets)} servers, {args.rounds} rounds, about {budget} s")
+            running: list[Running] = []
             for target in targets:
-                results.extend(bench_target(target, procs, wrk, workdir, args, scripts))
+                started = start_target(target, procs, wrk, workdir, args, scripts)
+                if isinstance(started, Running):
+                    running.append(started)
+                else:
+                    results.extend(started)
+            # Every server measured in every round, in turn: a slow minute of the
+            # machine falls on all of them, not on whichever ran then.
+            slice_s = max(1, round(args.duration / args.rounds))
+            rounds: dict[tuple[str, str], list[Result]] = {}
+            for n in range(1, args.rounds + 1):
+                share = wait_idle(args.wait_idle)
+                note = f" (machine {share:.0%} busy before)" if share is not None else ""
+                progress(f"round {n} of {args.rounds}: {slice_s} s per server and route{note}")
+                for server in running:
+                    for result in measure_round(server, wrk, slice_s):
+                        rounds.setdefault((result.server, result.route), []).append(result)
+            results.extend(merge(found) for found in rounds.values())
+            per_round.update(rounds)
     finally:
         procs.stop_all()
         for signum, handler in previous.items():
@@ -1046,6 +1140,8 @@ def run(args: argparse.Namespace) -> int:
     floor = [r for r in ratios(results, [f"floor-{s}" for s in servers], unavailable)
              if r.reference == "nginx"] if "floor" in args.kinds else []
     protected = protection_ratios(results, protection)
+    for group in (found, floor, protected):
+        add_rounds(group, per_round)
     out()
     print_table(results)
     out()
@@ -1063,7 +1159,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "machine": info, "command": command, "pinning": pin_note,
-            "settings": {"duration_s": args.duration, "connections": args.connections,
+            "settings": {"duration_s": args.duration, "rounds": args.rounds,
+                         "connections": args.connections,
                          "threads": args.threads, "warmup_s": args.warmup,
                          "wait_idle_s": args.wait_idle},
             "results": [asdict(r) | {"valid": r.valid, "skewed": r.skewed} for r in results],
