@@ -412,12 +412,19 @@ def test_header_lines_are_checked_once_and_refused_where_uvicorn_refuses() -> No
 
 
 def test_response_head_needs_exactly_one_numeric_length() -> None:
-    found = response_head(200, [(b"content-length", b"2"), (b"x-a", b"b")])
+    lines: dict[tuple[bytes, bytes], bytes] = {}
+    found = response_head(200, [(b"content-length", b"2"), (b"x-a", b"b")], lines)
     assert found == (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: b\r\n\r\n", 2)
-    assert response_head(200, [(b"x-a", b"b")]) is None
-    assert response_head(200, [(b"content-length", b"2")] * 2) is None
-    assert response_head(200, [(b"content-length", b"-2")]) is None
-    assert response_head(99, [(b"content-length", b"2")]) is None
+    assert lines == {(b"x-a", b"b"): b"x-a: b\r\n"}  # lengths vary: never remembered
+    assert response_head(200, [(b"content-length", b"3"), (b"x-a", b"b")], lines) == (
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-a: b\r\n\r\n", 3)
+    assert response_head(200, [(b"x-a", b"b")], lines) is None
+    assert response_head(200, [(b"content-length", b"2")] * 2, lines) is None
+    assert response_head(200, [(b"content-length", b"-2")], lines) is None
+    assert response_head(99, [(b"content-length", b"2")], lines) is None
+    assert response_head(200, [[b"content-length", b"2"]], lines) is None  # type: ignore[list-item]
+    assert response_head(200, [(b"content-length", b"2"), (b"bad name", b"v")], lines) is None
+    assert len(lines) == 1
 
 
 async def test_the_server_holds_the_apps_task_until_it_ends() -> None:

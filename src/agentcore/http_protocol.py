@@ -83,26 +83,42 @@ def header_line(name: bytes, value: bytes) -> bytes | None:
     return lowered + b": " + value + b"\r\n"
 
 
-def response_head(status: int, headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, int] | None:
+def response_head(
+    status: int, headers: Iterable[tuple[bytes, bytes]], lines: dict[tuple[bytes, bytes], bytes]
+) -> tuple[bytes, int] | None:
     """The status line and headers of a response with exactly one numeric
     Content-Length and nothing uvicorn treats specially, and that length;
-    None otherwise."""
+    None otherwise.
+
+    ``lines`` remembers the checked line of each ``(name, value)`` pair (the
+    first :data:`HEADER_LINES` distinct ones): most of a gateway's response
+    headers repeat from one response to the next, and a dict lookup on the
+    pair costs a third of a call to :func:`header_line`.
+    """
     status_line = STATUS_LINE.get(status)
     if status_line is None:
         return None
     parts = [status_line]
     length: bytes | None = None
-    for name, value in headers:
-        if name == b"content-length":
-            if length is not None or not value.isdigit():
-                return None
-            length = value
-            parts.append(b"content-length: " + value + b"\r\n")
-            continue
-        line = header_line(name, value)
-        if line is None:
-            return None
-        parts.append(line)
+    try:
+        for pair in headers:
+            line = lines.get(pair)
+            if line is None:
+                name, value = pair
+                if name == b"content-length":
+                    if length is not None or not value.isdigit():
+                        return None
+                    length = value
+                    parts.append(b"content-length: " + value + b"\r\n")
+                    continue
+                line = header_line(name, value)
+                if line is None:
+                    return None
+                if len(lines) < HEADER_LINES:
+                    lines[pair] = line
+            parts.append(line)
+    except TypeError:  # a header given as a list (unhashable): the general path
+        return None
     if length is None:
         return None
     parts.append(b"\r\n")
@@ -246,7 +262,7 @@ class Cycle:
             default = protocol.server_state.default_headers
             if default:
                 headers = [*default, *headers]
-            found = response_head(status, headers) if self.keep_alive else None
+            found = response_head(status, headers, protocol.lines) if self.keep_alive else None
             if found is not None:
                 self.head, self.remaining = found
             else:
@@ -375,6 +391,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._seen = True
         self._idle_sweeps = 0
         self._sweeper = KeepAliveSweeper.of(self.loop, server_state, self.timeout_keep_alive)
+        #: Checked header lines, shared by the server's connections (see :func:`response_head`).
+        lines: dict[tuple[bytes, bytes], bytes] | None = getattr(
+            server_state, "agentcore_header_lines", None
+        )
+        if lines is None:
+            lines = server_state.agentcore_header_lines = {}  # type: ignore[attr-defined]
+        self.lines = lines
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

@@ -17,9 +17,14 @@ from typing import Protocol
 import msgspec
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Limit:
-    """``rate`` requests per second, up to ``burst`` at once."""
+    """``rate`` requests per second, up to ``burst`` at once.
+
+    Compared and hashed by identity: each configured limit is one object for
+    the life of the middleware, and a limit is a dict key on every request (a
+    dataclass's field-wise hash measured 0.3 µs there).
+    """
 
     name: str
     rate: float
