@@ -8,6 +8,7 @@ have done. The real servers in test_server.py and tests/realtime run on it too.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 import pytest
@@ -159,6 +160,11 @@ def connect(
     return protocol, transport
 
 
+def feed(protocol: asyncio.Protocol, data: bytes) -> None:
+    """Hand ``data`` to the protocol as the event loop does: from a callback, not a task."""
+    asyncio.get_running_loop().call_soon(protocol.data_received, data)
+
+
 async def settle() -> None:
     for _ in range(20):
         await asyncio.sleep(0)
@@ -172,7 +178,7 @@ async def test_a_small_response_is_one_write_where_uvicorn_makes_two() -> None:
     seen = {}
     for cls in (HttpToolsProtocol, GatewayHttpProtocol):
         protocol, transport = connect(cls)
-        protocol.data_received(get("/"))
+        feed(protocol, get("/"))
         await settle()
         seen[cls] = transport.writes
         protocol.connection_lost(None)
@@ -185,11 +191,12 @@ async def test_a_small_response_is_one_write_where_uvicorn_makes_two() -> None:
 
 async def test_a_websocket_upgrade_takes_uvicorns_path() -> None:
     protocol, transport = connect(GatewayHttpProtocol)
-    protocol.data_received(get("/"))
+    feed(protocol, get("/"))
     await settle()
-    protocol.data_received(
+    feed(
+        protocol,
         b"GET /ws HTTP/1.1\r\nhost: test\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
-        b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+        b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
     )
     await settle()
 
@@ -230,12 +237,12 @@ async def test_what_reaches_the_socket_is_what_uvicorn_writes(request_bytes: byt
 
 async def test_a_body_arriving_in_pieces_is_waited_for() -> None:
     protocol, transport = connect(GatewayHttpProtocol)
-    protocol.data_received(b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\nhel")
+    feed(protocol, b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\nhel")
     await settle()
     assert transport.writes == []  # the app waits for the rest
-    protocol.data_received(b"lo")
+    feed(protocol, b"lo")
     await settle()
-    protocol.data_received(b"world")
+    feed(protocol, b"world")
     await settle()
 
     out = b"".join(transport.writes)
@@ -255,7 +262,7 @@ async def test_a_client_gone_mid_body_is_a_disconnect_for_the_app() -> None:
                 return
 
     protocol, transport = connect(GatewayHttpProtocol, reader)
-    protocol.data_received(b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\nab")
+    feed(protocol, b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\nab")
     await settle()
     protocol.connection_lost(None)
     await settle()
@@ -284,7 +291,7 @@ async def test_after_the_body_receive_waits_for_the_end_of_the_response() -> Non
         await task
 
     protocol, transport = connect(GatewayHttpProtocol, watcher)
-    protocol.data_received(get("/"))
+    feed(protocol, get("/"))
     await settle()
 
     assert seen == ["http.disconnect"]
@@ -307,8 +314,8 @@ async def test_idle_connections_close_after_the_keep_alive_timeout() -> None:
     sweeper = KeepAliveSweeper.of(asyncio.get_running_loop(), idle.server_state, 5.0)
     assert sweeper.interval_s == 5.0 / SWEEPS_PER_TIMEOUT
 
-    idle.data_received(get("/"))
-    busy.data_received(get("/slow"))
+    feed(idle, get("/"))
+    feed(busy, get("/slow"))
     await settle()
     for _ in range(SWEEPS_PER_TIMEOUT):  # the first sweep only clears "seen"
         sweeper.sweep()
@@ -371,7 +378,7 @@ def head_app(headers: list[tuple[bytes, bytes]], status: int = 200) -> Any:
 
 async def wire(cls: type[HttpToolsProtocol], asgi: Any, request: bytes, **options: Any) -> bytes:
     protocol, transport = connect(cls, asgi, **options)
-    protocol.data_received(request)
+    feed(protocol, request)
     await settle()
     protocol.connection_lost(None)
     return b"".join(transport.writes)
@@ -417,7 +424,9 @@ def test_response_head_needs_exactly_one_numeric_length() -> None:
     assert found == (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: b\r\n\r\n", 2)
     assert lines == {(b"x-a", b"b"): b"x-a: b\r\n"}  # lengths vary: never remembered
     assert response_head(200, [(b"content-length", b"3"), (b"x-a", b"b")], lines) == (
-        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-a: b\r\n\r\n", 3)
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-a: b\r\n\r\n",
+        3,
+    )
     assert response_head(200, [(b"x-a", b"b")], lines) is None
     assert response_head(200, [(b"content-length", b"2")] * 2, lines) is None
     assert response_head(200, [(b"content-length", b"-2")], lines) is None
@@ -435,7 +444,7 @@ async def test_the_server_holds_the_apps_task_until_it_ends() -> None:
         await app(scope, receive, send)
 
     protocol, transport = connect(GatewayHttpProtocol, slow)
-    protocol.data_received(get("/"))
+    feed(protocol, get("/"))
     await settle()
     assert len(protocol.tasks) == 1  # uvicorn's shutdown waits for these
     (task,) = protocol.tasks
@@ -444,3 +453,99 @@ async def test_the_server_holds_the_apps_task_until_it_ends() -> None:
     await settle()
     assert task.done() and protocol.tasks == set()
     assert b"".join(transport.writes).endswith(BODY)
+
+
+# -- eager start: the app's first step runs inside data_received ----------------
+
+REQUEST_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("request_path")
+
+
+async def test_an_app_that_waits_for_nothing_answers_before_data_received_returns() -> None:
+    protocol, transport = connect(GatewayHttpProtocol)
+    seen: list[tuple[bytes, int]] = []
+
+    def deliver() -> None:  # as the event loop calls a protocol
+        protocol.data_received(get("/"))
+        seen.append((b"".join(transport.writes), len(protocol.tasks)))
+
+    asyncio.get_running_loop().call_soon(deliver)
+    await settle()
+
+    assert seen == [(seen[0][0], 0)] and seen[0][0].endswith(BODY)  # no task was needed
+
+
+async def test_an_app_that_waits_goes_on_as_a_task_cancellable_through_current_task() -> None:
+    seen: dict[str, Any] = {}
+
+    async def waiting(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen["current"] = asyncio.current_task()  # kept, as deadlines keep it
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen["cancelling"] = seen["current"].cancelling()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [(b"content-length", b"0")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+
+    protocol, transport = connect(GatewayHttpProtocol, waiting)
+    feed(protocol, get("/"))
+    await settle()
+    assert len(protocol.tasks) == 1 and transport.writes == []
+
+    assert seen["current"].cancel() is True
+    await settle()
+
+    assert seen["cancelling"] == 1
+    assert b"".join(transport.writes).startswith(b"HTTP/1.1 503 ")
+    assert protocol.tasks == set()
+
+
+async def test_a_timeout_entered_before_the_first_wait_still_fires() -> None:
+    async def timed(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(5)
+            status = 200
+        except TimeoutError:
+            status = 504
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-length", b"0")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+    protocol, transport = connect(GatewayHttpProtocol, timed)
+    feed(protocol, get("/"))
+    await asyncio.sleep(0.1)
+    await settle()
+
+    assert b"".join(transport.writes).startswith(b"HTTP/1.1 504 ")
+
+
+async def test_context_set_by_one_request_is_not_seen_by_the_next() -> None:
+    seen: list[str | None] = []
+
+    async def remembering(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(REQUEST_PATH.get(None))
+        REQUEST_PATH.set(scope["path"])
+        await app(scope, receive, send)
+
+    protocol, transport = connect(GatewayHttpProtocol, remembering)
+
+    def deliver() -> None:  # two requests, one after the other, in one callback
+        protocol.data_received(get("/a"))
+        protocol.data_received(get("/b"))
+
+    asyncio.get_running_loop().call_soon(deliver)
+    await settle()
+
+    assert seen == [None, None]
+    assert b"".join(transport.writes).count(BODY) == 2

@@ -234,7 +234,11 @@ class Gateway:
         second; the database check is cached for the same time anyway, so the
         answer, uptime included, is as old as the store status it shows.
         """
-        database = await self._check_store()
+        checked = self._health
+        if checked is not None and time.monotonic() - checked[0] < HEALTH_CACHE_S:
+            database = checked[1]  # what _check_store would answer, without its await
+        else:
+            database = await self._check_store()
         cached = self._health_body
         if cached is not None and cached[0] is database:
             return Response(200, cached[1])
@@ -384,7 +388,8 @@ class Gateway:
                 answer = shedder.enter(scope)
                 if answer is None:
                     try:
-                        await self._endpoint(scope, receive, send)
+                        # Not the SSE path: what _endpoint would do, one await less.
+                        await self._http(scope, receive, send)
                     finally:
                         shedder.leave()
                     return

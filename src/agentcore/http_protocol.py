@@ -18,7 +18,12 @@ replaces that request path for the common case:
 - a :class:`Cycle` has slots and no Event: ``receive()`` makes a future only
   when it has to wait for the body;
 - the app starts after the bytes received have been parsed, so a small POST
-  finds its body already there instead of waiting a loop turn for it;
+  finds its body already there instead of waiting a loop turn for it, and it
+  starts *eagerly*: its first step runs right there, and an app that answers
+  without waiting for anything (health, a heartbeat) is done before
+  ``data_received`` returns, with no task and no loop turn; an app that does
+  wait goes on as a task from where it stopped (:func:`start_eagerly`, the
+  behaviour of Python 3.12's eager tasks, which it uses there);
 - the head of a response is held until the first body bytes and written with
   them, one ``send()`` for a small answer; heads are built from checked,
   cached header lines (:func:`header_line`);
@@ -41,10 +46,13 @@ the access log. What reaches the socket is byte for byte what uvicorn writes
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
+import sys
 import urllib.parse
-from collections.abc import Iterable
+from asyncio import tasks as asyncio_tasks
+from collections.abc import Coroutine, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -123,6 +131,100 @@ def response_head(
         return None
     parts.append(b"\r\n")
     return b"".join(parts), int(length)
+
+
+class TaskStandIn:
+    """What ``asyncio.current_task()`` returns while an app runs its eager first step.
+
+    Code that keeps the current task to cancel it later (the gateway's
+    deadlines, ``asyncio.timeout``, aiohttp's timers, ``TaskGroup``) gets this
+    object; it passes ``cancel``, ``cancelling`` and ``uncancel`` on to the task
+    that continues the app once it waits for something. Until then nothing else
+    runs, so nothing can cancel it before that task exists.
+    """
+
+    __slots__ = ("__weakref__", "task")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+
+    def cancel(self, msg: Any = None) -> bool:
+        return self.task.cancel(msg) if self.task is not None else False
+
+    def cancelling(self) -> int:
+        return self.task.cancelling() if self.task is not None else 0
+
+    def uncancel(self) -> int:
+        return self.task.uncancel() if self.task is not None else 0
+
+    def done(self) -> bool:
+        return self.task.done() if self.task is not None else False
+
+    def get_name(self) -> str:
+        return self.task.get_name() if self.task is not None else "eager-start"
+
+
+class _Resume:
+    """Awaits what a coroutine stopped on and drives it on from there (inside a Task)."""
+
+    __slots__ = ("coro", "waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+        self.coro = coro
+        self.waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, None, None]:
+        coro = self.coro
+        waiting_on = self.waiting_on  # a future, or None (a bare yield: one loop turn)
+        while True:
+            try:
+                yield waiting_on
+            except BaseException as exc:  # the task was cancelled: the coroutine sees it
+                try:
+                    waiting_on = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting_on = coro.send(None)
+            except StopIteration:
+                return
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+    await _Resume(coro, waiting_on)
+
+
+def start_eagerly(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+) -> asyncio.Task[None] | None:
+    """Run ``coro`` up to its first wait now; the task running the rest, or None
+    when it finished.
+
+    Python 3.12's eager tasks, for 3.11 (3.12 and later use the real thing):
+    the first step runs in a copy of the current context, with a
+    :class:`TaskStandIn` as the current task; if the coroutine waits, a task
+    created in the same context takes it on from the future it waits on. Called
+    from a running task (which cannot lend its place), it is an ordinary task.
+    """
+    if sys.version_info >= (3, 12):
+        task = asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+        return None if task.done() else task
+    standin = TaskStandIn()
+    try:
+        asyncio_tasks._enter_task(loop, standin)  # type: ignore[arg-type]
+    except RuntimeError:  # another task is running here
+        return loop.create_task(coro)
+    context = contextvars.copy_context()
+    try:
+        waiting_on = context.run(coro.send, None)
+    except StopIteration:
+        return None
+    finally:
+        asyncio_tasks._leave_task(loop, standin)  # type: ignore[arg-type]
+    task = loop.create_task(_resume(coro, waiting_on), context=context)
+    standin.task = task
+    return task
 
 
 class Cycle:
@@ -509,9 +611,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     # -- running ------------------------------------------------------------------
 
     def _run(self, cycle: Cycle) -> None:
-        task = self.loop.create_task(cycle.run(self.app))
-        cycle.task = task
-        self.tasks.add(task)
+        task = start_eagerly(self.loop, cycle.run(self.app))
+        if task is not None:
+            cycle.task = task
+            self.tasks.add(task)
 
     def on_response_complete(self) -> None:
         # uvicorn's, without arming a keep-alive timer (the sweeper closes idle connections).
