@@ -160,6 +160,10 @@ def connect(
     return protocol, transport
 
 
+def feed_now(protocol: asyncio.Protocol, data: bytes) -> None:
+    protocol.data_received(data)
+
+
 def feed(protocol: asyncio.Protocol, data: bytes) -> None:
     """Hand ``data`` to the protocol as the event loop does: from a callback, not a task."""
     asyncio.get_running_loop().call_soon(protocol.data_received, data)
@@ -460,18 +464,39 @@ async def test_the_server_holds_the_apps_task_until_it_ends() -> None:
 REQUEST_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("request_path")
 
 
-async def test_an_app_that_waits_for_nothing_answers_before_data_received_returns() -> None:
+async def test_an_app_that_waits_for_nothing_is_done_before_data_received_returns() -> None:
     protocol, transport = connect(GatewayHttpProtocol)
-    seen: list[tuple[bytes, int]] = []
+    seen: list[tuple[int, int, int]] = []
 
     def deliver() -> None:  # as the event loop calls a protocol
-        protocol.data_received(get("/"))
-        seen.append((b"".join(transport.writes), len(protocol.tasks)))
+        feed_now(protocol, get("/"))
+        feed_now(protocol, get("/"))
+        # Both answered, no task needed; written together after this turn.
+        seen.append(
+            (len(protocol.tasks), len(transport.writes), protocol.server_state.total_requests)
+        )
 
     asyncio.get_running_loop().call_soon(deliver)
     await settle()
 
-    assert seen == [(seen[0][0], 0)] and seen[0][0].endswith(BODY)  # no task was needed
+    assert seen == [(0, 0, 2)]
+    assert len(transport.writes) == 1 and transport.writes[0].count(BODY) == 2
+
+
+async def test_answers_go_out_before_a_refusal_that_follows_them() -> None:
+    protocol, transport = connect(GatewayHttpProtocol)
+
+    def deliver() -> None:  # an answered request, then garbage, in one loop turn
+        feed_now(protocol, get("/"))
+        feed_now(protocol, b"GET / HTTP/1.1\r\nbad header\r\n\r\n")
+
+    asyncio.get_running_loop().call_soon(deliver)
+    await settle()
+
+    out = b"".join(transport.writes)
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert out.index(BODY) < out.index(b"HTTP/1.1 400 Bad Request\r\n")
+    assert transport.closing
 
 
 async def test_an_app_that_waits_goes_on_as_a_task_cancellable_through_current_task() -> None:

@@ -25,8 +25,10 @@ replaces that request path for the common case:
   wait goes on as a task from where it stopped (:func:`start_eagerly`, the
   behaviour of Python 3.12's eager tasks, which it uses there);
 - the head of a response is held until the first body bytes and written with
-  them, one ``send()`` for a small answer; heads are built from checked,
-  cached header lines (:func:`header_line`);
+  them, one ``send()`` for a small answer, and a loop turn's answers go to
+  their sockets together in one callback after the turn (:class:`WriteBatch`;
+  writing from inside ``data_received`` measured slower); heads are built
+  from checked header lines remembered per server (:func:`response_head`);
 - idle keep-alive connections are closed by one sweep per server
   (:class:`KeepAliveSweeper`, every quarter of uvicorn's ``timeout_keep_alive``)
   instead of a timer per response: a connection is closed after between one
@@ -73,6 +75,8 @@ if TYPE_CHECKING:
 HEADER_LINES = 4096
 #: Headers that frame the message: the general path handles them.
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+#: Response bytes waiting for the write batch past which they go to the socket at once.
+FLUSH_BYTES = 64 * 1024
 #: Sweeps per keep-alive timeout; an idle connection closes after this many.
 SWEEPS_PER_TIMEOUT = 4
 
@@ -299,17 +303,17 @@ class Cycle:
             if not self.response_started:
                 await self._send_500()
             else:
-                self.protocol.transport.close()
+                self.protocol.close()
         else:
             if result is not None:
                 log.error("ASGI callable should return None, but returned '%s'.", result)
-                self.protocol.transport.close()
+                self.protocol.close()
             elif not self.response_started and not self.disconnected:
                 log.error("ASGI callable returned without starting response.")
                 await self._send_500()
             elif not self.response_complete and not self.disconnected:
                 log.error("ASGI callable returned without completing response.")
-                self.protocol.transport.close()
+                self.protocol.close()
         finally:
             # Here rather than in a done callback: one loop callback less per request.
             if self.task is not None:
@@ -395,14 +399,14 @@ class Cycle:
             self.head = None
             data = head + data
         if data:
-            protocol.transport.write(data)
+            protocol.write(data)
         if not more_body:
             if self.remaining != 0:
                 raise RuntimeError("Response content shorter than Content-Length")
             self.response_complete = True
             self.wake()
             if not self.keep_alive:
-                protocol.transport.close()
+                protocol.close()
             protocol.on_response_complete()
 
     def _general_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
@@ -474,6 +478,47 @@ class KeepAliveSweeper:
         return sweeper
 
 
+class WriteBatch:
+    """The responses of one loop turn, passed to their sockets in one callback after it.
+
+    Measured with wrk on the project machine, answering from inside
+    ``data_received`` and writing there cost about 10 µs more per request than
+    writing in a later callback (agent.ping 20,000 against 29,500 req/s): the
+    gateway handles a turn's requests first and writes their answers after.
+    One batch per server and loop; a connection joins it with its first
+    pending write of the turn.
+    """
+
+    __slots__ = ("_scheduled", "loop", "pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[GatewayHttpProtocol] = []
+        self._scheduled = False
+
+    def add(self, protocol: GatewayHttpProtocol) -> None:
+        self.pending.append(protocol)
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        pending = self.pending
+        self.pending = []
+        for protocol in pending:
+            protocol.flush()
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop, state: ServerState) -> WriteBatch:
+        """The server's batch (kept on its ``ServerState``, made on first use)."""
+        batch: WriteBatch | None = getattr(state, "agentcore_writes", None)
+        if batch is None or batch.loop is not loop:
+            batch = cls(loop)
+            state.agentcore_writes = batch  # type: ignore[attr-defined]
+        return batch
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, common requests on :class:`Cycle` (module docstring)."""
 
@@ -493,6 +538,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._seen = True
         self._idle_sweeps = 0
         self._sweeper = KeepAliveSweeper.of(self.loop, server_state, self.timeout_keep_alive)
+        self._batch = WriteBatch.of(self.loop, server_state)
+        #: Response bytes waiting for the batch (see :class:`WriteBatch`), and their size.
+        self._out: list[bytes] = []
+        self._out_size = 0
         #: Checked header lines, shared by the server's connections (see :func:`response_head`).
         lines: dict[tuple[bytes, bytes], bytes] | None = getattr(
             server_state, "agentcore_header_lines", None
@@ -505,7 +554,47 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._sweeper.ensure()
 
+    # -- writing (lean path) ----------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` with the turn's batch (at once past :data:`FLUSH_BYTES`)."""
+        out = self._out
+        if not out:
+            self._batch.add(self)
+        out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= FLUSH_BYTES:
+            self.flush()  # a large or streamed body: let the socket's backpressure act
+
+    def flush(self) -> None:
+        """Pass what waits to the socket now (dropped if it is closing)."""
+        out = self._out
+        if out:
+            self._out = []
+            self._out_size = 0
+            if not self.transport.is_closing():
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def close(self) -> None:
+        """Close the connection after what waits to be sent."""
+        self.flush()
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        self.flush()  # answers to earlier requests go first
+        super().send_400_response(msg)
+
+    def handle_websocket_upgrade(self) -> None:
+        self.flush()
+        super().handle_websocket_upgrade()
+
+    def shutdown(self) -> None:
+        self.flush()
+        super().shutdown()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._out = []
+        self._out_size = 0
         cycle = self.cycle
         if type(cycle) is Cycle:
             if not cycle.response_complete:
@@ -636,7 +725,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return
         self._idle_sweeps += 1
         if self._idle_sweeps >= SWEEPS_PER_TIMEOUT and not self.transport.is_closing():
-            self.transport.close()
+            self.close()
 
 
 #: The name earlier releases documented for ``uvicorn --http``.
