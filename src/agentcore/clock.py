@@ -11,8 +11,9 @@ class Clock(Protocol):
         """Seconds since the epoch."""
 
 
-def system_clock() -> float:
-    return time.time()
+#: The real clock: ``time.time`` itself (read on every rate-limited request and
+#: authentication; a wrapping function would add a Python call to each).
+system_clock: Clock = time.time
 
 
 class ManualClock:

@@ -63,7 +63,8 @@ def gcra(tat: float, now: float, limit: Limit, cost: int = 1) -> tuple[Decision,
     """
     interval = limit.interval_s
     tolerance = interval * limit.burst
-    tat = max(tat, now)
+    if tat < now:
+        tat = now
     new_tat = tat + interval * cost
     allow_at = new_tat - tolerance
     if now < allow_at:
