@@ -21,7 +21,6 @@ authentication off is refused unless ``--insecure`` (:func:`check_bind`).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -29,7 +28,7 @@ from agentcore import apikeys
 from agentcore.clock import Clock
 from agentcore.config import AuthConfig
 from agentcore.errors import AgentCoreError, ConfigError, Forbidden, Unauthorized
-from agentcore.http import Admission, refusal
+from agentcore.http import Admission, proceed, refusal
 from agentcore.metrics import Metrics
 from agentcore.models import DEFAULT_TENANT
 from agentcore.types import ASGIApp, Receive, Scope, Send
@@ -130,13 +129,7 @@ class AuthMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        refused = self.admit(scope)
-        if isinstance(refused, Coroutine):
-            refused = await refused
-        if refused is not None:
-            await refused(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+        await proceed(self.app, self.admit(scope), scope, receive, send)
 
     def admit(self, scope: Scope) -> Admission:
         """For an HTTP or WebSocket request: its identity (in the scope), else the

@@ -269,6 +269,15 @@ def error_response(exc: AgentCoreError, path: str | None = None) -> Response:
 Admission: TypeAlias = "ASGIApp | Coroutine[Any, Any, ASGIApp | None] | None"
 
 
+async def proceed(
+    app: ASGIApp, admission: Admission, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Go on to ``app``, or answer with the refusal an ``admit`` gave (a middleware's
+    ``__call__``)."""
+    refused = await admission if isinstance(admission, Coroutine) else admission
+    await (refused or app)(scope, receive, send)
+
+
 def refusal(
     scope: Scope, exc: AgentCoreError, headers: list[tuple[bytes, bytes]] | None = None
 ) -> Response:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agentcore.errors import Forbidden
-from agentcore.http import RESPONSE_HEADERS, Response, refusal
+from agentcore.http import RESPONSE_HEADERS, Response, proceed, refusal
 from agentcore.types import ASGIApp, Receive, Scope, Send
 
 BASE_HEADERS = [
@@ -37,11 +37,7 @@ class SecurityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refused = self.admit(scope)
-        if refused is not None:
-            await refused(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+        await proceed(self.app, self.admit(scope), scope, receive, send)
 
     def admit(self, scope: Scope) -> Response | None:
         """For an HTTP request: the response headers to add (in the scope), and

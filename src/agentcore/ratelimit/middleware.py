@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Coroutine
 from typing import get_args
 
 from agentcore.auth import IDENTITY, Identity
 from agentcore.config import RateLimitConfig
 from agentcore.errors import RateLimited, StoreUnavailable
-from agentcore.http import Admission, add_response_headers, refusal
+from agentcore.http import Admission, add_response_headers, proceed, refusal
 from agentcore.metrics import Metrics
 from agentcore.proxies import TrustedProxies
 from agentcore.ratelimit.base import Decision, Limit, RateLimiter
@@ -126,13 +125,8 @@ class RateLimitMiddleware:
             return cls
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refused = self.admit(scope) if scope["type"] == "http" else None
-        if isinstance(refused, Coroutine):
-            refused = await refused
-        if refused is not None:
-            await refused(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+        admission = self.admit(scope) if scope["type"] == "http" else None
+        await proceed(self.app, admission, scope, receive, send)
 
     def admit(self, scope: Scope) -> Admission:
         """For an HTTP request: count it, and its headers (in the scope); the 429
