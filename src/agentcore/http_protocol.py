@@ -36,7 +36,7 @@ replaces that request path for the common case:
   connection that never sends one is closed too.
 
 Everything out of the ordinary takes uvicorn's own path, request by request:
-HTTP/1.0, ``Expect: 100-continue``, upgrades (WebSockets), a request
+HTTP/1.0, ``HEAD``, ``Expect: 100-continue``, upgrades (WebSockets), a request
 pipelined behind an unfinished one, ``root_path``, ``limit_concurrency`` and
 the access log. What reaches the socket is byte for byte what uvicorn writes
 (tests/test_http_protocol.py runs both on the same requests).
