@@ -2,10 +2,11 @@
 
 uvicorn (uvloop + httptools) is the default; Granian (its Rust HTTP server,
 ``Interfaces.ASGI``, uvloop) is selectable with ``server.server = "granian"``
-/ ``--server granian``. Granian measured faster on plain HTTP (most on GETs,
-and in the latency tail) but holds about 153 KB per idle WebSocket against
-about 22 KB under uvicorn (docs/performance.md, "Which server"), and the
-gateway is first a front door for many long-lived streams. The seed's
+/ ``--server granian``. Under uvicorn the gateway runs its own httptools
+protocol (``http_protocol.GatewayHttpProtocol``), which measured faster than
+Granian on both benchmark routes (health 0.42 against 0.33 x nginx, agent.ping
+0.28 against 0.13) and holds about 22 KB per idle WebSocket against Granian's
+153 KB (docs/performance.md). The seed's
 ``uvicorn agentcore.a2a_protocol.main:app`` runs the same app under uvicorn
 by definition. The app is a plain ASGI app under both.
 
