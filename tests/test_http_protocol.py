@@ -522,6 +522,10 @@ async def test_an_app_that_waits_goes_on_as_a_task_cancellable_through_current_t
     await settle()
     assert len(protocol.tasks) == 1 and transport.writes == []
 
+    # Whatever else is asked of the kept current task is the continuing task's.
+    (task,) = protocol.tasks
+    assert seen["current"].get_coro() is task.get_coro()
+    assert seen["current"].done() is False
     assert seen["current"].cancel() is True
     await settle()
 

@@ -167,6 +167,13 @@ class TaskStandIn:
     def get_name(self) -> str:
         return self.task.get_name() if self.task is not None else "eager-start"
 
+    def __getattr__(self, name: str) -> Any:
+        # Anything else a library asks of the current task: the task's, once there is one.
+        task = object.__getattribute__(self, "task")
+        if task is None:
+            raise AttributeError(f"{name!r}: the request has not waited for anything yet")
+        return getattr(task, name)
+
 
 class _Resume:
     """Awaits what a coroutine stopped on and drives it on from there (inside a Task)."""
