@@ -19,7 +19,7 @@ from uvicorn.server import ServerState
 from agentcore.http_protocol import (
     SWEEPS_PER_TIMEOUT,
     GatewayHttpProtocol,
-    KeepAliveSweeper,
+    ServerShared,
     header_line,
     response_head,
 )
@@ -315,7 +315,7 @@ async def test_idle_connections_close_after_the_keep_alive_timeout() -> None:
     assert idle.server_state is not busy.server_state  # connect() makes one server each
     busy.server_state = idle.server_state
     idle.server_state.connections.update({idle, busy})
-    sweeper = KeepAliveSweeper.of(asyncio.get_running_loop(), idle.server_state, 5.0)
+    sweeper = ServerShared.of(asyncio.get_running_loop(), idle.server_state, 5.0).sweeper
     assert sweeper.interval_s == 5.0 / SWEEPS_PER_TIMEOUT
 
     feed(idle, get("/"))
@@ -339,8 +339,9 @@ async def test_idle_connections_close_after_the_keep_alive_timeout() -> None:
 async def test_the_sweeper_stops_with_the_last_connection() -> None:
     protocol, _ = connect(GatewayHttpProtocol)
     state = protocol.server_state
-    sweeper = KeepAliveSweeper.of(asyncio.get_running_loop(), state, 5.0)
-    assert KeepAliveSweeper.of(asyncio.get_running_loop(), state, 5.0) is sweeper
+    shared = ServerShared.of(asyncio.get_running_loop(), state, 5.0)
+    assert ServerShared.of(asyncio.get_running_loop(), state, 5.0) is shared  # one per server
+    sweeper = shared.sweeper
     assert sweeper._handle is not None  # armed by the connection
     sweeper.sweep()
     assert sweeper._handle is not None

@@ -234,11 +234,7 @@ class Gateway:
         second; the database check is cached for the same time anyway, so the
         answer, uptime included, is as old as the store status it shows.
         """
-        checked = self._health
-        if checked is not None and time.monotonic() - checked[0] < HEALTH_CACHE_S:
-            database = checked[1]  # what _check_store would answer, without its await
-        else:
-            database = await self._check_store()
+        database = self._fresh_store_status() or await self._check_store()
         cached = self._health_body
         if cached is not None and cached[0] is database:
             return Response(200, cached[1])
@@ -289,11 +285,19 @@ class Gateway:
     async def live(self, request: Request) -> Response:
         return json_response({"status": "alive"})
 
+    def _fresh_store_status(self) -> dict[str, Any] | None:
+        """The store's last checked status while it is under HEALTH_CACHE_S old, else None."""
+        checked = self._health
+        if checked is not None and time.monotonic() - checked[0] < HEALTH_CACHE_S:
+            return checked[1]
+        return None
+
     async def _check_store(self) -> dict[str, Any]:
         """The store's status, checked at most once per HEALTH_CACHE_S (health is polled hard)."""
+        fresh = self._fresh_store_status()
+        if fresh is not None:
+            return fresh
         now = time.monotonic()
-        if self._health is not None and now - self._health[0] < HEALTH_CACHE_S:
-            return self._health[1]
         backend = self.config.database_url.split(":", 1)[0]
         try:
             await self.store.check()

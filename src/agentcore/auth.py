@@ -234,10 +234,10 @@ class StoreAuthenticator:
         return None
 
     async def _api_key(self, credential: str) -> Identity:
+        identity = self.verified(credential)
+        if identity is not None:
+            return identity
         now = self._clock()
-        verified = self._verified.get(credential)
-        if verified is not None and now < verified[2]:
-            return verified[0]
         key_id, secret = apikeys.parse(credential)
         cached = self._keys.get(key_id)
         if cached is None or now >= cached[2]:

@@ -473,17 +473,6 @@ class KeepAliveSweeper:
         if found:
             self.ensure()
 
-    @classmethod
-    def of(
-        cls, loop: asyncio.AbstractEventLoop, state: ServerState, timeout_s: float
-    ) -> KeepAliveSweeper:
-        """The server's sweeper (kept on its ``ServerState``, made on first use)."""
-        sweeper: KeepAliveSweeper | None = getattr(state, "agentcore_keepalive", None)
-        if sweeper is None or sweeper.loop is not loop:
-            sweeper = cls(loop, state, timeout_s)
-            state.agentcore_keepalive = sweeper  # type: ignore[attr-defined]
-        return sweeper
-
 
 class WriteBatch:
     """The responses of one loop turn, passed to their sockets in one callback after it.
@@ -492,8 +481,8 @@ class WriteBatch:
     ``data_received`` and writing there cost about 10 µs more per request than
     writing in a later callback (agent.ping 20,000 against 29,500 req/s): the
     gateway handles a turn's requests first and writes their answers after.
-    One batch per server and loop; a connection joins it with its first
-    pending write of the turn.
+    One batch per server (:class:`ServerShared`); a connection joins it with
+    its first pending write of the turn.
     """
 
     __slots__ = ("_scheduled", "loop", "pending")
@@ -516,14 +505,30 @@ class WriteBatch:
         for protocol in pending:
             protocol.flush()
 
+
+class ServerShared:
+    """What one server's connections share: the keep-alive sweeper, the write
+    batch and the checked header lines. Kept on uvicorn's ``ServerState``
+    (one per server), made by the server's first connection."""
+
+    __slots__ = ("batch", "lines", "loop", "sweeper")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, state: ServerState, timeout_s: float):
+        self.loop = loop
+        self.sweeper = KeepAliveSweeper(loop, state, timeout_s)
+        self.batch = WriteBatch(loop)
+        #: Checked header lines by ``(name, value)`` (see :func:`response_head`).
+        self.lines: dict[tuple[bytes, bytes], bytes] = {}
+
     @classmethod
-    def of(cls, loop: asyncio.AbstractEventLoop, state: ServerState) -> WriteBatch:
-        """The server's batch (kept on its ``ServerState``, made on first use)."""
-        batch: WriteBatch | None = getattr(state, "agentcore_writes", None)
-        if batch is None or batch.loop is not loop:
-            batch = cls(loop)
-            state.agentcore_writes = batch  # type: ignore[attr-defined]
-        return batch
+    def of(
+        cls, loop: asyncio.AbstractEventLoop, state: ServerState, timeout_s: float
+    ) -> ServerShared:
+        shared: ServerShared | None = getattr(state, "agentcore_shared", None)
+        if shared is None or shared.loop is not loop:
+            shared = cls(loop, state, timeout_s)
+            state.agentcore_shared = shared  # type: ignore[attr-defined]
+        return shared
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
@@ -544,18 +549,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._start: Cycle | None = None
         self._seen = True
         self._idle_sweeps = 0
-        self._sweeper = KeepAliveSweeper.of(self.loop, server_state, self.timeout_keep_alive)
-        self._batch = WriteBatch.of(self.loop, server_state)
+        shared = ServerShared.of(self.loop, server_state, self.timeout_keep_alive)
+        self._sweeper = shared.sweeper
+        self._batch = shared.batch
+        self.lines = shared.lines
         #: Response bytes waiting for the batch (see :class:`WriteBatch`), and their size.
         self._out: list[bytes] = []
         self._out_size = 0
-        #: Checked header lines, shared by the server's connections (see :func:`response_head`).
-        lines: dict[tuple[bytes, bytes], bytes] | None = getattr(
-            server_state, "agentcore_header_lines", None
-        )
-        if lines is None:
-            lines = server_state.agentcore_header_lines = {}  # type: ignore[attr-defined]
-        self.lines = lines
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

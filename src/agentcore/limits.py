@@ -50,7 +50,7 @@ class LoadShedMiddleware:
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            self.leave()
 
     def enter(self, scope: Scope) -> Response | None:
         """Count one more request in flight (the caller calls :meth:`leave` when it
