@@ -59,6 +59,7 @@ import queue
 import re
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -72,11 +73,16 @@ from agentcore.store.sql import Driver, ready
 MEMORY = ":memory:"
 
 _WRITER_PRAGMAS = (
+    "PRAGMA busy_timeout=5000",
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
-    "PRAGMA busy_timeout=5000",
     "PRAGMA foreign_keys=OFF",
 )
+#: How long opening a connection retries a pragma the database is locked for.
+#: Switching to WAL takes an exclusive lock and SQLite can answer "locked" at
+#: once, without its busy handler, while another process opens the same new
+#: file (several workers starting together).
+PRAGMA_RETRY_S = 5.0
 _READER_PRAGMAS = (
     "PRAGMA busy_timeout=5000",
     "PRAGMA query_only=ON",
@@ -130,11 +136,25 @@ def _connect(path: str, pragmas: Sequence[str]) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         for pragma in pragmas:
-            conn.execute(pragma)
+            _execute_retrying(conn, pragma)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _execute_retrying(conn: sqlite3.Connection, sql: str) -> None:
+    """``sql``, retried for up to :data:`PRAGMA_RETRY_S` while the database is locked
+    (called in the store's own threads: the sleep blocks no event loop)."""
+    deadline = time.monotonic() + PRAGMA_RETRY_S
+    while True:
+        try:
+            conn.execute(sql)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
 
 
 def _run(conn: sqlite3.Connection, kind: str, sql: str, args: Any) -> Any:
