@@ -1011,10 +1011,9 @@ def merge(rounds: Sequence[Result]) -> Result:
         for kind, count in r.socket_errors.items():
             merged.socket_errors[kind] = merged.socket_errors.get(kind, 0) + count
     timed = [r for r in rounds if r.duration_s]
-    total = sum(r.duration_s for r in timed)
     for name in ("server_cpu_pct", "wrk_cpu_pct", "other_cpu_pct"):
         values = [(getattr(r, name), r.duration_s) for r in timed if getattr(r, name) is not None]
-        if values and total:
+        if values:
             setattr(merged, name, sum(v * d for v, d in values) / sum(d for _, d in values))
     if merged.server_cpu_pct is not None and merged.requests:
         merged.server_cpu_us_per_request = (
