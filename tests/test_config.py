@@ -308,21 +308,21 @@ def test_non_positive_values_are_refused(section: str, key: str) -> None:
     assert f"{section}.{key}" in config_error(overrides={section: {key: 0}})
 
 
-@pytest.mark.parametrize("count", [-1, 65])
-def test_read_connections_out_of_range_is_refused(count: int) -> None:
-    assert "database.read_connections" in config_error(
-        overrides={"database": {"read_connections": count}}
+@pytest.mark.parametrize("seconds", [0, -1, 3601, float("nan")])
+def test_statement_timeout_out_of_range_is_refused(seconds: float) -> None:
+    assert "database.statement_timeout_s" in config_error(
+        overrides={"database": {"statement_timeout_s": seconds}}
     )
 
 
-def test_read_connections_reach_the_sqlite_driver(tmp_path: Path) -> None:
+def test_statement_timeout_reaches_the_sqlite_driver(tmp_path: Path) -> None:
     config = load_config(
-        environ={}, overrides={"database": {"data_dir": str(tmp_path), "read_connections": 2}}
+        environ={}, overrides={"database": {"data_dir": str(tmp_path), "statement_timeout_s": 2.5}}
     )
     gateway = create_app(config)
     assert isinstance(gateway.store, SqlStore)
     assert isinstance(gateway.store.db, SqliteDatabase)
-    assert gateway.store.db._read_connections == 2
+    assert gateway.store.db._statement_timeout_s == 2.5
 
 
 def test_nan_interval_is_refused(tmp_path: Path) -> None:

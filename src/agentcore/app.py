@@ -101,7 +101,7 @@ class Gateway:
             config.database_url,
             pool_min_size=config.database.pool_min_size,
             pool_max_size=config.database.pool_max_size,
-            read_connections=config.database.read_connections,
+            statement_timeout_s=config.database.statement_timeout_s,
         )
         self.metrics = Metrics(metrics_dir) if config.metrics.enabled else None
         #: The in-process hub every stream subscribes to; fed by the event log.
@@ -112,7 +112,7 @@ class Gateway:
         self.registry = Registry(self.store, self.events, config.registry, clock)
         self.tasks = TaskService(self.store, self.events, config.tasks, clock)
         self.registry.on_available = self.tasks.on_agent_available
-        self.registry.on_unavailable = self.tasks.on_agent_unavailable
+        self.registry.on_leave = self.tasks.release
         #: Blob storage (local files or S3); clients are created on first use.
         self.blobs = blobs or open_blob_store(
             config.storage, config.database.data_dir, os.environ, clock
@@ -521,7 +521,7 @@ class Gateway:
         await self.close_streams()
         with contextlib.suppress(StoreUnavailable):
             await self.registry.flush()
-        await self.events.close()  # the writer commits what is queued, then returns
+        await self.events.close()  # the fan-out sends what is queued, then returns
         if self._background:
             _, pending = await asyncio.wait(self._background, timeout=SHUTDOWN_GRACE_S)
             for task in pending:
@@ -529,7 +529,7 @@ class Gateway:
             await asyncio.gather(*pending, return_exceptions=True)
         await self.tasks.close()
         if self.fanout is not None:
-            await self.fanout.close()  # after the writer: its last batches were fanned out
+            await self.fanout.close()  # after the log: its last batches were fanned out
         await self.bus.close()
         await self.limiter.close()
         await self.blobs.close()

@@ -65,9 +65,10 @@ class DatabaseConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     #: asyncpg pool size per worker (PostgreSQL only).
     pool_min_size: int = 1
     pool_max_size: int = 10
-    #: SQLite only: read-only connections (one thread each) answering SELECTs beside
-    #: the one group-committing writer; 0 runs reads on the writer's connection.
-    read_connections: int = 4
+    #: Longest a single SQL statement may run before it is stopped and answered
+    #: with ``query_timeout`` (SQLite runs on the event loop: this bounds how long
+    #: one query can hold every other request; PostgreSQL: ``statement_timeout``).
+    statement_timeout_s: float = 1.0
 
 
 class RegistryConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -93,10 +94,6 @@ class TasksConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 class EventsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: Capacity of each internal subscriber queue of the in-process hub.
     subscriber_queue_size: int = 10_000
-    #: Events waiting for the log writer; past it publishers wait (back-pressure).
-    writer_queue_size: int = 10_000
-    #: Most events committed in one transaction.
-    batch_max: int = 1_000
     #: Events kept for replay: the newest this many...
     retention_count: int = 1_000_000
     #: ...and none older than this (seconds).
@@ -459,8 +456,6 @@ def _check(config: Config) -> None:
     positive("limits.max_batch_size", config.limits.max_batch_size)
     for key in (
         "subscriber_queue_size",
-        "writer_queue_size",
-        "batch_max",
         "retention_count",
         "retention_s",
         "trim_interval_s",
@@ -554,10 +549,10 @@ def _check(config: Config) -> None:
             "invalid configuration: database.pool_max_size: need 1 <= pool_min_size <= "
             "pool_max_size"
         )
-    if not 0 <= config.database.read_connections <= 64:
+    if not 0 < config.database.statement_timeout_s <= 3600:
         raise ConfigError(
-            "invalid configuration: database.read_connections: need 0 to 64 "
-            f"(got {config.database.read_connections})"
+            "invalid configuration: database.statement_timeout_s: need more than 0 and at "
+            f"most 3600 (got {config.database.statement_timeout_s})"
         )
 
 

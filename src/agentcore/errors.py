@@ -11,6 +11,7 @@ handler only ever ``raise``\\ s.
     AgentCoreError                  500  -32603  (a bug: never raised on purpose)
     ├── ConfigError                  -      -    bad configuration, stops startup
     ├── StoreUnavailable            503  -32000  the database (or Redis) cannot be reached
+    │   └── QueryTimeout            503  -32014  a statement ran past its time limit, stopped
     ├── Overloaded                  503  -32030  load shed: too many requests in flight
     ├── HandlerTimeout              503  -32032  the handler ran past limits.handler_timeout_s
     ├── ProviderError               502  -32060  every LLM provider tried failed
@@ -88,6 +89,14 @@ class StoreUnavailable(AgentCoreError):
     status = 503
     code = -32000
     title = "store_unavailable"
+
+
+class QueryTimeout(StoreUnavailable):
+    """A store statement ran past its time limit and was stopped (so it could not
+    stall the other requests)."""
+
+    code = -32014
+    title = "query_timeout"
 
 
 class ClientError(AgentCoreError):

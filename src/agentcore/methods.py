@@ -13,12 +13,14 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from agentcore import cursor
 from agentcore.jsonrpc import Context, Method
 from agentcore.models import (
     Agent,
     AgentCard,
     AgentQuery,
     AgentStatus,
+    Cursor,
     Id,
     Label,
     Limit,
@@ -50,6 +52,8 @@ class ListAgentsParams(_Params, kw_only=True):
     status: AgentStatus | None = None
     limit: Limit = 100
     offset: Offset = 0
+    #: The previous page's ``next_cursor``.
+    after: Cursor | None = None
 
 
 class DiscoverParams(_Params, kw_only=True):
@@ -59,6 +63,8 @@ class DiscoverParams(_Params, kw_only=True):
     name_pattern: NamePattern | None = None
     limit: Limit = 100
     offset: Offset = 0
+    #: The previous page's ``next_cursor``.
+    after: Cursor | None = None
 
 
 class CreateTaskParams(_Params, kw_only=True):
@@ -105,6 +111,8 @@ class AgentList(msgspec.Struct, kw_only=True):
     count: int
     limit: int
     offset: int
+    #: Pass as ``after`` for the next page; null on the last page.
+    next_cursor: str | None = None
 
 
 class TaskList(msgspec.Struct, kw_only=True):
@@ -112,6 +120,8 @@ class TaskList(msgspec.Struct, kw_only=True):
     count: int
     limit: int
     offset: int
+    #: Pass as ``after`` for the next page; null on the last page.
+    next_cursor: str | None = None
 
 
 class Unregistered(msgspec.Struct, kw_only=True):
@@ -121,6 +131,28 @@ class Unregistered(msgspec.Struct, kw_only=True):
 
 def _page(limit: int, max_page: int) -> int:
     return min(limit, max_page)
+
+
+def _agent_page(agents: list[Agent], limit: int, offset: int) -> AgentList:
+    last = agents[-1] if len(agents) == limit else None
+    return AgentList(
+        agents=agents,
+        count=len(agents),
+        limit=limit,
+        offset=offset,
+        next_cursor=None if last is None else cursor.encode(last.name, last.agent_id),
+    )
+
+
+def _task_page(tasks: list[Task], limit: int, offset: int) -> TaskList:
+    last = tasks[-1] if len(tasks) == limit else None
+    return TaskList(
+        tasks=tasks,
+        count=len(tasks),
+        limit=limit,
+        offset=offset,
+        next_cursor=None if last is None else cursor.encode(last.created_at, last.task_id),
+    )
 
 
 def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list[Method[Any]]:
@@ -145,9 +177,11 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
     async def list_agents(p: ListAgentsParams, ctx: Context) -> AgentList:
         limit = _page(p.limit, max_page)
         agents = await registry.query(
-            AgentQuery(status=p.status, tenant=ctx.tenant, limit=limit, offset=p.offset)
+            AgentQuery(
+                status=p.status, tenant=ctx.tenant, limit=limit, offset=p.offset, after=p.after
+            )
         )
-        return AgentList(agents=agents, count=len(agents), limit=limit, offset=p.offset)
+        return _agent_page(agents, limit, p.offset)
 
     async def discover(p: DiscoverParams, ctx: Context) -> AgentList:
         limit = _page(p.limit, max_page)
@@ -160,9 +194,10 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
                 tenant=ctx.tenant,
                 limit=limit,
                 offset=p.offset,
+                after=p.after,
             )
         )
-        return AgentList(agents=agents, count=len(agents), limit=limit, offset=p.offset)
+        return _agent_page(agents, limit, p.offset)
 
     async def ping(p: AgentIdParams, ctx: Context) -> PingResult:
         ctx.require_agent(p.agent_id)
@@ -183,7 +218,7 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
         limit = _page(p.limit, max_page)
         query = msgspec.structs.replace(p, tenant=ctx.tenant, limit=limit)
         found = await tasks.query(query)
-        return TaskList(tasks=found, count=len(found), limit=limit, offset=p.offset)
+        return _task_page(found, limit, p.offset)
 
     async def start_task(p: TaskActorParams, ctx: Context) -> Task:
         return await tasks.start(p.task_id, actor(p.agent_id, ctx), tenant=ctx.tenant)
@@ -234,7 +269,7 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
             ListAgentsParams,
             list_agents,
             AgentList,
-            "All agents, optionally by status, ordered by name.",
+            "All agents, optionally by status, ordered by name; page with after=next_cursor.",
             scope="agents:read",
         ),
         Method(
@@ -243,7 +278,8 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
             discover,
             AgentList,
             "Agents having ALL the given capabilities and tags; active only unless "
-            "a status is given; name_pattern is a case-insensitive glob.",
+            "a status is given; name_pattern is a case-insensitive glob; ordered by name, "
+            "page with after=next_cursor.",
             scope="agents:read",
         ),
         Method(
@@ -277,7 +313,8 @@ def build_methods(registry: Registry, tasks: TaskService, max_page: int) -> list
             TaskQuery,
             query_tasks,
             TaskList,
-            "Tasks by status, agent, type, priority and creation time, oldest first.",
+            "Tasks by status, agent, type, priority and creation time, oldest first; "
+            "page with after=next_cursor.",
             scope="tasks:read",
         ),
         Method(

@@ -28,6 +28,8 @@ NamePattern = Annotated[str, Meta(max_length=256, pattern=NO_NUL)]
 MAX_INT64 = 2**63 - 1
 Limit = Annotated[int, Meta(ge=1, le=MAX_INT64)]
 Offset = Annotated[int, Meta(ge=0, le=MAX_INT64)]
+#: ``next_cursor`` of the previous page (``agentcore.cursor``).
+Cursor = Annotated[str, Meta(min_length=1, max_length=512)]
 PriorityInt = Annotated[int, Meta(ge=1, le=10)]
 PriorityName = Literal["low", "normal", "high", "critical"]
 
@@ -113,6 +115,8 @@ class AgentQuery(_Wire, kw_only=True, forbid_unknown_fields=True):
     tenant: str | None = None
     limit: Limit = 100
     offset: Offset = 0
+    #: Continue after this cursor (the previous page's ``next_cursor``).
+    after: Cursor | None = None
 
 
 # -- tasks --------------------------------------------------------------------
@@ -193,6 +197,8 @@ class TaskQuery(_Wire, kw_only=True, forbid_unknown_fields=True):
     tenant: str | None = None
     limit: Limit = 100
     offset: Offset = 0
+    #: Continue after this cursor (the previous page's ``next_cursor``).
+    after: Cursor | None = None
 
 
 def priority_value(priority: int | str) -> int:

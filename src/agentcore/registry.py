@@ -19,11 +19,13 @@ from agentcore.clock import Clock
 from agentcore.config import RegistryConfig
 from agentcore.entropy import random_hex
 from agentcore.errors import AgentAlreadyExists, AgentNotFound
-from agentcore.events.base import Publisher
+from agentcore.events.log import Change, EventLog
 from agentcore.models import DEFAULT_TENANT, Agent, AgentCard, AgentQuery, AgentStatus
 from agentcore.store.base import Store
 
 AgentHook = Callable[[str], Awaitable[None]]
+#: Called inside the change that takes an agent away (its tasks are released in it).
+LeaveHook = Callable[[Change, str], Awaitable[int]]
 
 
 class PingResult(msgspec.Struct, kw_only=True):
@@ -36,7 +38,7 @@ class PingResult(msgspec.Struct, kw_only=True):
 
 class Registry:
     def __init__(
-        self, store: Store, events: Publisher, config: RegistryConfig, clock: Clock
+        self, store: Store, events: EventLog, config: RegistryConfig, clock: Clock
     ) -> None:
         self._store = store
         self._events = events
@@ -46,15 +48,22 @@ class Registry:
         self._beats: dict[str, float] = {}
         #: Agents this worker knows to be active: id -> (cache expiry, tenant).
         self._active_until: dict[str, tuple[float, str]] = {}
-        #: Called with an agent id when it becomes available (registered or back
-        #: from inactive) and when it goes away; the task service hooks in here.
+        #: The task service hooks in here. ``on_available`` runs after an agent
+        #: became available (registered, or back from inactive) has committed;
+        #: ``on_leave`` runs inside the change that takes an agent away and
+        #: returns how many of its tasks it released (then ``on_available`` of
+        #: no one runs, to reassign them).
         self.on_available: AgentHook | None = None
-        self.on_unavailable: AgentHook | None = None
+        self.on_leave: LeaveHook | None = None
 
-    async def _emit(self, event_type: str, agent_id: str, tenant: str, **data: object) -> None:
-        await self._events.publish(
-            event_type, {"agent_id": agent_id, **data}, tenant=tenant, source="registry"
-        )
+    @staticmethod
+    def _emit(
+        change: Change, event_type: str, agent_id: str, tenant: str, **data: object
+    ) -> None:
+        change.emit(event_type, {"agent_id": agent_id, **data}, tenant=tenant, source="registry")
+
+    async def _left(self, change: Change, agent_id: str) -> int:
+        return 0 if self.on_leave is None else await self.on_leave(change, agent_id)
 
     async def register(
         self, card: AgentCard, *, override: bool = False, tenant: str = DEFAULT_TENANT
@@ -74,20 +83,26 @@ class Registry:
             updated_at=now,
             last_seen=now,
         )
-        if override:
-            existing = await self._store.get_agent(agent_id)
-            if existing is not None and existing.tenant != tenant:
-                override = False  # another tenant's agent is never taken over
-        if not await self._store.put_agent(agent, replace=override):
-            raise AgentAlreadyExists(
-                f"agent {agent_id!r} is already registered; "
-                "pass override_existing=true to replace it"
+        async with self._events.change() as change:
+            if override:
+                existing = await change.store.get_agent(agent_id)
+                if existing is not None and existing.tenant != tenant:
+                    override = False  # another tenant's agent is never taken over
+            if not await change.store.put_agent(agent, replace=override):
+                raise AgentAlreadyExists(
+                    f"agent {agent_id!r} is already registered; "
+                    "pass override_existing=true to replace it"
+                )
+            self._emit(
+                change,
+                "agent.registered",
+                agent_id,
+                tenant,
+                name=agent.name,
+                capabilities=agent.capabilities,
             )
         self._beats.pop(agent_id, None)
         self._active_until[agent_id] = (now + self._config.agent_cache_ttl_s, tenant)
-        await self._emit(
-            "agent.registered", agent_id, tenant, name=agent.name, capabilities=agent.capabilities
-        )
         if self.on_available is not None:
             await self.on_available(agent_id)
         return agent
@@ -135,23 +150,28 @@ class Registry:
         if agent.tenant != tenant:
             raise AgentNotFound(f"agent {agent_id!r} not found")
         if agent.status is AgentStatus.INACTIVE:
-            await self._store.touch_agents([(agent_id, now)])
-            await self._emit("agent.active", agent_id, agent.tenant)
+            async with self._events.change() as change:
+                await change.store.touch_agents([(agent_id, now)])
+                self._emit(change, "agent.active", agent_id, agent.tenant)
             if self.on_available is not None:
                 await self.on_available(agent_id)
         self._active_until[agent_id] = (now + self._config.agent_cache_ttl_s, agent.tenant)
 
     async def unregister(self, agent_id: str, tenant: str | None = None) -> None:
-        agent = await self._store.get_agent(agent_id)
-        if agent is None or (tenant is not None and agent.tenant != tenant):
-            raise AgentNotFound(f"agent {agent_id!r} not found")
-        if not await self._store.delete_agent(agent_id):
-            raise AgentNotFound(f"agent {agent_id!r} not found")
+        """Delete the agent, emit ``agent.unregistered`` and release its assigned tasks,
+        in one change; then offer the released tasks to the other agents."""
+        async with self._events.change() as change:
+            agent = await change.store.get_agent(agent_id)
+            if agent is None or (tenant is not None and agent.tenant != tenant):
+                raise AgentNotFound(f"agent {agent_id!r} not found")
+            if not await change.store.delete_agent(agent_id):
+                raise AgentNotFound(f"agent {agent_id!r} not found")
+            self._emit(change, "agent.unregistered", agent_id, agent.tenant)
+            released = await self._left(change, agent_id)
         self._beats.pop(agent_id, None)
         self._active_until.pop(agent_id, None)
-        await self._emit("agent.unregistered", agent_id, agent.tenant)
-        if self.on_unavailable is not None:
-            await self.on_unavailable(agent_id)
+        if released and self.on_available is not None:
+            await self.on_available(agent_id)
 
     async def flush(self) -> int:
         """Write pending heartbeats in one batch; returns how many."""
@@ -171,10 +191,14 @@ class Registry:
         """Flush, then mark agents silent for longer than the TTL inactive."""
         await self.flush()
         now = self._clock()
-        expired = await self._store.expire_agents(now - self._config.heartbeat_ttl_s, now)
-        for agent_id, tenant in expired:
+        released = 0
+        async with self._events.change() as change:
+            expired = await change.store.expire_agents(now - self._config.heartbeat_ttl_s, now)
+            for agent_id, tenant in expired:
+                self._emit(change, "agent.inactive", agent_id, tenant)
+                released += await self._left(change, agent_id)
+        for agent_id, _ in expired:
             self._active_until.pop(agent_id, None)
-            await self._emit("agent.inactive", agent_id, tenant)
-            if self.on_unavailable is not None:
-                await self.on_unavailable(agent_id)
+        if released and self.on_available is not None:
+            await self.on_available(expired[0][0])
         return [agent_id for agent_id, _ in expired]

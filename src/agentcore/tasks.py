@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -30,7 +30,7 @@ from agentcore.clock import Clock
 from agentcore.config import TasksConfig
 from agentcore.entropy import random_hex
 from agentcore.errors import Forbidden, InvalidTransition, TaskAlreadyExists, TaskNotFound
-from agentcore.events.base import Publisher
+from agentcore.events.log import Change, EventLog
 from agentcore.models import (
     DEFAULT_TENANT,
     Task,
@@ -64,7 +64,7 @@ def check_transition(task: Task, target: TaskStatus) -> None:
 
 
 class TaskService:
-    def __init__(self, store: Store, events: Publisher, config: TasksConfig, clock: Clock) -> None:
+    def __init__(self, store: Store, events: EventLog, config: TasksConfig, clock: Clock) -> None:
         self._store = store
         self._events = events
         self._config = config
@@ -72,12 +72,10 @@ class TaskService:
         #: The pass over pending tasks in progress, shared by every caller meanwhile.
         self._pass: asyncio.Future[int] | None = None
         self._again = False
-        #: Tasks this worker created and is assigning right now: a pass leaves them
-        #: to their own ``create`` (they are pending only between insert and assign).
-        self._creating: set[str] = set()
 
-    async def _emit(self, event_type: str, task: Task, **data: object) -> None:
-        await self._events.publish(
+    @staticmethod
+    def _emit(change: Change, event_type: str, task: Task, **data: object) -> None:
+        change.emit(
             event_type,
             {
                 "task_id": task.task_id,
@@ -93,10 +91,7 @@ class TaskService:
 
     async def get(self, task_id: str, tenant: str | None = None) -> Task:
         """The task; another tenant's task is reported as not found."""
-        task = await self._store.get_task(task_id)
-        if task is None or (tenant is not None and task.tenant != tenant):
-            raise TaskNotFound(f"task {task_id!r} not found")
-        return task
+        return _visible(await self._store.get_task(task_id), task_id, tenant)
 
     async def query(self, query: TaskQuery) -> list[Task]:
         return await self._store.query_tasks(query)
@@ -104,6 +99,8 @@ class TaskService:
     # -- create and assign ----------------------------------------------------
 
     async def create(self, definition: TaskDefinition, *, tenant: str = DEFAULT_TENANT) -> Task:
+        """Insert the task, assigned at once when a capable agent is active: the row,
+        the agent's load and both events in one transaction."""
         now = self._clock()
         max_retries = definition.max_retries
         task = Task(
@@ -124,31 +121,32 @@ class TaskService:
             updated_at=now,
             version=1,
         )
-        self._creating.add(task.task_id)
-        try:
-            if not await self._store.insert_task(task):
+        async with self._events.change() as change:
+            store = change.store
+            agent_id = await store.least_loaded_agent(task.required_capabilities, tenant)
+            stored = task if agent_id is None else self._assigned(task, agent_id)
+            if not await store.insert_task(stored):
                 raise TaskAlreadyExists(
                     f"task {task.task_id!r} already exists", data={"task_id": task.task_id}
                 )
-            await self._emit("task.created", task, type=task.type, priority=task.priority)
-            assigned = await self._try_assign(task)
-        finally:
-            self._creating.discard(task.task_id)
-        return assigned or task
+            self._emit(change, "task.created", task, type=task.type, priority=task.priority)
+            if stored is not task:
+                self._emit(change, "task.assigned", stored)
+        return stored
 
-    async def _pick_agent(self, task: Task) -> str | None:
-        return await self._store.least_loaded_agent(task.required_capabilities, task.tenant)
+    def _assigned(self, task: Task, agent_id: str) -> Task:
+        deadline = self._clock() + task.timeout_seconds if task.timeout_seconds else None
+        return self._next(task, S.ASSIGNED, agent_id=agent_id, deadline=deadline)
 
-    async def _try_assign(self, task: Task) -> Task | None:
-        agent_id = await self._pick_agent(task)
+    async def _try_assign(self, change: Change, task: Task) -> Task | None:
+        """Inside ``change``: assign the pending ``task`` to the least-loaded capable agent."""
+        agent_id = await change.store.least_loaded_agent(task.required_capabilities, task.tenant)
         if agent_id is None:
             return None
-        now = self._clock()
-        deadline = now + task.timeout_seconds if task.timeout_seconds else None
-        updated = self._next(task, S.ASSIGNED, agent_id=agent_id, deadline=deadline)
-        if not await self._store.update_task(updated):
+        updated = self._assigned(task, agent_id)
+        if not await change.store.update_task(updated):
             return None  # someone else assigned or cancelled it meanwhile
-        await self._emit("task.assigned", updated)
+        self._emit(change, "task.assigned", updated)
         return updated
 
     async def assign_pending(self) -> int:
@@ -173,10 +171,12 @@ class TaskService:
         while again:
             self._again = False
             for task in await self._store.pending_tasks(PENDING_BATCH):
-                if task.task_id in self._creating:
-                    continue
-                if await self._try_assign(task) is not None:
-                    assigned += 1
+                async with self._events.change() as change:
+                    current = await change.store.get_task(task.task_id)
+                    if current is None or current.status is not S.PENDING:
+                        continue
+                    if await self._try_assign(change, current) is not None:
+                        assigned += 1
             again = self._again
         return assigned
 
@@ -190,17 +190,19 @@ class TaskService:
     async def on_agent_available(self, agent_id: str) -> None:
         await self.assign_pending()
 
-    async def on_agent_unavailable(self, agent_id: str) -> None:
-        """Put the agent's assigned (not yet started) tasks back to pending."""
-        tasks = await self._store.query_tasks(
+    async def release(self, change: Change, agent_id: str) -> int:
+        """Inside ``change``: put the agent's assigned (not yet started) tasks back to
+        pending; returns how many. The caller runs :meth:`assign_pending` after the commit."""
+        tasks = await change.store.query_tasks(
             TaskQuery(agent_id=agent_id, status=S.ASSIGNED, limit=self._config.max_page_size)
         )
+        released = 0
         for task in tasks:
-            released = self._next(task, S.PENDING, agent_id=None, deadline=None)
-            if await self._store.update_task(released):
-                await self._emit("task.released", released, previous_agent_id=agent_id)
-        if tasks:
-            await self.assign_pending()
+            pending = self._next(task, S.PENDING, agent_id=None, deadline=None)
+            if await change.store.update_task(pending):
+                self._emit(change, "task.released", pending, previous_agent_id=agent_id)
+                released += 1
+        return released
 
     # -- transitions ----------------------------------------------------------
 
@@ -215,25 +217,38 @@ class TaskService:
         task_id: str,
         acting_agent: str | None,
         build: Callable[[Task], Task],
-        tenant: str | None = None,
+        tenant: str | None,
+        event: Callable[[Change, Task], Awaitable[Task]],
     ) -> Task:
+        """Read, check, write and emit in one change; a concurrent writer (another
+        process) makes the compare-and-set fail, and the change is tried again."""
         for _ in range(CAS_ATTEMPTS):
-            task = await self.get(task_id, tenant)
-            if acting_agent is not None and task.agent_id != acting_agent:
-                raise Forbidden(
-                    f"task {task_id!r} is not assigned to agent {acting_agent!r}",
-                    data={"task_id": task_id, "agent_id": task.agent_id},
-                )
-            updated = build(task)
-            if await self._store.update_task(updated):
-                return updated
+            async with self._events.change() as change:
+                task = _visible(await change.store.get_task(task_id), task_id, tenant)
+                if acting_agent is not None and task.agent_id != acting_agent:
+                    raise Forbidden(
+                        f"task {task_id!r} is not assigned to agent {acting_agent!r}",
+                        data={"task_id": task_id, "agent_id": task.agent_id},
+                    )
+                updated = build(task)
+                if await change.store.update_task(updated):
+                    return await event(change, updated)
         raise InvalidTransition(f"task {task_id!r} is changing concurrently; retry")
+
+    def _emitting(
+        self, event_type: str, **data: Any
+    ) -> Callable[[Change, Task], Awaitable[Task]]:
+        async def emit(change: Change, task: Task) -> Task:
+            self._emit(change, event_type, task, **data)
+            return task
+
+        return emit
 
     async def start(
         self, task_id: str, agent_id: str | None = None, *, tenant: str | None = None
     ) -> Task:
         now = self._clock()
-        task = await self._transition(
+        return await self._transition(
             task_id,
             agent_id,
             lambda t: (
@@ -242,9 +257,8 @@ class TaskService:
                 else _refuse(t, S.RUNNING)
             ),
             tenant,
+            self._emitting("task.started"),
         )
-        await self._emit("task.started", task)
-        return task
 
     async def update(
         self,
@@ -265,9 +279,11 @@ class TaskService:
                 step=t.step if step is None else step,
             )
 
-        task = await self._transition(task_id, agent_id, build, tenant)
-        await self._emit("task.progress", task, progress=task.progress, step=task.step)
-        return task
+        async def emit(change: Change, task: Task) -> Task:
+            self._emit(change, "task.progress", task, progress=task.progress, step=task.step)
+            return task
+
+        return await self._transition(task_id, agent_id, build, tenant, emit)
 
     async def complete(
         self,
@@ -293,14 +309,15 @@ class TaskService:
                 deadline=None,
             )
 
-        task = await self._transition(task_id, agent_id, build, tenant)
-        await self._emit("task.completed", task)
-        return task
+        return await self._transition(
+            task_id, agent_id, build, tenant, self._emitting("task.completed")
+        )
 
     async def fail(
         self, task_id: str, *, error: Any, agent_id: str | None = None, tenant: str | None = None
     ) -> Task:
-        """Fail the task; while retries remain it goes back to pending and is reassigned."""
+        """Fail the task; while retries remain it goes back to pending and is reassigned
+        in the same change."""
         now = self._clock()
 
         def build(t: Task) -> Task:
@@ -320,12 +337,14 @@ class TaskService:
                 )
             return self._next(t, S.FAILED, error=error, completed_at=now, deadline=None)
 
-        task = await self._transition(task_id, agent_id, build, tenant)
-        if task.status is S.PENDING:
-            await self._emit("task.retrying", task, retries=task.retries, error=error)
-            return await self._try_assign(task) or task
-        await self._emit("task.failed", task, error=error)
-        return task
+        async def emit(change: Change, task: Task) -> Task:
+            if task.status is S.PENDING:
+                self._emit(change, "task.retrying", task, retries=task.retries, error=error)
+                return await self._try_assign(change, task) or task
+            self._emit(change, "task.failed", task, error=error)
+            return task
+
+        return await self._transition(task_id, agent_id, build, tenant, emit)
 
     async def cancel(
         self,
@@ -336,25 +355,32 @@ class TaskService:
         tenant: str | None = None,
     ) -> Task:
         now = self._clock()
-        task = await self._transition(
+        return await self._transition(
             task_id,
             agent_id,
             lambda t: self._next(t, S.CANCELLED, error=reason, completed_at=now, deadline=None),
             tenant,
+            self._emitting("task.cancelled", reason=reason),
         )
-        await self._emit("task.cancelled", task, reason=reason)
-        return task
 
     async def expire_due(self) -> list[str]:
-        """Move assigned or running tasks past their deadline to ``timed_out``."""
+        """Move assigned or running tasks past their deadline to ``timed_out``, in one change."""
         now = self._clock()
         expired: list[str] = []
-        for task in await self._store.due_tasks(now, PENDING_BATCH):
-            timed_out = self._next(task, S.TIMED_OUT, completed_at=now, deadline=None)
-            if await self._store.update_task(timed_out):
-                expired.append(task.task_id)
-                await self._emit("task.timed_out", timed_out)
+        async with self._events.change() as change:
+            for task in await change.store.due_tasks(now, PENDING_BATCH):
+                timed_out = self._next(task, S.TIMED_OUT, completed_at=now, deadline=None)
+                if await change.store.update_task(timed_out):
+                    expired.append(task.task_id)
+                    self._emit(change, "task.timed_out", timed_out)
         return expired
+
+
+def _visible(task: Task | None, task_id: str, tenant: str | None) -> Task:
+    """The task; missing or another tenant's is reported as not found."""
+    if task is None or (tenant is not None and task.tenant != tenant):
+        raise TaskNotFound(f"task {task_id!r} not found")
+    return task
 
 
 def _refuse(task: Task, target: TaskStatus) -> Task:

@@ -1,4 +1,4 @@
-"""The durable event log: gap-free ids, group commit, replay, retention, shutdown."""
+"""The durable event log: changes with their events, gap-free ids, replay, retention, shutdown."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from agentcore.events.log import EventLog
 from agentcore.events.memory import MemoryEventBus
 from agentcore.store import open_store
 from agentcore.store.base import Store
+from agentcore.store.sql import SqlStore
+from tests.store.test_contract import make_task
 from tests.support import collect
 
 
@@ -55,20 +57,40 @@ async def test_concurrent_publishes_get_gap_free_increasing_ids(store: Store) ->
     assert {e.data["n"] for e in stored} == set(range(200))
 
 
-async def test_a_burst_is_committed_in_few_transactions(store: Store) -> None:
-    calls: list[int] = []
-    append = store.append_events
+async def test_a_change_commits_its_rows_and_events_together(store: Store) -> None:
+    runner = Running(store, ManualClock())
+    sub = runner.hub.subscribe()
+    async with runner as log, log.change() as change:
+        assert await change.store.insert_task(make_task("t1"))
+        change.emit("task.created", {"task_id": "t1"})
+        change.emit("task.assigned", {"task_id": "t1"})
+        await asyncio.sleep(0)
+        assert sub.pending() == 0  # nothing reaches subscribers before the commit
 
-    async def counting(events: Sequence[Event]) -> list[Event]:
-        calls.append(len(events))
-        return await append(events)
+    assert await store.get_task("t1") is not None
+    stored = await store.read_events(0, 10)
+    assert [(e.id, e.type) for e in stored] == [(1, "task.created"), (2, "task.assigned")]
+    assert change.stored == stored
+    assert await collect(sub) == stored
 
-    store.append_events = counting  # type: ignore[method-assign]
-    async with Running(store, ManualClock(), batch_max=1000) as log:
-        await asyncio.gather(*(log.publish("e", {}) for _ in range(300)))
 
-    assert sum(calls) == 300
-    assert len(calls) < 10  # group commit, not one transaction per event
+async def test_a_change_that_raises_leaves_neither_its_rows_nor_its_events(
+    store: Store,
+) -> None:
+    runner = Running(store, ManualClock())
+    sub = runner.hub.subscribe()
+    async with runner as log:
+        with pytest.raises(RuntimeError, match="midway"):
+            async with log.change() as change:
+                assert await change.store.insert_task(make_task("t1"))
+                change.emit("task.created", {"task_id": "t1"})
+                raise RuntimeError("midway")
+        kept = await log.publish("kept", {})
+
+    assert await store.get_task("t1") is None
+    assert [e.type for e in await store.read_events(0, 10)] == ["kept"]
+    assert kept.id == 1  # the rolled-back event took no id
+    assert await collect(sub) == [kept]
 
 
 async def test_subscribers_see_committed_events_with_their_ids(store: Store) -> None:
@@ -150,15 +172,17 @@ async def test_close_commits_what_is_queued_then_refuses(store: Store) -> None:
 
 async def test_a_failed_append_fails_its_publishers_only(store: Store) -> None:
     async with Running(store, ManualClock()) as log:
-        original = store.append_events
+        original = SqlStore.append_events
 
-        async def broken(events: Sequence[Event]) -> list[Event]:
+        async def broken(self: SqlStore, events: Sequence[Event]) -> list[Event]:
             raise StoreUnavailable("disk gone")
 
-        store.append_events = broken  # type: ignore[method-assign]
-        with pytest.raises(StoreUnavailable):
-            await log.publish("lost", {})
-        store.append_events = original  # type: ignore[method-assign]
+        SqlStore.append_events = broken  # type: ignore[method-assign]
+        try:
+            with pytest.raises(StoreUnavailable):
+                await log.publish("lost", {})
+        finally:
+            SqlStore.append_events = original  # type: ignore[method-assign]
         kept = await log.publish("kept", {})
 
     assert kept.id == 1

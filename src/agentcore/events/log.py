@@ -1,24 +1,23 @@
-"""The durable event log: group-committed appends, local fan-out, replay.
+"""The durable event log: events commit with the state change that causes them.
 
-``publish`` hands the event to one writer task and waits until it is
-committed: acknowledged means durable. The writer takes everything queued at
-that moment (up to ``events.batch_max``) and appends it in one transaction,
-so a burst of publishers costs one commit, not one each. The store assigns
-gap-free, increasing ids. Committed events go to this process's hub and,
-through the :class:`~agentcore.events.base.Fanout` when there is one, to every
-other worker and instance.
+A state change (a task created and assigned, an agent registered, a batch of
+agents expired) runs in :meth:`EventLog.change`: one store transaction in
+which the change writes its rows through ``change.store`` and names its
+events with ``change.emit``. The events are appended as the transaction's
+last statements, so the rows and their events commit together or not at
+all: a crash can lose an unacknowledged change, never the event of a
+committed one, which webhooks and streams promise at least once.
 
-A publisher waits for its commit and nothing else: the batch's futures are
-resolved as soon as the append returns, and the writer goes on to the next
-batch without waiting for the fan-out, which a task of its own sends in
-commit order (Redis round trips, reconnect back-off). There is no batching
-window: a publish arriving at an idle writer commits at once; one arriving
-during a commit waits for that commit to end, then for its own (group commit).
+After the commit, and only then, the committed events go to this process's
+hub and, through the :class:`~agentcore.events.base.Fanout` when there is
+one, to every other worker and instance. The store assigns gap-free ids that
+increase in commit order; a per-process lock held from the append through
+the commit to the hand-off keeps this process's subscribers in that order.
+:meth:`EventLog.publish` is a change with one event and no rows (the
+integration API's ``events.publish``).
 
-The writer's queue is bounded (``events.writer_queue_size``); when it is
-full, publishers wait (back-pressure) rather than the log growing without
-bound. So is the fan-out's (:data:`FANOUT_QUEUE_BATCHES`); when Redis falls
-that far behind, the writer waits for it.
+The fan-out's queue is bounded (:data:`FANOUT_QUEUE_BATCHES`); when Redis
+falls that far behind, committing changes wait for it.
 
 Retention: a periodic trim keeps the newest ``events.retention_count``
 events and none older than ``events.retention_s``; a client resuming from a
@@ -29,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from agentcore.clock import Clock
@@ -41,10 +42,34 @@ from agentcore.store.base import Store
 
 log = logging.getLogger("agentcore.events")
 
-_Pending = tuple[Event, "asyncio.Future[Event]"]
-
-#: Committed batches waiting for the fan-out before the writer waits for it.
+#: Committed batches waiting for the fan-out before committing changes wait for it.
 FANOUT_QUEUE_BATCHES = 1_000
+
+
+class Change:
+    """One state change in progress: the store bound to its transaction, and its events."""
+
+    __slots__ = ("_clock", "events", "store", "stored")
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self._clock = clock
+        #: Events to append when the change commits, in order.
+        self.events: list[Event] = []
+        #: The same events as committed, with their ids (once the block has ended).
+        self.stored: list[Event] = []
+
+    def emit(
+        self,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        tenant: str = DEFAULT_TENANT,
+        source: str = "gateway",
+    ) -> None:
+        self.events.append(
+            Event(type=event_type, timestamp=self._clock(), source=source, tenant=tenant, data=data)
+        )
 
 
 class EventLog:
@@ -61,10 +86,34 @@ class EventLog:
         self._config = config
         self._clock = clock
         self.fanout = fanout
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(config.writer_queue_size)
+        #: Held from a change's event append to the hand-off of its committed events.
+        self._order = asyncio.Lock()
         #: Committed batches for the fan-out task; None ends it.
         self._outbox: asyncio.Queue[list[Event] | None] = asyncio.Queue(FANOUT_QUEUE_BATCHES)
         self._closed = True
+
+    @asynccontextmanager
+    async def change(self) -> AsyncIterator[Change]:
+        """One atomic state change; its events reach subscribers once it has committed.
+
+        Raising in the block rolls everything back and publishes nothing.
+        """
+        if self._closed:
+            raise StoreUnavailable("the event log is not running")
+        ordered = False
+        try:
+            async with self._store.transaction() as tx:
+                change = Change(tx, self._clock)
+                yield change
+                if change.events:
+                    await self._order.acquire()
+                    ordered = True
+                    change.stored = await tx.append_events(change.events)
+            if change.stored:
+                await self._hand_off(change.stored)
+        finally:
+            if ordered:
+                self._order.release()
 
     async def publish(
         self,
@@ -74,82 +123,41 @@ class EventLog:
         tenant: str = DEFAULT_TENANT,
         source: str = "gateway",
     ) -> Event:
-        if self._closed:
-            raise StoreUnavailable("the event log is not running")
-        event = Event(
-            type=event_type, timestamp=self._clock(), source=source, tenant=tenant, data=data
-        )
-        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        await self._queue.put((event, future))
-        return await future
+        """Append one event; returns once it is durable, with its id."""
+        async with self.change() as change:
+            change.emit(event_type, data, tenant=tenant, source=source)
+        return change.stored[0]
+
+    async def _hand_off(self, stored: list[Event]) -> None:
+        for event in stored:
+            self.hub.publish(event)
+        if self.fanout is not None:
+            await self._outbox.put(stored)
 
     def deliver(self, event: Event) -> None:
         """Hand an event committed elsewhere (another worker) to this process's subscribers."""
         self.hub.publish(event)
 
     def open(self) -> None:
-        """Accept events; :meth:`run` must be running to commit them."""
+        """Accept changes; :meth:`run` must be running for the fan-out."""
         self._closed = False
 
     async def run(self) -> None:
-        """The writer (and the fan-out): from startup until :meth:`close` drains the queue."""
+        """The fan-out, from startup until :meth:`close`."""
         if self.fanout is None:
-            await self._write()
             return
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._fan_out(self.fanout))
-            try:
-                await self._write()
-            finally:
-                await self._outbox.put(None)  # the fan-out sends what is queued, then ends
-
-    async def _write(self) -> None:
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < self._config.batch_max and not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            await self._commit(batch)
-            if stop:
-                return
-
-    async def _commit(self, batch: list[_Pending]) -> None:
-        try:
-            stored = await self._store.append_events([event for event, _ in batch])
-        except Exception as exc:  # boundary: every waiting publisher gets the error
-            log.error("event log append failed: %s", exc)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), event in zip(batch, stored, strict=True):
-            if not future.done():
-                future.set_result(event)
-        for event in stored:
-            self.hub.publish(event)
-        if self.fanout is not None:
-            await self._outbox.put(stored)
-
-    async def _fan_out(self, fanout: Fanout) -> None:
-        """Send committed batches to other processes, in commit order, until the end marker."""
         while (batch := await self._outbox.get()) is not None:
             try:
-                await fanout.publish(batch)
+                await self.fanout.publish(batch)
             except Exception:  # boundary: the events are durable; remote streams can replay
                 log.exception("event fan-out failed")
 
     async def close(self) -> None:
-        """Stop accepting events and let the writer commit what is queued."""
+        """Stop accepting changes; the fan-out sends what is queued, then ends."""
         if not self._closed:
             self._closed = True
-            await self._queue.put(None)
+            if self.fanout is not None:
+                await self._outbox.put(None)
 
     async def replay(self, after_id: int, event_filter: EventFilter, limit: int) -> list[Event]:
         """Up to ``limit`` stored events after ``after_id`` that match ``event_filter``."""

@@ -12,7 +12,11 @@ __all__ = ["Store", "open_store"]
 
 
 def open_store(
-    url: str, *, pool_min_size: int = 1, pool_max_size: int = 10, read_connections: int = 4
+    url: str,
+    *,
+    pool_min_size: int = 1,
+    pool_max_size: int = 10,
+    statement_timeout_s: float = 1.0,
 ) -> Store:
     """Build the store for ``url``; the caller awaits ``store.open()`` to connect.
 
@@ -27,7 +31,14 @@ def open_store(
         path = rest.removeprefix("/")
         if not path:
             raise ConfigError("store url: sqlite needs a path, e.g. sqlite:///data/agentcore.db")
-        return SqlStore(SqliteDatabase(path, read_connections=read_connections))
+        return SqlStore(SqliteDatabase(path, statement_timeout_s=statement_timeout_s))
     if scheme in ("postgresql", "postgres"):
-        return SqlStore(PostgresDatabase(url, min_size=pool_min_size, max_size=pool_max_size))
+        return SqlStore(
+            PostgresDatabase(
+                url,
+                min_size=pool_min_size,
+                max_size=pool_max_size,
+                statement_timeout_s=statement_timeout_s,
+            )
+        )
     raise ConfigError(f"store url: unsupported scheme {scheme!r} (sqlite, postgresql)")

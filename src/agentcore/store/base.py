@@ -12,6 +12,7 @@ means durable.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from agentcore.apikeys import ApiKey
@@ -28,6 +29,10 @@ class Store(Protocol):
 
     async def check(self) -> None:
         """Raise :class:`~agentcore.errors.StoreUnavailable` when the store is unreachable."""
+
+    def transaction(self) -> AbstractAsyncContextManager[Store]:
+        """The store bound to one transaction: whatever the block writes through it
+        commits together, or not at all when the block raises."""
 
     # -- agents ---------------------------------------------------------------
 

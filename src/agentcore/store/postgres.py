@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from agentcore.errors import StoreUnavailable
+from agentcore.errors import QueryTimeout, StoreUnavailable
 from agentcore.store.sql import Driver, ready
 
 _UNAVAILABLE = (
@@ -27,6 +27,11 @@ _UNAVAILABLE = (
 def _translated() -> Iterator[None]:
     try:
         yield
+    except asyncpg.QueryCanceledError as exc:
+        raise QueryTimeout(
+            f"the query ran past the statement time limit and was stopped ({exc}); "
+            "narrow it (filters, a smaller limit) or page with a cursor"
+        ) from exc
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"postgresql: {exc}") from exc
 
@@ -74,20 +79,34 @@ class _Session:
 class PostgresDatabase:
     dialect = "postgresql"
 
-    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        statement_timeout_s: float = 1.0,
+    ) -> None:
         self._dsn = dsn
         self._min_size = min_size
         self._max_size = max_size
+        self._statement_timeout_ms = max(1, round(statement_timeout_s * 1000))
         self._pool: Any = None  # asyncpg.Pool
 
     async def open(self) -> None:
         """Any refusal while connecting (auth, unknown database) is ``StoreUnavailable`` too."""
         try:
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=self._min_size, max_size=self._max_size
+                self._dsn,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                server_settings={"statement_timeout": str(self._statement_timeout_ms)},
             )
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"postgresql: {exc}") from exc
+
+    def serve(self) -> None:
+        """The statement time limit is set on every connection of the pool already."""
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None

@@ -13,14 +13,16 @@ struct that was stored.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
+from agentcore import cursor
 from agentcore.apikeys import ApiKey
-from agentcore.errors import ConfigError
+from agentcore.errors import ConfigError, InvalidParams
 from agentcore.events.base import Event
 from agentcore.llm.accounting import LlmUsage
 from agentcore.models import (
@@ -71,9 +73,13 @@ async def ready(rows: list[Sequence[Any]]) -> list[Sequence[Any]]:
     return rows
 
 
+@runtime_checkable
 class Database(Driver, Protocol):
     async def open(self) -> None:
         """Connect; :class:`~agentcore.errors.StoreUnavailable` when that fails."""
+
+    def serve(self) -> None:
+        """Migrated and about to serve: statement time limits apply from now on."""
 
     async def close(self) -> None:
         """Idempotent; afterwards every call raises ``StoreUnavailable``."""
@@ -132,6 +138,78 @@ _TASK_LOAD_POSTGRESQL = (
     EXECUTE FUNCTION agentcore_task_load()""",
     """CREATE TRIGGER tasks_load_delete AFTER DELETE ON tasks
     FOR EACH ROW EXECUTE FUNCTION agentcore_task_load()""",
+)
+
+_AGENT_STATUSES = sorted(str(status) for status in AgentStatus)
+_TASK_STATUSES = sorted(str(status) for status in TaskStatus)
+
+#: Label rows follow their agent's status; the status counts follow every row.
+_FOLLOW_SQLITE = (
+    """CREATE TRIGGER agents_labels_status AFTER UPDATE OF status ON agents
+    WHEN OLD.status IS NOT NEW.status
+    BEGIN
+        UPDATE agent_capabilities SET status = NEW.status WHERE agent_id = NEW.id;
+        UPDATE agent_tags SET status = NEW.status WHERE agent_id = NEW.id;
+    END""",
+    *(
+        f"""CREATE TRIGGER {kind}s_count_insert AFTER INSERT ON {kind}s
+        BEGIN
+            UPDATE status_counts SET n = n + 1 WHERE kind = '{kind}' AND status = NEW.status;
+        END"""
+        for kind in ("agent", "task")
+    ),
+    *(
+        f"""CREATE TRIGGER {kind}s_count_update AFTER UPDATE OF status ON {kind}s
+        WHEN OLD.status IS NOT NEW.status
+        BEGIN
+            UPDATE status_counts SET n = n - 1 WHERE kind = '{kind}' AND status = OLD.status;
+            UPDATE status_counts SET n = n + 1 WHERE kind = '{kind}' AND status = NEW.status;
+        END"""
+        for kind in ("agent", "task")
+    ),
+    *(
+        f"""CREATE TRIGGER {kind}s_count_delete AFTER DELETE ON {kind}s
+        BEGIN
+            UPDATE status_counts SET n = n - 1 WHERE kind = '{kind}' AND status = OLD.status;
+        END"""
+        for kind in ("agent", "task")
+    ),
+)
+_FOLLOW_POSTGRESQL = (
+    """CREATE FUNCTION agentcore_labels_status() RETURNS trigger LANGUAGE plpgsql AS $body$
+    BEGIN
+        UPDATE agent_capabilities SET status = NEW.status WHERE agent_id = NEW.id;
+        UPDATE agent_tags SET status = NEW.status WHERE agent_id = NEW.id;
+        RETURN NULL;
+    END
+    $body$""",
+    """CREATE TRIGGER agents_labels_status AFTER UPDATE OF status ON agents
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION agentcore_labels_status()""",
+    """CREATE FUNCTION agentcore_status_count() RETURNS trigger LANGUAGE plpgsql AS $body$
+    BEGIN
+        IF TG_OP <> 'INSERT' THEN
+            UPDATE status_counts SET n = n - 1 WHERE kind = TG_ARGV[0] AND status = OLD.status;
+        END IF;
+        IF TG_OP <> 'DELETE' THEN
+            UPDATE status_counts SET n = n + 1 WHERE kind = TG_ARGV[0] AND status = NEW.status;
+        END IF;
+        RETURN NULL;
+    END
+    $body$""",
+    *(
+        statement
+        for kind in ("agent", "task")
+        for statement in (
+            f"""CREATE TRIGGER {kind}s_count_insert AFTER INSERT ON {kind}s
+            FOR EACH ROW EXECUTE FUNCTION agentcore_status_count('{kind}')""",
+            f"""CREATE TRIGGER {kind}s_count_update AFTER UPDATE OF status ON {kind}s
+            FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+            EXECUTE FUNCTION agentcore_status_count('{kind}')""",
+            f"""CREATE TRIGGER {kind}s_count_delete AFTER DELETE ON {kind}s
+            FOR EACH ROW EXECUTE FUNCTION agentcore_status_count('{kind}')""",
+        )
+    ),
 )
 
 #: Migration N (1-based) is ``MIGRATIONS[N - 1]``; append, never edit.
@@ -295,6 +373,55 @@ MIGRATIONS: tuple[tuple[str | Dialects, ...], ...] = (
         "CREATE INDEX agents_load ON agents (tenant, status, active_tasks, name, id)",
         {"sqlite": _TASK_LOAD_SQLITE, "postgresql": _TASK_LOAD_POSTGRESQL},
     ),
+    (
+        # Every list and discover query walks an index in its own order and stops
+        # at its limit. Label rows carry their agent's tenant, status and name, so
+        # discover by one capability (or tag) is one index range in name order.
+        *(
+            f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL DEFAULT ''"
+            for table in ("agent_capabilities", "agent_tags")
+            for column in ("tenant", "status", "agent_name")
+        ),
+        *(
+            f"UPDATE {table} SET tenant = a.tenant, status = a.status, agent_name = a.name "
+            f"FROM agents a WHERE a.id = {table}.agent_id"
+            for table in ("agent_capabilities", "agent_tags")
+        ),
+        "DROP INDEX agent_capabilities_name",
+        "DROP INDEX agent_tags_tag",
+        "CREATE INDEX agent_capabilities_discover "
+        "ON agent_capabilities (name, tenant, status, agent_name, agent_id)",
+        "CREATE INDEX agent_tags_discover "
+        "ON agent_tags (tag, tenant, status, agent_name, agent_id)",
+        "DROP INDEX agents_name_id",
+        "CREATE INDEX agents_tenant_status_name ON agents (tenant, status, name, id)",
+        "CREATE INDEX agents_tenant_name ON agents (tenant, name, id)",
+        "DROP INDEX tasks_status_priority_created",
+        "DROP INDEX tasks_created_id",
+        "DROP INDEX tasks_status_created_id",
+        *(
+            f"CREATE INDEX tasks_tenant_{column} ON tasks (tenant, {column}, created_at, id)"
+            for column in ("status", "agent_id", "type", "priority")
+        ),
+        "CREATE INDEX tasks_tenant_created ON tasks (tenant, created_at, id)",
+        # The pending pass (highest priority, then oldest) and the deadline sweep.
+        "CREATE INDEX tasks_pending ON tasks (status, priority DESC, created_at, id)",
+        "CREATE INDEX tasks_deadline ON tasks (deadline, id) WHERE deadline IS NOT NULL",
+        # Rows per status, kept by triggers: metrics read them without counting a table.
+        """CREATE TABLE status_counts (
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (kind, status)
+        )""",
+        *(
+            f"INSERT INTO status_counts (kind, status, n) VALUES ('{kind}', '{status}', "
+            f"(SELECT COUNT(*) FROM {kind}s WHERE status = '{status}'))"
+            for kind, statuses in (("agent", _AGENT_STATUSES), ("task", _TASK_STATUSES))
+            for status in statuses
+        ),
+        {"sqlite": _FOLLOW_SQLITE, "postgresql": _FOLLOW_POSTGRESQL},
+    ),
 )
 
 _LLM_USAGE_COLUMNS = (
@@ -315,6 +442,7 @@ async def migrate(db: Database) -> int:
     async with db.transaction() as tx:
         if tx.dialect == "postgresql":
             await tx.fetch("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await tx.execute("SET LOCAL statement_timeout = 0")  # an index on a big table
         await tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
         rows = await tx.fetch("SELECT COALESCE(MAX(version), 0) FROM schema_version")
         current = int(rows[0][0])
@@ -469,15 +597,111 @@ def _where(conditions: list[str]) -> str:
     return f" WHERE {' AND '.join(conditions)}" if conditions else ""
 
 
-def _has_all(table: str, column: str, values: Iterable[str], args: _Args) -> str:
+def _has_all(
+    table: str, column: str, values: Iterable[str], args: _Args, agents: str = "agents"
+) -> str:
     """Every value present for the agent: one primary-key probe per value and agent,
     so a query walks agents in its ORDER BY index and stops at its LIMIT (a grouped
     subquery would first list every agent that has them, per query)."""
     return " AND ".join(
-        f"EXISTS (SELECT 1 FROM {table} l WHERE l.agent_id = agents.id "
+        f"EXISTS (SELECT 1 FROM {table} l WHERE l.agent_id = {agents}.id "
         f"AND l.{column} = {args(value)})"
         for value in sorted(set(values))
     )
+
+
+#: Event ids deleted per transaction by :meth:`SqlStore.trim_events`.
+TRIM_STEP = 5_000
+
+
+def agents_sql(query: AgentQuery) -> tuple[str, list[Any]]:
+    """The SQL of a list or discover query, shaped so that one index serves it in order.
+
+    With a tenant and a status, a capability (or else a tag) drives the query
+    through ``agent_capabilities_discover`` / ``agent_tags_discover`` (label,
+    tenant, status, agent name, agent id); other labels are probed per row.
+    Without labels, ``agents_tenant_status_name`` or ``agents_tenant_name``
+    does. A name pattern filters the rows the walk meets. Either way the walk
+    is in ``(name, id)`` order and stops at the limit.
+    """
+    args = _Args()
+    capabilities = sorted(set(query.capabilities))
+    tags = sorted(set(query.tags))
+    conditions: list[str] = []
+    driver: tuple[str, str, str] | None = None  # (table, column, value)
+    if query.tenant is not None and query.status is not None:
+        if capabilities:
+            driver = ("agent_capabilities", "name", capabilities.pop(0))
+        elif tags:
+            driver = ("agent_tags", "tag", tags.pop(0))
+    if driver is not None:
+        table, column, value = driver
+        source = f"{table} d CROSS JOIN agents a"
+        conditions += [
+            f"d.{column} = {args(value)}",
+            f"d.tenant = {args(query.tenant)}",
+            f"d.status = {args(str(query.status))}",
+            "a.id = d.agent_id",
+        ]
+        order = ("d.agent_name", "d.agent_id")
+    else:
+        source = "agents a"
+        if query.tenant is not None:
+            conditions.append(f"a.tenant = {args(query.tenant)}")
+        if query.status is not None:
+            conditions.append(f"a.status = {args(str(query.status))}")
+        order = ("a.name", "a.id")
+    if capabilities:
+        conditions.append(_has_all("agent_capabilities", "name", capabilities, args, "a"))
+    if tags:
+        conditions.append(_has_all("agent_tags", "tag", tags, args, "a"))
+    if query.name_pattern is not None:
+        pattern = query.name_pattern.translate(_GLOB_TO_LIKE)
+        conditions.append(f"lower(a.name) LIKE lower({args(pattern)}) ESCAPE '\\'")
+    if query.after is not None:
+        name, last_id = cursor.decode(query.after)
+        conditions.append(f"({order[0]}, {order[1]}) > ({args(str(name))}, {args(last_id)})")
+    columns = ", ".join(f"a.{column}" for column in _AGENT_COLUMNS.split(", "))
+    sql = (
+        f"SELECT {columns} FROM {source}{_where(conditions)} "
+        f"ORDER BY {order[0]}, {order[1]} LIMIT {args(query.limit)} OFFSET {args(query.offset)}"
+    )
+    return sql, args
+
+
+def tasks_sql(query: TaskQuery) -> tuple[str, list[Any]]:
+    """The SQL of ``task.query``: with a tenant, one of the ``tasks_tenant_*`` indexes
+    (tenant, filter column, created_at, id) serves it in order and it stops at
+    the limit; other filters are checked on the rows walked."""
+    args = _Args()
+    conditions = []
+    if query.tenant is not None:
+        conditions.append(f"tenant = {args(query.tenant)}")
+    if query.status is not None:
+        conditions.append(f"status = {args(str(query.status))}")
+    if query.agent_id is not None:
+        conditions.append(f"agent_id = {args(query.agent_id)}")
+    if query.type is not None:
+        conditions.append(f"type = {args(query.type)}")
+    if query.priority is not None:
+        conditions.append(f"priority = {args(priority_value(query.priority))}")
+    if query.created_after is not None:
+        conditions.append(f"created_at >= {args(float(query.created_after))}")
+    if query.created_before is not None:
+        conditions.append(f"created_at < {args(float(query.created_before))}")
+    if query.after is not None:
+        created, last_id = cursor.decode(query.after)
+        if not isinstance(created, float | int):
+            raise InvalidParams(
+                "invalid params: 'after' is not a cursor returned by this listing",
+                data={"field": "after"},
+            )
+        conditions.append(f"(created_at, id) > ({args(float(created))}, {args(last_id)})")
+    sql = (
+        f"SELECT body FROM tasks{_where(conditions)} "
+        f"ORDER BY created_at, id LIMIT {args(query.limit)} OFFSET {args(query.offset)}"
+    )
+    return sql, args
 
 
 def _counts(rows: list[Sequence[Any]]) -> dict[str, int]:
@@ -488,6 +712,14 @@ def _counts(rows: list[Sequence[Any]]) -> dict[str, int]:
 
 
 _EVENT_COLUMNS = "id, type, timestamp, source, tenant, data"
+_APPEND_EVENTS_POSTGRESQL = (
+    "WITH s AS (UPDATE event_seq SET n = n + $1 RETURNING n), "
+    f"i AS (INSERT INTO events ({_EVENT_COLUMNS}) "
+    "SELECT s.n - $1 + x.ord, x.type, x.ts, x.source, x.tenant, x.data FROM s, "
+    "unnest($2::text[], $3::float8[], $4::text[], $5::text[], $6::text[]) "
+    "WITH ORDINALITY AS x(type, ts, source, tenant, data, ord)) "
+    "SELECT n - $1 + 1 FROM s"
+)
 
 
 def _event(row: Sequence[Any]) -> Event:
@@ -502,120 +734,95 @@ def _event(row: Sequence[Any]) -> Event:
 
 
 class SqlStore:
-    def __init__(self, db: Database) -> None:
+    """The store on one :class:`Driver`: the database, or one transaction of it
+    (:meth:`transaction` yields a store bound to the transaction)."""
+
+    def __init__(self, db: Driver, *, in_transaction: bool = False) -> None:
         self._db = db
+        self._in_transaction = in_transaction
 
     @property
     def db(self) -> Database:
         """The driver, for stores of other concepts sharing this database (webhooks)."""
-        return self._db
+        db = self._db
+        assert isinstance(db, Database)
+        return db
 
     async def open(self) -> None:
-        await self._db.open()
+        db = self.db
+        await db.open()
         try:
-            await migrate(self._db)
+            await migrate(db)
         except BaseException:
-            await self._db.close()
+            await db.close()
             raise
+        db.serve()
 
     async def close(self) -> None:
-        await self._db.close()
+        await self.db.close()
 
     async def check(self) -> None:
         await self._db.fetch("SELECT 1")
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqlStore]:
+        async with self._db.transaction() as tx:
+            yield SqlStore(tx, in_transaction=True)
+
+    @asynccontextmanager
+    async def _atomic(self) -> AsyncIterator[Driver]:
+        """A transaction for statements that must commit together; inside one already,
+        that one (a nested block would cost a savepoint, and on PostgreSQL round trips)."""
+        if self._in_transaction:
+            yield self._db
+        else:
+            async with self._db.transaction() as tx:
+                yield tx
 
     # -- agents ---------------------------------------------------------------
 
     async def put_agent(self, agent: Agent, *, replace: bool) -> bool:
         row = _agent_row(agent)
-        if not replace and self._db.dialect == "sqlite":
-            return await self._insert_agent_sqlite(agent, row)
-        async with self._db.transaction() as tx:
+        agent_id = agent.agent_id
+        async with self._atomic() as tx:
             if replace:
-                await tx.executemany(_UPSERT_AGENT, [row])  # no need to wait: see Driver
-                await _delete_labels(tx, agent.agent_id)
+                await tx.execute(_UPSERT_AGENT, *row)
+                await tx.execute("DELETE FROM agent_capabilities WHERE agent_id = $1", agent_id)
+                await tx.execute("DELETE FROM agent_tags WHERE agent_id = $1", agent_id)
             elif not await tx.execute(f"{_INSERT_AGENT} ON CONFLICT (id) DO NOTHING", *row):
                 return False
+            labelled = (agent_id, agent.tenant, str(agent.status), agent.name)
             await tx.executemany(
-                "INSERT INTO agent_capabilities (agent_id, name) VALUES ($1, $2)",
-                [(agent.agent_id, name) for name in sorted(set(agent.capabilities))],
+                "INSERT INTO agent_capabilities (agent_id, tenant, status, agent_name, name) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                [(*labelled, name) for name in sorted(set(agent.capabilities))],
             )
             await tx.executemany(
-                "INSERT INTO agent_tags (agent_id, tag) VALUES ($1, $2)",
-                [(agent.agent_id, tag) for tag in sorted(set(agent.tags))],
+                "INSERT INTO agent_tags (agent_id, tenant, status, agent_name, tag) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                [(*labelled, tag) for tag in sorted(set(agent.tags))],
             )
         return True
-
-    async def _insert_agent_sqlite(self, agent: Agent, row: tuple[Any, ...]) -> bool:
-        """A new agent in one write block that never waits for the event loop.
-
-        SQLite has one writer for every caller; a block that awaited a
-        statement's result (the insert's row count, to decide on the labels)
-        would hold it across an event-loop round trip, which under load is
-        hundreds of milliseconds per registration for everyone. Here every
-        statement is queued at once: the labels are written only if no agent
-        of that id exists yet (the writer runs the block's statements in
-        order, alone), then the agent row with ``ON CONFLICT DO NOTHING``.
-        Whether this call created it is read afterwards, on a reader: an
-        existing agent is refused up front; a registration of the same id
-        committed in between is told apart by its content (an identical one
-        is the same registration made twice, and both may report success).
-        """
-        agent_id = agent.agent_id
-        if await self._db.fetch("SELECT 1 FROM agents WHERE id = $1", agent_id):
-            return False
-        absent = "WHERE NOT EXISTS (SELECT 1 FROM agents WHERE id = $1)"
-        async with self._db.transaction() as tx:
-            await tx.executemany(
-                f"INSERT INTO agent_capabilities (agent_id, name) SELECT $1, $2 {absent}",
-                [(agent_id, name) for name in sorted(set(agent.capabilities))],
-            )
-            await tx.executemany(
-                f"INSERT INTO agent_tags (agent_id, tag) SELECT $1, $2 {absent}",
-                [(agent_id, tag) for tag in sorted(set(agent.tags))],
-            )
-            await tx.executemany(f"{_INSERT_AGENT} ON CONFLICT (id) DO NOTHING", [row])
-        stored = await self._db.fetch(
-            "SELECT tenant, name, version, card, registered_at FROM agents WHERE id = $1",
-            agent_id,
-        )
-        mine = (row[1], row[2], row[3], row[5], row[8])
-        return bool(stored) and tuple(stored[0]) == mine
 
     async def get_agent(self, agent_id: str) -> Agent | None:
         rows = await self._db.fetch(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = $1", agent_id)
         return _agent(rows[0]) if rows else None
 
     async def delete_agent(self, agent_id: str) -> bool:
-        async with self._db.transaction() as tx:
-            await _delete_labels(tx, agent_id)
+        async with self._atomic() as tx:
+            await tx.execute("DELETE FROM agent_capabilities WHERE agent_id = $1", agent_id)
+            await tx.execute("DELETE FROM agent_tags WHERE agent_id = $1", agent_id)
             return await tx.execute("DELETE FROM agents WHERE id = $1", agent_id) > 0
 
     async def query_agents(self, query: AgentQuery) -> list[Agent]:
-        args = _Args()
-        conditions = []
-        if query.capabilities:
-            conditions.append(_has_all("agent_capabilities", "name", query.capabilities, args))
-        if query.tags:
-            conditions.append(_has_all("agent_tags", "tag", query.tags, args))
-        if query.status is not None:
-            conditions.append(f"status = {args(str(query.status))}")
-        if query.tenant is not None:
-            conditions.append(f"tenant = {args(query.tenant)}")
-        if query.name_pattern is not None:
-            pattern = query.name_pattern.translate(_GLOB_TO_LIKE)
-            conditions.append(f"lower(name) LIKE lower({args(pattern)}) ESCAPE '\\'")
-        sql = (
-            f"SELECT {_AGENT_COLUMNS} FROM agents{_where(conditions)} "
-            f"ORDER BY name, id LIMIT {args(query.limit)} OFFSET {args(query.offset)}"
-        )
+        sql, args = agents_sql(query)
         return [_agent(row) for row in await self._db.fetch(sql, *args)]
 
     async def touch_agents(self, beats: Sequence[tuple[str, float]]) -> None:
         if not beats:
             return
         active, inactive = str(AgentStatus.ACTIVE), str(AgentStatus.INACTIVE)
-        async with self._db.transaction() as tx:
+        async with self._atomic() as tx:
             await tx.executemany(
                 "UPDATE agents SET last_seen = $2, "
                 "updated_at = CASE WHEN status = $3 THEN $2 ELSE updated_at END, "
@@ -636,7 +843,13 @@ class SqlStore:
         return [(row[0], row[1]) for row in rows]
 
     async def count_agents(self) -> dict[str, int]:
-        return _counts(await self._db.fetch("SELECT status, COUNT(*) FROM agents GROUP BY status"))
+        return await self._counts("agent")
+
+    async def _counts(self, kind: str) -> dict[str, int]:
+        rows = await self._db.fetch(
+            "SELECT status, n FROM status_counts WHERE kind = $1 AND n > 0", kind
+        )
+        return {row[0]: int(row[1]) for row in rows}
 
     # -- tasks ----------------------------------------------------------------
 
@@ -651,29 +864,11 @@ class SqlStore:
         return await self._db.execute(_UPDATE_TASK, *_task_row(task), task.version - 1) > 0
 
     async def query_tasks(self, query: TaskQuery) -> list[Task]:
-        args = _Args()
-        conditions = []
-        if query.status is not None:
-            conditions.append(f"status = {args(str(query.status))}")
-        if query.agent_id is not None:
-            conditions.append(f"agent_id = {args(query.agent_id)}")
-        if query.type is not None:
-            conditions.append(f"type = {args(query.type)}")
-        if query.priority is not None:
-            conditions.append(f"priority = {args(priority_value(query.priority))}")
-        if query.created_after is not None:
-            conditions.append(f"created_at >= {args(float(query.created_after))}")
-        if query.created_before is not None:
-            conditions.append(f"created_at < {args(float(query.created_before))}")
-        if query.tenant is not None:
-            conditions.append(f"tenant = {args(query.tenant)}")
-        sql = (
-            f"SELECT body FROM tasks{_where(conditions)} "
-            f"ORDER BY created_at, id LIMIT {args(query.limit)} OFFSET {args(query.offset)}"
-        )
+        sql, args = tasks_sql(query)
         return _tasks(await self._db.fetch(sql, *args))
 
     async def pending_tasks(self, limit: int) -> list[Task]:
+        # Walks tasks_pending (status, priority DESC, created_at, id).
         rows = await self._db.fetch(
             "SELECT body FROM tasks WHERE status = $1 "
             "ORDER BY priority DESC, created_at, id LIMIT $2",
@@ -683,10 +878,13 @@ class SqlStore:
         return _tasks(rows)
 
     async def due_tasks(self, now: float, limit: int) -> list[Task]:
+        # Walks the partial index tasks_deadline (SQLite would rather take the status
+        # index and sort every active task: told which index to use).
+        indexed = " INDEXED BY tasks_deadline" if self._db.dialect == "sqlite" else ""
         args = _Args()
         sql = (
-            f"SELECT body FROM tasks WHERE status IN ({args.many(_ACTIVE_TASK)}) "
-            f"AND deadline IS NOT NULL AND deadline < {args(float(now))} "
+            f"SELECT body FROM tasks{indexed} WHERE deadline IS NOT NULL "
+            f"AND deadline < {args(float(now))} AND status IN ({args.many(_ACTIVE_TASK)}) "
             f"ORDER BY deadline, id LIMIT {args(limit)}"
         )
         return _tasks(await self._db.fetch(sql, *args))
@@ -719,7 +917,7 @@ class SqlStore:
         return str(rows[0][0]) if rows else None
 
     async def count_tasks(self) -> dict[str, int]:
-        return _counts(await self._db.fetch("SELECT status, COUNT(*) FROM tasks GROUP BY status"))
+        return await self._counts("task")
 
     # -- API keys -------------------------------------------------------------
 
@@ -766,24 +964,20 @@ class SqlStore:
         if not events:
             return []
         count = len(events)
-        if self._db.dialect == "sqlite":
-            # Ids computed by the INSERT from the counter it follows: nothing in the
-            # block waits for a result, so the single writer never waits for the loop.
-            async with self._db.transaction() as tx:
-                head = await tx.fetch_pipelined(
-                    "UPDATE event_seq SET n = n + $1 RETURNING n", count
-                )
-                await tx.executemany(
-                    f"INSERT INTO events ({_EVENT_COLUMNS}) "
-                    "SELECT n - $7 + $1, $2, $3, $4, $5, $6 FROM event_seq",
-                    [
-                        (i, e.type, float(e.timestamp), e.source, e.tenant, _json(e.data), count)
-                        for i, e in enumerate(events, 1)
-                    ],
-                )
-            first = int((await head)[0][0]) - count + 1
+        if self._db.dialect == "postgresql":
+            # One round trip: the counter and every row in one statement.
+            rows = await self._db.fetch(
+                _APPEND_EVENTS_POSTGRESQL,
+                count,
+                [e.type for e in events],
+                [float(e.timestamp) for e in events],
+                [e.source for e in events],
+                [e.tenant for e in events],
+                [_json(e.data) for e in events],
+            )
+            first = int(rows[0][0])
             return [msgspec.structs.replace(e, id=first + i) for i, e in enumerate(events)]
-        async with self._db.transaction() as tx:
+        async with self._atomic() as tx:
             rows = await tx.fetch("UPDATE event_seq SET n = n + $1 RETURNING n", count)
             first = int(rows[0][0]) - count + 1
             stored = [msgspec.structs.replace(e, id=first + i) for i, e in enumerate(events)]
@@ -815,15 +1009,33 @@ class SqlStore:
         return int(rows[0][0])
 
     async def trim_events(self, keep: int, older_than: float) -> int:
+        """In steps of :data:`TRIM_STEP` ids, a transaction each, so that no single
+        statement holds the database (or, on SQLite, the event loop) for long."""
         last = await self.last_event_id()
-        return await self._db.execute(
-            "DELETE FROM events WHERE id <= $1 OR timestamp < $2", last - keep, float(older_than)
+        cutoff = last - keep
+        young = await self._db.fetch(
+            "SELECT id FROM events WHERE timestamp >= $1 ORDER BY timestamp LIMIT 1",
+            float(older_than),
         )
+        cutoff = max(cutoff, (int(young[0][0]) if young else last + 1) - 1)
+        oldest = await self._db.fetch("SELECT id FROM events ORDER BY id LIMIT 1")
+        if not oldest:
+            return 0
+        deleted = 0
+        start = int(oldest[0][0])
+        while start <= cutoff:
+            end = min(cutoff, start + TRIM_STEP - 1)
+            deleted += await self._db.execute(
+                "DELETE FROM events WHERE id >= $1 AND id <= $2", start, end
+            )
+            start = end + 1
+            await asyncio.sleep(0)
+        return deleted
 
     # -- LLM usage ----------------------------------------------------------------
 
     async def add_llm_usage(self, rows: Sequence[LlmUsage]) -> None:
-        async with self._db.transaction() as tx:
+        async with self._atomic() as tx:
             await tx.executemany(
                 f"INSERT INTO llm_usage ({_LLM_USAGE_COLUMNS}) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
@@ -880,10 +1092,3 @@ class SqlStore:
             day,
         )
         return {r[0]: (int(r[1]), int(r[2]), float(r[3])) for r in rows}
-
-
-async def _delete_labels(tx: Driver, agent_id: str) -> None:
-    """Child rows go explicitly: SQLite runs with ``foreign_keys=OFF``. Their counts
-    are not needed, so the statements are pipelined (see :meth:`Driver.executemany`)."""
-    await tx.executemany("DELETE FROM agent_capabilities WHERE agent_id = $1", [(agent_id,)])
-    await tx.executemany("DELETE FROM agent_tags WHERE agent_id = $1", [(agent_id,)])

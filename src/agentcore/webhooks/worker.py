@@ -97,7 +97,7 @@ async def run_standalone(config: Config, stop: asyncio.Event | None = None) -> N
         config.database_url,
         pool_min_size=config.database.pool_min_size,
         pool_max_size=config.database.pool_max_size,
-        read_connections=config.database.read_connections,
+        statement_timeout_s=config.database.statement_timeout_s,
     )
     if not isinstance(store, SqlStore):  # pragma: no cover - open_store builds SqlStores
         raise TypeError("webhook delivery needs a SQL store")
