@@ -103,3 +103,22 @@ async def test_internal_queries_walk_an_index_in_order(store: Store, shape: str)
     if store.db.dialect == "sqlite" and "deadline" in sql:
         sql = sql.replace("FROM tasks", "FROM tasks INDEXED BY tasks_deadline")  # as the store
     assert_walks_an_index(store, await plan(store, sql, args))
+
+
+@pytest.mark.parametrize("capabilities", [[], ["x"], ["x", "y"]])
+async def test_the_least_loaded_agent_is_the_first_entry_of_one_index(
+    store: Store, capabilities: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert isinstance(store, SqlStore)
+    seen: list[tuple[str, list[Any]]] = []
+    fetch = store.db.fetch
+
+    async def recording(sql: str, *args: Any) -> list[Any]:
+        seen.append((sql, list(args)))
+        return await fetch(sql, *args)
+
+    monkeypatch.setattr(store.db, "fetch", recording)
+    await store.least_loaded_agent(capabilities, "t")
+    monkeypatch.setattr(store.db, "fetch", fetch)
+    [(sql, args)] = seen
+    assert_walks_an_index(store, await plan(store, sql, args))

@@ -11,8 +11,10 @@ committed one, which webhooks and streams promise at least once.
 After the commit, and only then, the committed events go to this process's
 hub and, through the :class:`~agentcore.events.base.Fanout` when there is
 one, to every other worker and instance. The store assigns gap-free ids that
-increase in commit order; a per-process lock held from the append through
-the commit to the hand-off keeps this process's subscribers in that order.
+increase in commit order (appenders queue on the log's counter row), and
+each change takes a ticket as its append returns: committed changes are
+handed off in ticket order, so this process's subscribers see ids in order
+even when the commits themselves end in another order.
 :meth:`EventLog.publish` is a change with one event and no rows (the
 integration API's ``events.publish``).
 
@@ -86,8 +88,12 @@ class EventLog:
         self._config = config
         self._clock = clock
         self.fanout = fanout
-        #: Held from a change's event append to the hand-off of its committed events.
-        self._order = asyncio.Lock()
+        #: Hand-off in append order: tickets issued, the next to hand off, and the
+        #: changes that ended out of turn (None: rolled back, nothing to hand off).
+        self._issued = 0
+        self._next = 0
+        self._ended: dict[int, list[Event] | None] = {}
+        self._handing_off = False
         #: Committed batches for the fan-out task; None ends it.
         self._outbox: asyncio.Queue[list[Event] | None] = asyncio.Queue(FANOUT_QUEUE_BATCHES)
         self._closed = True
@@ -100,20 +106,23 @@ class EventLog:
         """
         if self._closed:
             raise StoreUnavailable("the event log is not running")
-        ordered = False
+        ticket = -1
         try:
             async with self._store.transaction() as tx:
                 change = Change(tx, self._clock)
                 yield change
                 if change.events:
-                    await self._order.acquire()
-                    ordered = True
                     change.stored = await tx.append_events(change.events)
-            if change.stored:
-                await self._hand_off(change.stored)
-        finally:
-            if ordered:
-                self._order.release()
+                    ticket = self._issued
+                    self._issued += 1
+        except BaseException:
+            if ticket >= 0:  # appended, then rolled back (or its commit's outcome unknown)
+                self._ended[ticket] = None
+                await self._hand_off()
+            raise
+        if ticket >= 0:
+            self._ended[ticket] = change.stored
+            await self._hand_off()
 
     async def publish(
         self,
@@ -128,11 +137,23 @@ class EventLog:
             change.emit(event_type, data, tenant=tenant, source=source)
         return change.stored[0]
 
-    async def _hand_off(self, stored: list[Event]) -> None:
-        for event in stored:
-            self.hub.publish(event)
-        if self.fanout is not None:
-            await self._outbox.put(stored)
+    async def _hand_off(self) -> None:
+        """Hand off every ended change whose turn has come; one caller at a time does it."""
+        if self._handing_off:
+            return
+        self._handing_off = True
+        try:
+            while self._next in self._ended:
+                stored = self._ended.pop(self._next)
+                self._next += 1
+                if not stored:
+                    continue
+                for event in stored:
+                    self.hub.publish(event)
+                if self.fanout is not None:
+                    await self._outbox.put(stored)
+        finally:
+            self._handing_off = False
 
     def deliver(self, event: Event) -> None:
         """Hand an event committed elsewhere (another worker) to this process's subscribers."""

@@ -151,6 +151,11 @@ _FOLLOW_SQLITE = (
         UPDATE agent_capabilities SET status = NEW.status WHERE agent_id = NEW.id;
         UPDATE agent_tags SET status = NEW.status WHERE agent_id = NEW.id;
     END""",
+    """CREATE TRIGGER agents_labels_load AFTER UPDATE OF active_tasks ON agents
+    WHEN OLD.active_tasks IS NOT NEW.active_tasks
+    BEGIN
+        UPDATE agent_capabilities SET active_tasks = NEW.active_tasks WHERE agent_id = NEW.id;
+    END""",
     *(
         f"""CREATE TRIGGER {kind}s_count_insert AFTER INSERT ON {kind}s
         BEGIN
@@ -186,6 +191,15 @@ _FOLLOW_POSTGRESQL = (
     """CREATE TRIGGER agents_labels_status AFTER UPDATE OF status ON agents
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION agentcore_labels_status()""",
+    """CREATE FUNCTION agentcore_labels_load() RETURNS trigger LANGUAGE plpgsql AS $body$
+    BEGIN
+        UPDATE agent_capabilities SET active_tasks = NEW.active_tasks WHERE agent_id = NEW.id;
+        RETURN NULL;
+    END
+    $body$""",
+    """CREATE TRIGGER agents_labels_load AFTER UPDATE OF active_tasks ON agents
+    FOR EACH ROW WHEN (OLD.active_tasks IS DISTINCT FROM NEW.active_tasks)
+    EXECUTE FUNCTION agentcore_labels_load()""",
     """CREATE FUNCTION agentcore_status_count() RETURNS trigger LANGUAGE plpgsql AS $body$
     BEGIN
         IF TG_OP <> 'INSERT' THEN
@@ -376,17 +390,24 @@ MIGRATIONS: tuple[tuple[str | Dialects, ...], ...] = (
     (
         # Every list and discover query walks an index in its own order and stops
         # at its limit. Label rows carry their agent's tenant, status and name, so
-        # discover by one capability (or tag) is one index range in name order.
+        # discover by one capability (or tag) is one index range in name order;
+        # capability rows carry the agent's load too, so picking the least-loaded
+        # capable agent is the first entry of one range.
         *(
             f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL DEFAULT ''"
             for table in ("agent_capabilities", "agent_tags")
             for column in ("tenant", "status", "agent_name")
         ),
+        "ALTER TABLE agent_capabilities ADD COLUMN active_tasks INTEGER NOT NULL DEFAULT 0",
         *(
             f"UPDATE {table} SET tenant = a.tenant, status = a.status, agent_name = a.name "
             f"FROM agents a WHERE a.id = {table}.agent_id"
             for table in ("agent_capabilities", "agent_tags")
         ),
+        "UPDATE agent_capabilities SET active_tasks = a.active_tasks "
+        "FROM agents a WHERE a.id = agent_capabilities.agent_id",
+        "CREATE INDEX agent_capabilities_load "
+        "ON agent_capabilities (name, tenant, status, active_tasks, agent_name, agent_id)",
         "DROP INDEX agent_capabilities_name",
         "DROP INDEX agent_tags_tag",
         "CREATE INDEX agent_capabilities_discover "
@@ -533,20 +554,54 @@ def _agent_row(agent: Agent) -> tuple[Any, ...]:
     )
 
 
-def _agent(row: Sequence[Any]) -> Agent:
-    return Agent(
-        agent_id=row[0],
-        tenant=row[1],
-        name=row[2],
-        version=row[3],
-        status=AgentStatus(row[4]),
-        card=_card_decoder.decode(row[5]),
-        capabilities=_labels_decoder.decode(row[6]),
-        tags=_labels_decoder.decode(row[7]),
-        registered_at=row[8],
-        updated_at=row[9],
-        last_seen=row[10],
-    )
+_AGENT_STATUS = {str(status): status for status in AgentStatus}
+#: Entries kept by each :class:`_AgentRows` cache; emptied when full.
+_CARDS_CACHED = 4096
+
+
+class _AgentRows:
+    """Decodes agent rows, remembering decoded cards by their stored JSON text.
+
+    A card changes only when its agent registers again, while discover reads
+    the same few agents over and over, and decoding a card (with validation)
+    was most of a discover call's cost. The cached cards are shared between the
+    agents returned; nothing mutates a stored card.
+    """
+
+    def __init__(self) -> None:
+        self._cards: dict[str, AgentCard] = {}
+        self._labels: dict[str, tuple[str, ...]] = {}
+
+    def _card(self, text: str) -> AgentCard:
+        card = self._cards.get(text)
+        if card is None:
+            if len(self._cards) >= _CARDS_CACHED:
+                self._cards.clear()
+            card = self._cards[text] = _card_decoder.decode(text)
+        return card
+
+    def _label_list(self, text: str) -> list[str]:
+        labels = self._labels.get(text)
+        if labels is None:
+            if len(self._labels) >= _CARDS_CACHED:
+                self._labels.clear()
+            labels = self._labels[text] = tuple(_labels_decoder.decode(text))
+        return list(labels)
+
+    def agent(self, row: Sequence[Any]) -> Agent:
+        return Agent(
+            agent_id=row[0],
+            tenant=row[1],
+            name=row[2],
+            version=row[3],
+            status=_AGENT_STATUS[row[4]],
+            card=self._card(row[5]),
+            capabilities=self._label_list(row[6]),
+            tags=self._label_list(row[7]),
+            registered_at=row[8],
+            updated_at=row[9],
+            last_seen=row[10],
+        )
 
 
 def _task_row(task: Task) -> tuple[Any, ...]:
@@ -598,13 +653,18 @@ def _where(conditions: list[str]) -> str:
 
 
 def _has_all(
-    table: str, column: str, values: Iterable[str], args: _Args, agents: str = "agents"
+    table: str,
+    column: str,
+    values: Iterable[str],
+    args: _Args,
+    agents: str = "agents",
+    agent_id: str = "id",
 ) -> str:
     """Every value present for the agent: one primary-key probe per value and agent,
     so a query walks agents in its ORDER BY index and stops at its LIMIT (a grouped
     subquery would first list every agent that has them, per query)."""
     return " AND ".join(
-        f"EXISTS (SELECT 1 FROM {table} l WHERE l.agent_id = {agents}.id "
+        f"EXISTS (SELECT 1 FROM {table} l WHERE l.agent_id = {agents}.{agent_id} "
         f"AND l.{column} = {args(value)})"
         for value in sorted(set(values))
     )
@@ -737,9 +797,12 @@ class SqlStore:
     """The store on one :class:`Driver`: the database, or one transaction of it
     (:meth:`transaction` yields a store bound to the transaction)."""
 
-    def __init__(self, db: Driver, *, in_transaction: bool = False) -> None:
+    def __init__(
+        self, db: Driver, *, in_transaction: bool = False, rows: _AgentRows | None = None
+    ) -> None:
         self._db = db
         self._in_transaction = in_transaction
+        self._rows = rows or _AgentRows()
 
     @property
     def db(self) -> Database:
@@ -767,7 +830,7 @@ class SqlStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlStore]:
         async with self._db.transaction() as tx:
-            yield SqlStore(tx, in_transaction=True)
+            yield SqlStore(tx, in_transaction=True, rows=self._rows)
 
     @asynccontextmanager
     async def _atomic(self) -> AsyncIterator[Driver]:
@@ -793,8 +856,9 @@ class SqlStore:
                 return False
             labelled = (agent_id, agent.tenant, str(agent.status), agent.name)
             await tx.executemany(
-                "INSERT INTO agent_capabilities (agent_id, tenant, status, agent_name, name) "
-                "VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO agent_capabilities "
+                "(agent_id, tenant, status, agent_name, name, active_tasks) "
+                "VALUES ($1, $2, $3, $4, $5, (SELECT active_tasks FROM agents WHERE id = $1))",
                 [(*labelled, name) for name in sorted(set(agent.capabilities))],
             )
             await tx.executemany(
@@ -806,7 +870,7 @@ class SqlStore:
 
     async def get_agent(self, agent_id: str) -> Agent | None:
         rows = await self._db.fetch(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = $1", agent_id)
-        return _agent(rows[0]) if rows else None
+        return self._rows.agent(rows[0]) if rows else None
 
     async def delete_agent(self, agent_id: str) -> bool:
         async with self._atomic() as tx:
@@ -816,7 +880,8 @@ class SqlStore:
 
     async def query_agents(self, query: AgentQuery) -> list[Agent]:
         sql, args = agents_sql(query)
-        return [_agent(row) for row in await self._db.fetch(sql, *args)]
+        agent = self._rows.agent
+        return [agent(row) for row in await self._db.fetch(sql, *args)]
 
     async def touch_agents(self, beats: Sequence[tuple[str, float]]) -> None:
         if not beats:
@@ -905,15 +970,28 @@ class SqlStore:
 
     async def least_loaded_agent(self, capabilities: Sequence[str], tenant: str) -> str | None:
         args = _Args()
-        conditions = [f"status = {args(str(AgentStatus.ACTIVE))}", f"tenant = {args(tenant)}"]
-        if capabilities:
-            conditions.append(_has_all("agent_capabilities", "name", capabilities, args))
-        # Walks agents_load (tenant, status, active_tasks, name, id) in order.
-        rows = await self._db.fetch(
-            f"SELECT id FROM agents{_where(conditions)} "
-            "ORDER BY active_tasks, name, id LIMIT 1",
-            *args,
-        )
+        active = str(AgentStatus.ACTIVE)
+        wanted = sorted(set(capabilities))
+        if not wanted:  # walks agents_load (tenant, status, active_tasks, name, id)
+            sql = (
+                f"SELECT id FROM agents WHERE tenant = {args(tenant)} AND status = {args(active)} "
+                "ORDER BY active_tasks, name, id LIMIT 1"
+            )
+        else:  # walks agent_capabilities_load from the least-loaded agent with the first
+            conditions = [
+                f"d.name = {args(wanted[0])}",
+                f"d.tenant = {args(tenant)}",
+                f"d.status = {args(active)}",
+            ]
+            if wanted[1:]:
+                conditions.append(
+                    _has_all("agent_capabilities", "name", wanted[1:], args, "d", "agent_id")
+                )
+            sql = (
+                f"SELECT d.agent_id FROM agent_capabilities d{_where(conditions)} "
+                "ORDER BY d.active_tasks, d.agent_name, d.agent_id LIMIT 1"
+            )
+        rows = await self._db.fetch(sql, *args)
         return str(rows[0][0]) if rows else None
 
     async def count_tasks(self) -> dict[str, int]:

@@ -15,14 +15,25 @@ Connections
     the writer, which then answers reads too.
 
 Transactions
-    ``transaction()`` holds the writer (an :class:`asyncio.Lock`) from
-    ``BEGIN IMMEDIATE`` to ``COMMIT`` and is rolled back when its block
-    raises. A block that awaits nothing but its own statements runs without
-    yielding to the loop, so the lock is never contended then. A statement
-    outside a block is a transaction of its own. WAL with
-    ``synchronous=NORMAL`` keeps every committed transaction when the process
-    is killed (only an OS crash or a power loss can lose the last ones), so
-    "acknowledged" means durable.
+    ``transaction()`` holds the writer (an :class:`asyncio.Lock`) while its
+    block runs and is rolled back when the block raises. A block that awaits
+    nothing but its own statements runs without yielding to the loop, so the
+    lock is never contended then. A statement outside a block is a block of
+    its own.
+
+Group commit
+    A commit writes every page the transaction changed to the WAL, one system
+    call each, which costs more than the statements of a typical state change.
+    So once serving, the blocks of one loop turn share a transaction: the
+    first one begins it (``BEGIN IMMEDIATE``), each runs inside a savepoint
+    (a block that raises is rolled back to it alone), and a callback at the
+    end of the turn commits them together. No block returns before that
+    ``COMMIT`` has succeeded; if it fails, every block of the batch fails.
+    WAL with ``synchronous=NORMAL`` keeps every committed transaction when
+    the process is killed (only an OS crash or a power loss can lose the last
+    ones), so "acknowledged" means durable. Checkpoints (copying the WAL back
+    into the database file, with an ``fsync``) run in a thread of their own
+    instead of inside a commit on the loop.
 
 Other processes
     Several workers may share one file. SQLite's busy handler would block the
@@ -45,6 +56,7 @@ import contextlib
 import functools
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -56,15 +68,21 @@ from agentcore.store.sql import Driver, ready
 
 MEMORY = ":memory:"
 
+#: Pages kept in memory per connection, in KiB (SQLite's default is 2 MiB). A task
+#: insert touches about ten index pages at random places; past the default cache
+#: each one became a read system call.
+CACHE_KIB = 65_536
 _COMMON_PRAGMAS = (
     "PRAGMA busy_timeout=5000",
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=OFF",
+    f"PRAGMA cache_size=-{CACHE_KIB}",
 )
 _READER_PRAGMAS = (
     "PRAGMA busy_timeout=5000",
     "PRAGMA query_only=ON",
+    f"PRAGMA cache_size=-{CACHE_KIB}",
 )
 #: How long opening a connection retries a pragma the database is locked for.
 #: Switching to WAL takes an exclusive lock and SQLite can answer "locked" at
@@ -177,6 +195,62 @@ class _Connection:
             raise error from exc
 
 
+#: Most blocks committed together; past it the batch commits at once.
+MAX_BATCH_UNITS = 256
+#: Seconds between two WAL checkpoints of the checkpointer thread.
+CHECKPOINT_INTERVAL_S = 0.5
+
+
+class _Batch:
+    """The blocks of one loop turn: they commit together, then are answered."""
+
+    __slots__ = ("committed", "loop", "units")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.committed: asyncio.Future[None] = loop.create_future()
+        # A block cancelled while it waits leaves the outcome to no one: taken here.
+        self.committed.add_done_callback(_consume)
+        self.units = 0
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class _Checkpointer:
+    """A thread that copies the WAL back into the database file every
+    :data:`CHECKPOINT_INTERVAL_S`: a checkpoint writes and syncs the file, work
+    that must not run on the event loop (``wal_autocheckpoint`` would run it
+    inside a commit). ``PASSIVE`` never waits for, nor blocks, readers or the
+    writer."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="agentcore-sqlite-checkpoint", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            while not self._stop.wait(CHECKPOINT_INTERVAL_S):
+                # A failed checkpoint is retried at the next interval; the WAL only grows.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+
 class SqliteDatabase:
     dialect = "sqlite"
 
@@ -198,6 +272,11 @@ class SqliteDatabase:
         self._writer: _Connection | None = None
         self._reader: _Connection | None = None
         self._lock = asyncio.Lock()
+        #: Once serving, file databases group the blocks of one loop turn into one commit.
+        self._grouped = False
+        self._batch: _Batch | None = None
+        self._commit_wanted = False
+        self._checkpointer: _Checkpointer | None = None
         #: Transactions committed since this object was made (tests, benchmarks).
         self.commits = 0
 
@@ -224,14 +303,24 @@ class SqliteDatabase:
         self._writer = _Connection(writer.conn, self._statement_timeout_s)
         if self._reader is not None:
             self._reader = _Connection(self._reader.conn, self._statement_timeout_s)
+        self._grouped = self._path != MEMORY
+        if self._grouped and self._checkpointer is None:
+            writer.conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = _Checkpointer(self._path)
+            self._checkpointer.start()
 
     async def close(self) -> None:
         """Waits for a transaction in progress; idempotent."""
         async with self._lock:
+            if self._writer is not None:
+                self._commit_batch(self._writer)
             for conn in (self._reader, self._writer):
                 if conn is not None:
                     conn.conn.close()
             self._writer = self._reader = None
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            await asyncio.to_thread(checkpointer.stop)
 
     def _live(self) -> _Connection:
         writer = self._writer
@@ -271,20 +360,85 @@ class SqliteDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Driver]:
+        if not self._grouped:
+            async with self._lock:
+                writer = self._live()
+                await self._begin(writer)
+                try:
+                    yield _InTransaction(writer)
+                except BaseException:
+                    _rollback(writer.conn)
+                    raise
+                self._commit_or_raise(writer)
+            return
         async with self._lock:
             writer = self._live()
-            await self._begin(writer)
+            batch = self._batch
+            if batch is None:
+                await self._begin(writer)
+                batch = self._batch = _Batch(asyncio.get_running_loop())
+                batch.loop.call_soon(self._commit)  # once this loop turn's work is done
+            conn = writer.conn
+            conn.execute("SAVEPOINT unit")
             try:
                 yield _InTransaction(writer)
             except BaseException:
-                _rollback(writer.conn)
+                if not (conn.in_transaction and _undo(conn)):
+                    self._lose(batch, writer)  # SQLite gave the whole transaction up
                 raise
             try:
-                writer.conn.execute("COMMIT")
+                conn.execute("RELEASE unit")
             except Exception as exc:
-                _rollback(writer.conn)
-                raise StoreUnavailable(f"sqlite: commit failed: {exc}") from exc
-            self.commits += 1
+                self._lose(batch, writer)
+                raise StoreUnavailable(f"sqlite: {exc}") from exc
+            batch.units += 1
+            if batch.units >= MAX_BATCH_UNITS:
+                self._commit_batch(writer)
+        if self._commit_wanted:
+            self._commit_wanted = False
+            batch.loop.call_soon(self._commit)
+        await asyncio.shield(batch.committed)
+
+    def _commit_or_raise(self, writer: _Connection) -> None:
+        try:
+            writer.conn.execute("COMMIT")
+        except Exception as exc:
+            _rollback(writer.conn)
+            raise StoreUnavailable(f"sqlite: commit failed: {exc}") from exc
+        self.commits += 1
+
+    def _commit(self) -> None:
+        """End of a loop turn: commit the batch, unless a block is still inside it
+        (then the block commits it as it leaves)."""
+        if self._batch is None:
+            return
+        if self._lock.locked():
+            self._commit_wanted = True
+            return
+        writer = self._writer
+        if writer is not None:
+            self._commit_batch(writer)
+
+    def _commit_batch(self, writer: _Connection) -> None:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        try:
+            self._commit_or_raise(writer)
+        except StoreUnavailable as exc:
+            batch.committed.set_exception(exc)
+        else:
+            batch.committed.set_result(None)
+
+    def _lose(self, batch: _Batch, writer: _Connection) -> None:
+        """The batch cannot commit: roll it back and fail every block that was in it."""
+        _rollback(writer.conn)
+        if self._batch is batch:
+            self._batch = None
+        if not batch.committed.done():
+            batch.committed.set_exception(
+                StoreUnavailable("sqlite: the transaction holding this write was rolled back")
+            )
 
     async def _begin(self, writer: _Connection) -> None:
         """``BEGIN IMMEDIATE``; while another process writes, retried after async sleeps."""
@@ -307,6 +461,16 @@ class SqliteDatabase:
                     ) from exc
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+
+def _undo(conn: sqlite3.Connection) -> bool:
+    """Roll the block's savepoint back; False when even that failed."""
+    try:
+        conn.execute("ROLLBACK TO unit")
+        conn.execute("RELEASE unit")
+    except Exception:
+        return False
+    return True
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
