@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 from schemathesis import APIOperation, Case, CheckFunction, GenerationMode
 from schemathesis.core.result import Err
 from schemathesis.python import asgi
-from schemathesis.specs.openapi.checks import negative_data_rejection
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from agentcore.app import Gateway, create_app
@@ -189,10 +189,15 @@ def json_rpc_exemptions(case: Case[Any]) -> list[CheckFunction] | None:
     A batch answers 200 with per-element errors and a notification (no ``id``)
     answers 204 even when it is invalid: the spec forbids answering either with
     a single error, so "invalid input gets a 4xx" holds only for single calls.
+    A page cursor (``after``) is an opaque string: every string fits its schema,
+    but only one a listing issued is accepted (400 otherwise).
     """
     body = case.body
     if isinstance(body, list) or (isinstance(body, dict) and "id" not in body):
         return [negative_data_rejection]
+    params = body.get("params") if isinstance(body, dict) else None
+    if isinstance(params, dict) and "after" in params:
+        return [positive_data_acceptance]
     return None
 
 
