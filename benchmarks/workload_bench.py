@@ -589,7 +589,10 @@ async def _load_tasks(url: str, count: int, agents: int) -> dict[str, Any]:
         insert_sql: str | None = None
     else:
         insert_sql = _INSERT_TASK
-    store = open_store(url)
+    try:  # a chunk of 10,000 rows is one statement: no per-statement time limit here
+        store = open_store(url, statement_timeout_s=3600)
+    except TypeError:  # a baseline revision without the setting
+        store = open_store(url)
     await store.open()
     db = getattr(store, "db", None)
     method = "executemany" if insert_sql and db is not None else "insert_task"

@@ -49,13 +49,13 @@ TASK_SHAPES = {
 INTERNAL_SHAPES: dict[str, tuple[str, list[Any]]] = {
     "pending pass": (
         "SELECT body FROM tasks WHERE status = $1 ORDER BY priority DESC, created_at, id "
-        "LIMIT $2",
-        ["pending", 200],
+        "LIMIT 200 OFFSET 0",
+        ["pending"],
     ),
     "deadline sweep": (
         "SELECT body FROM tasks WHERE deadline IS NOT NULL AND deadline < $1 "
-        "AND status IN ($2, $3) ORDER BY deadline, id LIMIT $4",
-        [5.0, "assigned", "running", 200],
+        "AND status IN ($2, $3) ORDER BY deadline, id LIMIT 200 OFFSET 0",
+        [5.0, "assigned", "running"],
     ),
 }
 

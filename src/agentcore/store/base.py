@@ -6,7 +6,9 @@ committed transaction survives SIGKILL of the process) and PostgreSQL through
 asyncpg. ``sqlite://:memory:`` is the in-memory backend of the unit tests.
 
 Every method that returns after a write has committed it: "acknowledged"
-means durable.
+means durable. :meth:`Store.transaction` binds the store to one transaction,
+so that a state change's writes (and, through ``EventLog.change``, its
+events) commit together or not at all.
 """
 
 from __future__ import annotations

@@ -115,6 +115,9 @@ class PostgresDatabase:
                     # default for the first ones, and whenever PostgreSQL guesses a
                     # custom plan is cheaper) cost more server time than running it.
                     "plan_cache_mode": "force_generic_plan",
+                    # Every query walks an index and stops at a small limit: a
+                    # parallel plan's worker start-up only costs time here.
+                    "max_parallel_workers_per_gather": "0",
                 },
             )
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:

@@ -674,6 +674,13 @@ def _has_all(
 TRIM_STEP = 5_000
 
 
+def _page(limit: int, offset: int) -> str:
+    """``LIMIT`` and ``OFFSET`` as literals (validated integers): with parameters there,
+    PostgreSQL's generic plan assumes a tenth of the table is wanted and chose a
+    parallel scan that took 6 ms instead of an index walk of 0.4 ms."""
+    return f"LIMIT {int(limit)} OFFSET {int(offset)}"
+
+
 def agents_sql(query: AgentQuery) -> tuple[str, list[Any]]:
     """The SQL of a list or discover query, shaped so that one index serves it in order.
 
@@ -724,7 +731,7 @@ def agents_sql(query: AgentQuery) -> tuple[str, list[Any]]:
     columns = ", ".join(f"a.{column}" for column in _AGENT_COLUMNS.split(", "))
     sql = (
         f"SELECT {columns} FROM {source}{_where(conditions)} "
-        f"ORDER BY {order[0]}, {order[1]} LIMIT {args(query.limit)} OFFSET {args(query.offset)}"
+        f"ORDER BY {order[0]}, {order[1]} {_page(query.limit, query.offset)}"
     )
     return sql, args
 
@@ -759,7 +766,7 @@ def tasks_sql(query: TaskQuery) -> tuple[str, list[Any]]:
         conditions.append(f"(created_at, id) > ({args(float(created))}, {args(last_id)})")
     sql = (
         f"SELECT body FROM tasks{_where(conditions)} "
-        f"ORDER BY created_at, id LIMIT {args(query.limit)} OFFSET {args(query.offset)}"
+        f"ORDER BY created_at, id {_page(query.limit, query.offset)}"
     )
     return sql, args
 
@@ -936,9 +943,8 @@ class SqlStore:
         # Walks tasks_pending (status, priority DESC, created_at, id).
         rows = await self._db.fetch(
             "SELECT body FROM tasks WHERE status = $1 "
-            "ORDER BY priority DESC, created_at, id LIMIT $2",
+            f"ORDER BY priority DESC, created_at, id {_page(limit, 0)}",
             str(TaskStatus.PENDING),
-            limit,
         )
         return _tasks(rows)
 
@@ -950,7 +956,7 @@ class SqlStore:
         sql = (
             f"SELECT body FROM tasks{indexed} WHERE deadline IS NOT NULL "
             f"AND deadline < {args(float(now))} AND status IN ({args.many(_ACTIVE_TASK)}) "
-            f"ORDER BY deadline, id LIMIT {args(limit)}"
+            f"ORDER BY deadline, id {_page(limit, 0)}"
         )
         return _tasks(await self._db.fetch(sql, *args))
 
@@ -1077,7 +1083,7 @@ class SqlStore:
             conditions.append(f"tenant = {args(tenant)}")
         rows = await self._db.fetch(
             f"SELECT {_EVENT_COLUMNS} FROM events{_where(conditions)} "
-            f"ORDER BY id LIMIT {args(int(limit))}",
+            f"ORDER BY id {_page(limit, 0)}",
             *args,
         )
         return [_event(row) for row in rows]
