@@ -268,7 +268,6 @@ async def gateway_on(url: str) -> AsyncIterator[tuple[Gateway, ManualClock]]:
             await store.db.execute(
                 "TRUNCATE agents, agent_capabilities, agent_tags, tasks, events, api_keys"
             )
-            await store.db.execute("UPDATE status_counts SET n = 0")
         yield gateway, clock
     finally:
         await gateway.shutdown()

@@ -143,7 +143,23 @@ _TASK_LOAD_POSTGRESQL = (
 _AGENT_STATUSES = sorted(str(status) for status in AgentStatus)
 _TASK_STATUSES = sorted(str(status) for status in TaskStatus)
 
-#: Label rows follow their agent's status; the status counts follow every row.
+_STATUS_COUNTS_SQLITE = (
+    """CREATE TABLE status_counts (
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        n BIGINT NOT NULL,
+        PRIMARY KEY (kind, status)
+    )""",
+    *(
+        f"INSERT INTO status_counts (kind, status, n) VALUES ('{kind}', '{status}', "
+        f"(SELECT COUNT(*) FROM {kind}s WHERE status = '{status}'))"
+        for kind, statuses in (("agent", _AGENT_STATUSES), ("task", _TASK_STATUSES))
+        for status in statuses
+    ),
+)
+
+#: Label rows follow their agent's status and load; on SQLite the status counts
+#: follow every row.
 _FOLLOW_SQLITE = (
     """CREATE TRIGGER agents_labels_status AFTER UPDATE OF status ON agents
     WHEN OLD.status IS NOT NEW.status
@@ -200,30 +216,6 @@ _FOLLOW_POSTGRESQL = (
     """CREATE TRIGGER agents_labels_load AFTER UPDATE OF active_tasks ON agents
     FOR EACH ROW WHEN (OLD.active_tasks IS DISTINCT FROM NEW.active_tasks)
     EXECUTE FUNCTION agentcore_labels_load()""",
-    """CREATE FUNCTION agentcore_status_count() RETURNS trigger LANGUAGE plpgsql AS $body$
-    BEGIN
-        IF TG_OP <> 'INSERT' THEN
-            UPDATE status_counts SET n = n - 1 WHERE kind = TG_ARGV[0] AND status = OLD.status;
-        END IF;
-        IF TG_OP <> 'DELETE' THEN
-            UPDATE status_counts SET n = n + 1 WHERE kind = TG_ARGV[0] AND status = NEW.status;
-        END IF;
-        RETURN NULL;
-    END
-    $body$""",
-    *(
-        statement
-        for kind in ("agent", "task")
-        for statement in (
-            f"""CREATE TRIGGER {kind}s_count_insert AFTER INSERT ON {kind}s
-            FOR EACH ROW EXECUTE FUNCTION agentcore_status_count('{kind}')""",
-            f"""CREATE TRIGGER {kind}s_count_update AFTER UPDATE OF status ON {kind}s
-            FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
-            EXECUTE FUNCTION agentcore_status_count('{kind}')""",
-            f"""CREATE TRIGGER {kind}s_count_delete AFTER DELETE ON {kind}s
-            FOR EACH ROW EXECUTE FUNCTION agentcore_status_count('{kind}')""",
-        )
-    ),
 )
 
 #: Migration N (1-based) is ``MIGRATIONS[N - 1]``; append, never edit.
@@ -428,19 +420,10 @@ MIGRATIONS: tuple[tuple[str | Dialects, ...], ...] = (
         # The pending pass (highest priority, then oldest) and the deadline sweep.
         "CREATE INDEX tasks_pending ON tasks (status, priority DESC, created_at, id)",
         "CREATE INDEX tasks_deadline ON tasks (deadline, id) WHERE deadline IS NOT NULL",
-        # Rows per status, kept by triggers: metrics read them without counting a table.
-        """CREATE TABLE status_counts (
-            kind TEXT NOT NULL,
-            status TEXT NOT NULL,
-            n BIGINT NOT NULL,
-            PRIMARY KEY (kind, status)
-        )""",
-        *(
-            f"INSERT INTO status_counts (kind, status, n) VALUES ('{kind}', '{status}', "
-            f"(SELECT COUNT(*) FROM {kind}s WHERE status = '{status}'))"
-            for kind, statuses in (("agent", _AGENT_STATUSES), ("task", _TASK_STATUSES))
-            for status in statuses
-        ),
+        # SQLite: rows per status, kept by triggers, so metrics do not count a table on
+        # the event loop. PostgreSQL counts (off the loop): there one counter row that
+        # every task write updates would serialise the writers and bloat.
+        {"sqlite": _STATUS_COUNTS_SQLITE, "postgresql": ()},
         {"sqlite": _FOLLOW_SQLITE, "postgresql": _FOLLOW_POSTGRESQL},
     ),
 )
@@ -918,9 +901,12 @@ class SqlStore:
         return await self._counts("agent")
 
     async def _counts(self, kind: str) -> dict[str, int]:
-        rows = await self._db.fetch(
-            "SELECT status, n FROM status_counts WHERE kind = $1 AND n > 0", kind
-        )
+        if self._db.dialect == "postgresql":
+            rows = await self._db.fetch(f"SELECT status, COUNT(*) FROM {kind}s GROUP BY status")
+        else:
+            rows = await self._db.fetch(
+                "SELECT status, n FROM status_counts WHERE kind = $1 AND n > 0", kind
+            )
         return {row[0]: int(row[1]) for row in rows}
 
     # -- tasks ----------------------------------------------------------------
