@@ -25,14 +25,18 @@ def encode(first: str | float, last_id: str) -> str:
     return base64.urlsafe_b64encode(msgspec.json.encode((first, last_id))).decode().rstrip("=")
 
 
+def invalid() -> InvalidParams:
+    """The error for an ``after`` that no listing issued."""
+    return InvalidParams(
+        "invalid params: 'after' is not a cursor returned by this listing",
+        data={"field": "after"},
+    )
+
+
 def decode(cursor: str) -> _Key:
-    """The sort key in ``cursor``; :class:`InvalidParams` for anything this module did
-    not make."""
+    """The sort key in ``cursor``; :func:`invalid` for anything this module did not make."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         return _decoder.decode(raw)
     except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
-        raise InvalidParams(
-            "invalid params: 'after' is not a cursor returned by this listing",
-            data={"field": "after"},
-        ) from exc
+        raise invalid() from exc

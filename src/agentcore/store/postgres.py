@@ -6,14 +6,14 @@ asyncpg checks parameter types strictly: DOUBLE PRECISION columns need
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import asyncpg
 
 from agentcore.errors import QueryTimeout, StoreUnavailable
-from agentcore.store.sql import Driver, ready
+from agentcore.store.sql import Driver
 
 _UNAVAILABLE = (
     OSError,  # includes TimeoutError
@@ -66,8 +66,6 @@ class _Session:
             rows: list[Sequence[Any]] = await self._target.fetch(sql, *args)
             return rows
 
-    async def fetch_pipelined(self, sql: str, *args: Any) -> Awaitable[list[Sequence[Any]]]:
-        return ready(await self.fetch(sql, *args))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         params = list(rows)
@@ -137,8 +135,6 @@ class PostgresDatabase:
     async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
         return await self._session().fetch(sql, *args)
 
-    async def fetch_pipelined(self, sql: str, *args: Any) -> Awaitable[list[Sequence[Any]]]:
-        return ready(await self.fetch(sql, *args))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         await self._session().executemany(sql, rows)

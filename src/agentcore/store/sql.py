@@ -14,7 +14,7 @@ struct that was stored.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,7 +22,7 @@ import msgspec
 
 from agentcore import cursor
 from agentcore.apikeys import ApiKey
-from agentcore.errors import ConfigError, InvalidParams
+from agentcore.errors import ConfigError
 from agentcore.events.base import Event
 from agentcore.llm.accounting import LlmUsage
 from agentcore.models import (
@@ -51,14 +51,7 @@ class Driver(Protocol):
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run ``sql`` once per row. Nothing comes back, so inside a transaction a
         driver may pipeline it (SQLite does: an error surfaces at the block's next
-        statement or at its end). Statements whose row count is not needed use it
-        inside transactions, even for one row, so the block does not wait for them."""
-
-    async def fetch_pipelined(self, sql: str, *args: Any) -> Awaitable[list[Sequence[Any]]]:
-        """Send a query and return its result to await later. Inside a SQLite
-        transaction it is queued without waiting, so the statements after it and
-        the commit reach the one writer together and it never waits for the event
-        loop; elsewhere it runs now."""
+        statement or at its end)."""
 
     def transaction(self) -> AbstractAsyncContextManager[Driver]:
         """One connection from BEGIN to COMMIT; rolled back when the block raises.
@@ -66,11 +59,6 @@ class Driver(Protocol):
         The yielded driver is the only one to use inside the block: the outer
         one may wait for the transaction to end (SQLite) and so deadlock.
         """
-
-
-async def ready(rows: list[Sequence[Any]]) -> list[Sequence[Any]]:
-    """Rows already fetched, as :meth:`Driver.fetch_pipelined` returns them when it ran at once."""
-    return rows
 
 
 @runtime_checkable
@@ -742,10 +730,7 @@ def tasks_sql(query: TaskQuery) -> tuple[str, list[Any]]:
     if query.after is not None:
         created, last_id = cursor.decode(query.after)
         if not isinstance(created, float | int):
-            raise InvalidParams(
-                "invalid params: 'after' is not a cursor returned by this listing",
-                data={"field": "after"},
-            )
+            raise cursor.invalid()
         conditions.append(f"(created_at, id) > ({args(float(created))}, {args(last_id)})")
     sql = (
         f"SELECT body FROM tasks{_where(conditions)} "

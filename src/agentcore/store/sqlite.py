@@ -58,13 +58,13 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from agentcore.errors import QueryTimeout, StoreUnavailable
-from agentcore.store.sql import Driver, ready
+from agentcore.store.sql import Driver
 
 MEMORY = ":memory:"
 
@@ -347,8 +347,6 @@ class SqliteDatabase:
         async with self.transaction() as tx:
             return await tx.fetch(sql, *args)
 
-    async def fetch_pipelined(self, sql: str, *args: Any) -> Awaitable[list[Sequence[Any]]]:
-        return ready(await self.fetch(sql, *args))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         params = list(rows)
@@ -499,8 +497,6 @@ class _InTransaction:
         rows: list[Sequence[Any]] = self._writer.run("fetch", _numbered(sql), args)
         return rows
 
-    async def fetch_pipelined(self, sql: str, *args: Any) -> Awaitable[list[Sequence[Any]]]:
-        return ready(await self.fetch(sql, *args))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         params = list(rows)
