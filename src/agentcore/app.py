@@ -113,6 +113,7 @@ class Gateway:
         self.tasks = TaskService(self.store, self.events, config.tasks, clock)
         self.registry.on_available = self.tasks.on_agent_available
         self.registry.on_leave = self.tasks.release
+        self.registry.on_released = self.tasks.assign_pending
         #: Blob storage (local files or S3); clients are created on first use.
         self.blobs = blobs or open_blob_store(
             config.storage, config.database.data_dir, os.environ, clock

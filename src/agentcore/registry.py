@@ -26,6 +26,7 @@ from agentcore.store.base import Store
 AgentHook = Callable[[str], Awaitable[None]]
 #: Called inside the change that takes an agent away (its tasks are released in it).
 LeaveHook = Callable[[Change, str], Awaitable[int]]
+ReleasedHook = Callable[[], Awaitable[object]]
 
 
 class PingResult(msgspec.Struct, kw_only=True):
@@ -48,13 +49,15 @@ class Registry:
         self._beats: dict[str, float] = {}
         #: Agents this worker knows to be active: id -> (cache expiry, tenant).
         self._active_until: dict[str, tuple[float, str]] = {}
-        #: The task service hooks in here. ``on_available`` runs after an agent
-        #: became available (registered, or back from inactive) has committed;
-        #: ``on_leave`` runs inside the change that takes an agent away and
-        #: returns how many of its tasks it released (then ``on_available`` of
-        #: no one runs, to reassign them).
+        #: The task service hooks in here. ``on_available`` runs once a change that
+        #: made an agent available (registered, or back from inactive) has
+        #: committed; ``on_leave`` runs inside the change that takes an agent
+        #: away and returns how many of its tasks it released; ``on_released``
+        #: runs after that change committed, when it released any, to offer
+        #: them to the other agents.
         self.on_available: AgentHook | None = None
         self.on_leave: LeaveHook | None = None
+        self.on_released: ReleasedHook | None = None
 
     @staticmethod
     def _emit(
@@ -170,8 +173,8 @@ class Registry:
             released = await self._left(change, agent_id)
         self._beats.pop(agent_id, None)
         self._active_until.pop(agent_id, None)
-        if released and self.on_available is not None:
-            await self.on_available(agent_id)
+        if released and self.on_released is not None:
+            await self.on_released()
 
     async def flush(self) -> int:
         """Write pending heartbeats in one batch; returns how many."""
@@ -199,6 +202,6 @@ class Registry:
                 released += await self._left(change, agent_id)
         for agent_id, _ in expired:
             self._active_until.pop(agent_id, None)
-        if released and self.on_available is not None:
-            await self.on_available(expired[0][0])
+        if released and self.on_released is not None:
+            await self.on_released()
         return [agent_id for agent_id, _ in expired]

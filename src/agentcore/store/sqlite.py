@@ -166,7 +166,7 @@ class _Connection:
     def _progress(self) -> int:
         return 1 if time.monotonic() > self.deadline else 0
 
-    def _translated(self, exc: Exception, sql: str) -> Exception:
+    def _translated(self, exc: Exception) -> Exception:
         if isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted":
             return QueryTimeout(
                 f"the query ran longer than {self.timeout_s:g} s and was stopped; "
@@ -189,7 +189,7 @@ class _Connection:
                 return None
             return self.conn.execute(sql, args).fetchall()
         except Exception as exc:
-            error = self._translated(exc, sql)
+            error = self._translated(exc)
             if error is exc:
                 raise
             raise error from exc
@@ -461,11 +461,11 @@ class SqliteDatabase:
             delay = min(delay * 2, 0.05)
 
 
-def _undo(conn: sqlite3.Connection) -> bool:
-    """Roll the block's savepoint back; False when even that failed."""
+def _undo(conn: sqlite3.Connection, savepoint: str = "unit") -> bool:
+    """Roll ``savepoint`` back; False when even that failed."""
     try:
-        conn.execute("ROLLBACK TO unit")
-        conn.execute("RELEASE unit")
+        conn.execute(f"ROLLBACK TO {savepoint}")
+        conn.execute(f"RELEASE {savepoint}")
     except Exception:
         return False
     return True
@@ -511,8 +511,6 @@ class _InTransaction:
         try:
             yield self
         except BaseException:
-            with contextlib.suppress(Exception):
-                conn.execute("ROLLBACK TO nested")
-                conn.execute("RELEASE nested")
+            _undo(conn, "nested")  # best effort: the block's own error propagates
             raise
         conn.execute("RELEASE nested")
