@@ -57,9 +57,18 @@ def serve_uvicorn(host: str, port: int) -> None:
 
     from agentcore.http_protocol import GatewayHttpProtocol
 
-    uvicorn.run("floor_asgi:app", host=host, port=port, loop="uvloop",
-                http=GatewayHttpProtocol, backlog=4096, access_log=False,
-                log_level="warning", server_header=False, date_header=False)
+    uvicorn.run(
+        "floor_asgi:app",
+        host=host,
+        port=port,
+        loop="uvloop",
+        http=GatewayHttpProtocol,
+        backlog=4096,
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        date_header=False,
+    )
 
 
 def serve_granian(host: str, port: int) -> None:

@@ -84,21 +84,37 @@ HEALTH_PATH = "/api/v1/health"
 RPC_PATH = "/api/v1/jsonrpc"
 AGENT_ID = "bench-agent"
 REGISTER: dict[str, Any] = {
-    "jsonrpc": "2.0", "id": 1, "method": "agent.register",
-    "params": {"agent_card": {
-        "agent_id": AGENT_ID, "name": "bench", "version": "1.0.0", "capabilities": ["text"],
-        "endpoints": [{"url": "http://127.0.0.1:9/", "type": "http",
-                       "protocols": ["jsonrpc-2.0"]}],
-    }},
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "agent.register",
+    "params": {
+        "agent_card": {
+            "agent_id": AGENT_ID,
+            "name": "bench",
+            "version": "1.0.0",
+            "capabilities": ["text"],
+            "endpoints": [
+                {"url": "http://127.0.0.1:9/", "type": "http", "protocols": ["jsonrpc-2.0"]}
+            ],
+        }
+    },
 }
-PING: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": "agent.ping",
-                        "params": {"agent_id": AGENT_ID}}
+PING: dict[str, Any] = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "agent.ping",
+    "params": {"agent_id": AGENT_ID},
+}
 #: The fixed bodies nginx returns: shaped like the gateway's answers.
-NGINX_HEALTH_BODY = ('{"status":"healthy","version":"0.0.0","uptime_s":1.0,"workers":1,'
-                     '"dependencies":{"database":{"status":"up","backend":"sqlite",'
-                     '"latency_ms":0.1}}}')
-NGINX_PING_BODY = ('{"jsonrpc":"2.0","result":{"agent_id":"bench-agent","status":"active",'
-                   '"last_seen":"2026-01-01T00:00:00+00:00"},"id":1}')
+NGINX_HEALTH_BODY = (
+    '{"status":"healthy","version":"0.0.0","uptime_s":1.0,"workers":1,'
+    '"dependencies":{"database":{"status":"up","backend":"sqlite",'
+    '"latency_ms":0.1}}}'
+)
+NGINX_PING_BODY = (
+    '{"jsonrpc":"2.0","result":{"agent_id":"bench-agent","status":"active",'
+    '"last_seen":"2026-01-01T00:00:00+00:00"},"id":1}'
+)
 
 SERVER_CPU = 0
 WRK_CPU = 1
@@ -207,9 +223,14 @@ class Result:
 
     @property
     def valid(self) -> bool:
-        return (not self.error and self.requests > 0 and self.non_200 == 0
-                and self.rpc_errors == 0 and self.wrk_non_2xx_3xx == 0
-                and sum(self.socket_errors.values()) == 0)
+        return (
+            not self.error
+            and self.requests > 0
+            and self.non_200 == 0
+            and self.rpc_errors == 0
+            and self.wrk_non_2xx_3xx == 0
+            and sum(self.socket_errors.values()) == 0
+        )
 
 
 @dataclass
@@ -250,13 +271,18 @@ class Processes:
     def __init__(self) -> None:
         self._running: list[tuple[subprocess.Popen[bytes], TextIO]] = []
 
-    def start(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> (
-            subprocess.Popen[bytes]):
+    def start(
+        self, argv: Sequence[str], env: Mapping[str, str], log_path: Path
+    ) -> subprocess.Popen[bytes]:
         log = log_path.open("w")
         try:
             proc = subprocess.Popen(
-                list(argv), env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                list(argv),
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         except BaseException:
             log.close()
@@ -319,8 +345,13 @@ class Answer:
     body: bytes
 
 
-def http(method: str, url: str, payload: Mapping[str, Any] | None = None,
-         headers: Mapping[str, str] | None = None, timeout_s: float = 5.0) -> Answer:
+def http(
+    method: str,
+    url: str,
+    payload: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float = 5.0,
+) -> Answer:
     data = None if payload is None else json.dumps(payload).encode()
     sent = dict(headers or {})
     if data is not None:
@@ -328,9 +359,11 @@ def http(method: str, url: str, payload: Mapping[str, Any] | None = None,
     request = urllib.request.Request(url, data=data, method=method, headers=sent)
     try:
         with _OPENER.open(request, timeout=timeout_s) as response:
-            return Answer(int(response.status),
-                          {k.lower(): v for k, v in response.headers.items()},
-                          bytes(response.read()))
+            return Answer(
+                int(response.status),
+                {k.lower(): v for k, v in response.headers.items()},
+                bytes(response.read()),
+            )
     except urllib.error.HTTPError as exc:
         return Answer(exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read())
 
@@ -361,8 +394,9 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(f"    | {line}" for line in text[-lines:])
 
 
-def check_rpc(base: str, payload: Mapping[str, Any],
-              headers: Mapping[str, str] | None = None) -> tuple[str, Answer]:
+def check_rpc(
+    base: str, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> tuple[str, Answer]:
     """Send one JSON-RPC call; return what is wrong with the answer ('' if nothing), and it."""
     answer = http("POST", base + RPC_PATH, payload, headers)
     snippet = answer.body[:300].decode(errors="replace")
@@ -390,23 +424,33 @@ def check_protection(target: Target, base: str, ping: Answer) -> str:
         found = ping.headers.get("x-ratelimit-limit", "")
         if found != target.ratelimit_limit:
             want = target.ratelimit_limit or "none"
-            return (f"rate limiting is not as configured: X-RateLimit-Limit "
-                    f"{found or 'absent'} on a ping, expected {want}")
+            return (
+                f"rate limiting is not as configured: X-RateLimit-Limit "
+                f"{found or 'absent'} on a ping, expected {want}"
+            )
     return ""
 
 
 def create_key(argv: Sequence[str], env: Mapping[str, str]) -> str:
     """Run ``agentcore keys create``; the key it printed. RuntimeError if it failed."""
     try:
-        done = subprocess.run(list(argv), env=dict(env), stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S,
-                              check=False)
+        done = subprocess.run(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_TIMEOUT_S,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RuntimeError(f"keys create: {exc}") from exc
     found = KEY_LINE.search(done.stdout)
     if done.returncode != 0 or found is None:
-        raise RuntimeError(f"keys create exited with {done.returncode}, printed no key: "
-                           f"{(done.stdout + done.stderr).strip()[:300]}")
+        raise RuntimeError(
+            f"keys create exited with {done.returncode}, printed no key: "
+            f"{(done.stdout + done.stderr).strip()[:300]}"
+        )
     return found[1]
 
 
@@ -506,14 +550,18 @@ end
 """
 
 
-def write_lua(directory: Path, route: str, headers: Mapping[str, str] | None = None,
-              prefix: str = "") -> Path:
+def write_lua(
+    directory: Path, route: str, headers: Mapping[str, str] | None = None, prefix: str = ""
+) -> Path:
     """The wrk script for ``route``, sending ``headers`` with every request."""
-    lines = [f'wrk.headers["{name}"] = [==[{value}]==]\n'
-             for name, value in (headers or {}).items()]
+    lines = [
+        f'wrk.headers["{name}"] = [==[{value}]==]\n' for name, value in (headers or {}).items()
+    ]
     if route == "ping":
-        body = (f"wrk.body = [==[{json.dumps(PING, separators=(',', ':'))}]==]\n"
-                'wrk.headers["Content-Type"] = "application/json"\n' + "".join(lines))
+        body = (
+            f"wrk.body = [==[{json.dumps(PING, separators=(',', ':'))}]==]\n"
+            'wrk.headers["Content-Type"] = "application/json"\n' + "".join(lines)
+        )
         script = LUA_TEMPLATE.format(method="POST", body=body, check_result="true")
     else:
         script = LUA_TEMPLATE.format(method="GET", body="".join(lines), check_result="false")
@@ -564,13 +612,26 @@ class Wrk:
     connections: int
 
     def run(self, url: str, script: Path, seconds: int) -> subprocess.CompletedProcess[str]:
-        argv = [*self.pin, self.executable, f"-t{self.threads}", f"-c{self.connections}",
-                f"-d{seconds}s", "--latency", "--timeout", WRK_TIMEOUT, "-s", str(script), url]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=seconds + WRK_GRACE_S,
-                              check=False)
+        argv = [
+            *self.pin,
+            self.executable,
+            f"-t{self.threads}",
+            f"-c{self.connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "--timeout",
+            WRK_TIMEOUT,
+            "-s",
+            str(script),
+            url,
+        ]
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=seconds + WRK_GRACE_S, check=False
+        )
 
-    def measure(self, server: str, route: str, url: str, script: Path, seconds: int,
-                server_pgid: int) -> Result:
+    def measure(
+        self, server: str, route: str, url: str, script: Path, seconds: int, server_pgid: int
+    ) -> Result:
         result = Result(server=server, route=route)
         started = time.monotonic()
         busy, own, wrk = busy_cpu_s(), group_cpu_s(server_pgid), children_cpu_s()
@@ -600,8 +661,11 @@ class Wrk:
 
 def base_env() -> dict[str, str]:
     """The environment of the servers: this one minus the gateway's own settings."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith("AGENTCORE_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AGENTCORE_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
 
 
 def with_paths(env: dict[str, str], *first: str) -> dict[str, str]:
@@ -615,26 +679,58 @@ def with_paths(env: dict[str, str], *first: str) -> dict[str, str]:
     return env
 
 
-def gateway_target(server: str, port: int, data_dir: Path, pin: list[str],
-                   protection: str = "") -> Target:
+def gateway_target(
+    server: str, port: int, data_dir: Path, pin: list[str], protection: str = ""
+) -> Target:
     """The gateway under ``server``: its default configuration, or with
     ``protection`` ``"bare"`` (auth and rate limiting off) or ``"protected"``
     (API key auth, a rate limit far above the load)."""
     env = with_paths(base_env())
-    argv = [*pin, sys.executable, "-m", "agentcore.cli", "serve", "--host", HOST,
-            "--port", str(port), "--data-dir", str(data_dir), "--server", server,
-            "--workers", "1"]
+    argv = [
+        *pin,
+        sys.executable,
+        "-m",
+        "agentcore.cli",
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--server",
+        server,
+        "--workers",
+        "1",
+    ]
     name = f"gateway-{server}"
     if protection == "bare":
-        return Target(f"{name}-bare", port, argv, env | BARE_ENV, register=True,
-                      ratelimit_limit="")
+        return Target(f"{name}-bare", port, argv, env | BARE_ENV, register=True, ratelimit_limit="")
     if protection == "protected":
         env |= PROTECTED_ENV
-        key_argv = [sys.executable, "-m", "agentcore.cli", "keys", "create",
-                    "--tenant", BENCH_TENANT, "--name", "http-bench",
-                    "--data-dir", str(data_dir)]
-        return Target(f"{name}-protected", port, argv, env, register=True, key_argv=key_argv,
-                      requires_auth=True, ratelimit_limit=str(PROTECTED_RATE_LIMIT))
+        key_argv = [
+            sys.executable,
+            "-m",
+            "agentcore.cli",
+            "keys",
+            "create",
+            "--tenant",
+            BENCH_TENANT,
+            "--name",
+            "http-bench",
+            "--data-dir",
+            str(data_dir),
+        ]
+        return Target(
+            f"{name}-protected",
+            port,
+            argv,
+            env,
+            register=True,
+            key_argv=key_argv,
+            requires_auth=True,
+            ratelimit_limit=str(PROTECTED_RATE_LIMIT),
+        )
     return Target(name, port, argv, env, register=True)
 
 
@@ -672,15 +768,32 @@ http {{
 
 def nginx_target(executable: str, port: int, directory: Path, pin: list[str]) -> Target:
     conf = nginx_config(directory, port)
-    argv = [*pin, executable, "-p", str(directory), "-e", str(directory / "error.log"),
-            "-c", str(conf)]
+    argv = [
+        *pin,
+        executable,
+        "-p",
+        str(directory),
+        "-e",
+        str(directory / "error.log"),
+        "-c",
+        str(conf),
+    ]
     return Target("nginx", port, argv, base_env(), register=False)
 
 
 def floor_target(server: str, port: int, pin: list[str]) -> Target:
     """An ASGI app that does nothing, under ``server`` as ``agentcore serve`` runs the gateway."""
-    argv = [*pin, sys.executable, str(FLOOR_APP), "--host", HOST, "--port", str(port),
-            "--server", server]
+    argv = [
+        *pin,
+        sys.executable,
+        str(FLOOR_APP),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--server",
+        server,
+    ]
     env = with_paths(base_env(), str(HERE))
     return Target(f"floor-{server}", port, argv, env, register=False)
 
@@ -727,14 +840,18 @@ def gateway_revision() -> str:
     if spec is not None and spec.origin:
         package = Path(spec.origin).resolve().parent
         if package != (REPO_SRC / "agentcore").resolve():
-            return (f"agentcore from {package} "
-                    "(not this checkout's src/)")
+            return f"agentcore from {package} (not this checkout's src/)"
     git = shutil.which("git")
     if git is None or not (HERE.parent / ".git").exists():
         return ""
     head = tool_version([git, "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run([git, "-C", str(HERE.parent), "status", "--porcelain", "--", "src"],
-                           capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    dirty = subprocess.run(
+        [git, "-C", str(HERE.parent), "status", "--porcelain", "--", "src"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    ).stdout.strip()
     return f"commit {head}" + (" + uncommitted changes in src/" if dirty else "")
 
 
@@ -772,31 +889,46 @@ def fmt_pct(value: float | None) -> str:
 
 def print_table(results: Sequence[Result]) -> None:
     width = max([18, *(len(r.server) for r in results)])
-    header = (f"{'server':<{width}} {'route':<7} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'non-200':>8} {'rpc err':>8} {'sock err':>8} "
-              f"{'srv cpu%':>8} {'us/req':>7} {'wrk cpu%':>8} {'other%':>6}")
+    header = (
+        f"{'server':<{width}} {'route':<7} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'non-200':>8} {'rpc err':>8} {'sock err':>8} "
+        f"{'srv cpu%':>8} {'us/req':>7} {'wrk cpu%':>8} {'other%':>6}"
+    )
     out(header)
     out("-" * len(header))
     for r in results:
         rps = f"{r.requests_per_s:,.0f}" if r.requests_per_s else "-"
-        out(f"{r.server:<{width}} {r.route:<7} {rps:>10} {fmt_ms(r.p50_ms):>8} "
+        out(
+            f"{r.server:<{width}} {r.route:<7} {rps:>10} {fmt_ms(r.p50_ms):>8} "
             f"{fmt_ms(r.p99_ms):>8} {r.non_200:>8} {r.rpc_errors:>8} "
             f"{sum(r.socket_errors.values()):>8} {fmt_pct(r.server_cpu_pct):>8} "
             f"{fmt_us(r.server_cpu_us_per_request):>7} "
-            f"{fmt_pct(r.wrk_cpu_pct):>8} {fmt_pct(r.other_cpu_pct):>6}")
+            f"{fmt_pct(r.wrk_cpu_pct):>8} {fmt_pct(r.other_cpu_pct):>6}"
+        )
     for r in results:
         if r.error:
             out(f"  ! {r.server} {r.route}: {r.error}")
         elif not r.valid:
-            out(f"  ! {r.server} {r.route}: errors during the run; its figures are not throughput"
-                f" (wrk: non-2xx/3xx {r.wrk_non_2xx_3xx}, socket {r.socket_errors})")
+            out(
+                f"  ! {r.server} {r.route}: errors during the run; its figures are not throughput"
+                f" (wrk: non-2xx/3xx {r.wrk_non_2xx_3xx}, socket {r.socket_errors})"
+            )
         if r.skewed and r.other_cpu_pct is not None:
-            out(f"  ! {r.server} {r.route}: other processes used {r.other_cpu_pct:.0f}% of a CPU"
-                " during the run; its figures are skewed")
+            out(
+                f"  ! {r.server} {r.route}: other processes used {r.other_cpu_pct:.0f}% of a CPU"
+                " during the run; its figures are skewed"
+            )
 
 
-def ratio(by_key: Mapping[tuple[str, str], Result], label: str, variant: str, route: str,
-          reference: str, minimum: float, unavailable: str = "") -> Ratio:
+def ratio(
+    by_key: Mapping[tuple[str, str], Result],
+    label: str,
+    variant: str,
+    route: str,
+    reference: str,
+    minimum: float,
+    unavailable: str = "",
+) -> Ratio:
     """``variant``'s req/s on ``route`` over ``reference``'s, judged against ``minimum``."""
     mine = by_key.get((variant, route))
     ref = by_key.get((reference, route))
@@ -815,34 +947,56 @@ def ratio(by_key: Mapping[tuple[str, str], Result], label: str, variant: str, ro
     return Ratio(label, variant, route, reference, minimum, value, verdict)
 
 
-def ratios(results: Sequence[Result], variants: Sequence[str],
-           unavailable: Mapping[str, str]) -> list[Ratio]:
+def ratios(
+    results: Sequence[Result], variants: Sequence[str], unavailable: Mapping[str, str]
+) -> list[Ratio]:
     by_key = {(r.server, r.route): r for r in results}
-    return [ratio(by_key, f"{variant} {goal.route} / {goal.reference} {goal.route}", variant,
-                  goal.route, goal.reference, goal.minimum, unavailable.get(goal.reference, ""))
-            for variant in variants for goal in GOALS]
+    return [
+        ratio(
+            by_key,
+            f"{variant} {goal.route} / {goal.reference} {goal.route}",
+            variant,
+            goal.route,
+            goal.reference,
+            goal.minimum,
+            unavailable.get(goal.reference, ""),
+        )
+        for variant in variants
+        for goal in GOALS
+    ]
 
 
 def protection_ratios(results: Sequence[Result], servers: Sequence[str]) -> list[Ratio]:
     """For each server: its ``-protected`` ping req/s over its ``-bare`` ping req/s."""
     by_key = {(r.server, r.route): r for r in results}
     goal = PROTECTION_GOAL
-    return [ratio(by_key, f"gateway-{server}: protected {goal.route} / bare {goal.route}",
-                  f"gateway-{server}-protected", goal.route, f"gateway-{server}-bare",
-                  goal.minimum)
-            for server in servers]
+    return [
+        ratio(
+            by_key,
+            f"gateway-{server}: protected {goal.route} / bare {goal.route}",
+            f"gateway-{server}-protected",
+            goal.route,
+            f"gateway-{server}-bare",
+            goal.minimum,
+        )
+        for server in servers
+    ]
 
 
-def add_rounds(found: Sequence[Ratio], per_round: Mapping[tuple[str, str], Sequence[Result]]
-               ) -> None:
+def add_rounds(
+    found: Sequence[Ratio], per_round: Mapping[tuple[str, str], Sequence[Result]]
+) -> None:
     """Each ratio's value in each round, where both of its rows were measured validly."""
     for r in found:
         if r.value is None:
             continue
         mine = per_round.get((r.variant, r.route), ())
         ref = per_round.get((r.reference, r.route), ())
-        r.per_round = [m.requests_per_s / f.requests_per_s for m, f in zip(mine, ref, strict=False)
-                       if m.valid and f.valid and f.requests_per_s]
+        r.per_round = [
+            m.requests_per_s / f.requests_per_s
+            for m, f in zip(mine, ref, strict=False)
+            if m.valid and f.valid and f.requests_per_s
+        ]
 
 
 def print_ratios(found: Sequence[Ratio], empty: str = "no gateway variant was measured") -> None:
@@ -852,8 +1006,10 @@ def print_ratios(found: Sequence[Ratio], empty: str = "no gateway variant was me
         value = "-" if r.value is None else f"{r.value:.3f}"
         spread = ""
         if len(r.per_round) > 1:
-            spread = (f"  rounds {min(r.per_round):.3f}..{max(r.per_round):.3f}, "
-                      f"median {statistics.median(r.per_round):.3f}")
+            spread = (
+                f"  rounds {min(r.per_round):.3f}..{max(r.per_round):.3f}, "
+                f"median {statistics.median(r.per_round):.3f}"
+            )
         out(f"{r.label:<44} {value:>7}  (goal >= {r.minimum:.2f})  {r.verdict}{spread}")
 
 
@@ -862,37 +1018,67 @@ def print_ratios(found: Sequence[Ratio], empty: str = "no gateway variant was me
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="HTTP throughput of the gateway vs nginx and a FastAPI reference (wrk).")
-    parser.add_argument("--duration", type=int, default=10,
-                        help="seconds per server and route, split over the rounds (default 10)")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="rounds: every server and route is measured once per round, in "
-                             "turn, for duration/rounds seconds (default 5)")
+        description="HTTP throughput of the gateway vs nginx and a FastAPI reference (wrk)."
+    )
+    parser.add_argument(
+        "--duration",
+        type=int,
+        default=10,
+        help="seconds per server and route, split over the rounds (default 10)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds: every server and route is measured once per round, in "
+        "turn, for duration/rounds seconds (default 5)",
+    )
     parser.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
     parser.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="warm-up seconds per server, split over the routes (default 2)")
-    parser.add_argument("--only", default=",".join(KINDS),
-                        help="comma-separated subset of gateway,nginx,fastapi,floor (default all)")
-    parser.add_argument("--gateway-servers", default="uvicorn,granian",
-                        help="comma-separated gateway ASGI servers to run the gateway under with "
-                             "its default configuration; 'none' for none (default "
-                             "uvicorn,granian)")
-    parser.add_argument("--protection-servers", default="uvicorn", metavar="LIST",
-                        help="comma-separated gateway ASGI servers to also run bare (auth and "
-                             "rate limiting off) and protected (API key auth, a rate limit far "
-                             "above the load), for the protection-layer overhead ratio; "
-                             "'none' for none (default uvicorn, the default server)")
-    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
-                        help="before each round, wait up to S seconds for the CPUs to be "
-                             f"under {IDLE_BELOW * 100:.0f}%% busy (default 0: do not wait)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="warm-up seconds per server, split over the routes (default 2)",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(KINDS),
+        help="comma-separated subset of gateway,nginx,fastapi,floor (default all)",
+    )
+    parser.add_argument(
+        "--gateway-servers",
+        default="uvicorn,granian",
+        help="comma-separated gateway ASGI servers to run the gateway under with "
+        "its default configuration; 'none' for none (default "
+        "uvicorn,granian)",
+    )
+    parser.add_argument(
+        "--protection-servers",
+        default="uvicorn",
+        metavar="LIST",
+        help="comma-separated gateway ASGI servers to also run bare (auth and "
+        "rate limiting off) and protected (API key auth, a rate limit far "
+        "above the load), for the protection-layer overhead ratio; "
+        "'none' for none (default uvicorn, the default server)",
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each round, wait up to S seconds for the CPUs to be "
+        f"under {IDLE_BELOW * 100:.0f}%% busy (default 0: do not wait)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     args.kinds = _choices(parser, "--only", args.only, KINDS)
-    args.servers = _choices(parser, "--gateway-servers", args.gateway_servers, GATEWAY_SERVERS,
-                            allow_none=True)
-    args.protection = _choices(parser, "--protection-servers", args.protection_servers,
-                               GATEWAY_SERVERS, allow_none=True)
+    args.servers = _choices(
+        parser, "--gateway-servers", args.gateway_servers, GATEWAY_SERVERS, allow_none=True
+    )
+    args.protection = _choices(
+        parser, "--protection-servers", args.protection_servers, GATEWAY_SERVERS, allow_none=True
+    )
     if args.duration < 1 or args.connections < 1 or args.warmup < 0 or args.rounds < 1:
         parser.error("--duration, --rounds and --connections must be >= 1, --warmup >= 0")
     if not 1 <= args.threads <= args.connections:
@@ -900,8 +1086,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _choices(parser: argparse.ArgumentParser, flag: str, raw: str,
-             allowed: Sequence[str], allow_none: bool = False) -> list[str]:
+def _choices(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    raw: str,
+    allowed: Sequence[str],
+    allow_none: bool = False,
+) -> list[str]:
     if allow_none and raw.strip() == "none":
         return []
     picked = [p.strip() for p in raw.split(",") if p.strip()]
@@ -917,8 +1108,11 @@ def pinning() -> tuple[list[str], list[str], str]:
     taskset = shutil.which("taskset")
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
     if taskset and {SERVER_CPU, WRK_CPU} <= cpus:
-        return ([taskset, "-c", str(SERVER_CPU)], [taskset, "-c", str(WRK_CPU)],
-                f"server on CPU {SERVER_CPU}, wrk on CPU {WRK_CPU} (taskset)")
+        return (
+            [taskset, "-c", str(SERVER_CPU)],
+            [taskset, "-c", str(WRK_CPU)],
+            f"server on CPU {SERVER_CPU}, wrk on CPU {WRK_CPU} (taskset)",
+        )
     why = "taskset not found" if not taskset else f"CPUs {sorted(cpus)} available"
     return [], [], f"not pinned ({why})"
 
@@ -934,8 +1128,14 @@ class Running:
     log_path: Path
 
 
-def start_target(target: Target, procs: Processes, wrk: Wrk, workdir: Path,
-                 args: argparse.Namespace, scripts: Mapping[str, Path]) -> Running | list[Result]:
+def start_target(
+    target: Target,
+    procs: Processes,
+    wrk: Wrk,
+    workdir: Path,
+    args: argparse.Namespace,
+    scripts: Mapping[str, Path],
+) -> Running | list[Result]:
     """Start ``target``, check it and warm it up; the results saying why it cannot be
     measured instead, when it cannot (the server is then stopped)."""
     log_path = workdir / f"{target.name}.log"
@@ -949,8 +1149,7 @@ def start_target(target: Target, procs: Processes, wrk: Wrk, workdir: Path,
             progress(f"{target.name}: no API key: {exc}")
             return [Result(target.name, route, error="no API key") for route in ROUTES]
         headers["Authorization"] = f"Bearer {key}"
-        scripts = {route: write_lua(workdir, route, headers, f"{target.name}-")
-                   for route in ROUTES}
+        scripts = {route: write_lua(workdir, route, headers, f"{target.name}-") for route in ROUTES}
     progress(f"{target.name}: starting on port {target.port}")
     proc = procs.start(target.argv, target.env, log_path)
     try:
@@ -965,8 +1164,10 @@ def start_target(target: Target, procs: Processes, wrk: Wrk, workdir: Path,
     ping_problem, ping = check_rpc(base, PING, headers)
     problem = problem or ping_problem
     if problem:
-        progress(f"{target.name}: check failed ({problem}); measuring anyway, "
-                 "the error counts will show it")
+        progress(
+            f"{target.name}: check failed ({problem}); measuring anyway, "
+            "the error counts will show it"
+        )
     elif mismatch := check_protection(target, base, ping):
         progress(f"{target.name}: {mismatch}; not measured")
         procs.stop(proc)
@@ -983,8 +1184,14 @@ def measure_round(running: Running, wrk: Wrk, seconds: int) -> list[Result]:
     """One slice of ``seconds`` per route on a running server."""
     results = []
     for route in ROUTES:
-        result = wrk.measure(running.target.name, route, running.urls[route],
-                             running.scripts[route], seconds, running.proc.pid)
+        result = wrk.measure(
+            running.target.name,
+            route,
+            running.urls[route],
+            running.scripts[route],
+            seconds,
+            running.proc.pid,
+        )
         if running.proc.poll() is not None:
             result.error = result.error or f"server exited with status {running.proc.returncode}"
             progress(f"{running.target.name} died:\n{tail(running.log_path)}")
@@ -1017,7 +1224,8 @@ def merge(rounds: Sequence[Result]) -> Result:
             setattr(merged, name, sum(v * d for v, d in values) / sum(d for _, d in values))
     if merged.server_cpu_pct is not None and merged.requests:
         merged.server_cpu_us_per_request = (
-            1e6 * merged.server_cpu_pct / 100 * merged.duration_s / merged.requests)
+            1e6 * merged.server_cpu_pct / 100 * merged.duration_s / merged.requests
+        )
     merged.error = "; ".join(dict.fromkeys(r.error for r in rounds if r.error))
     merged.wrk_output = "\n".join(r.wrk_output for r in rounds)
     return merged
@@ -1026,7 +1234,8 @@ def merge(rounds: Sequence[Result]) -> Result:
 def run(args: argparse.Namespace) -> int:
     wrk_path = shutil.which("wrk")
     nginx_path = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
     info = machine(wrk_path, nginx_path)
     server_pin, wrk_pin, pin_note = pinning()
     command = shlex.join([Path(sys.executable).name, *sys.argv])
@@ -1035,25 +1244,34 @@ def run(args: argparse.Namespace) -> int:
     out("HTTP throughput benchmark (benchmarks/http_bench.py)")
     out(f"date:     {info['date']}")
     out(f"machine:  {info['nproc']} CPUs, {info['cpu']}, {info['kernel']}")
-    out(f"software: Python {info['python']}, {info['wrk']}, {info['nginx']}, "
+    out(
+        f"software: Python {info['python']}, {info['wrk']}, {info['nginx']}, "
         f"uvicorn {info['uvicorn']}, granian {info['granian']}, fastapi {info['fastapi']}, "
-        f"pydantic {info['pydantic']}")
+        f"pydantic {info['pydantic']}"
+    )
     if info["gateway_revision"]:
         out(f"gateway:  {info['gateway_revision']}")
     out(f"command:  {command}")
-    out(f"load:     wrk -t{args.threads} -c{args.connections} --latency, "
+    out(
+        f"load:     wrk -t{args.threads} -c{args.connections} --latency, "
         f"{args.rounds} rounds of {max(1, round(args.duration / args.rounds))} s per server "
         f"and route (every server started first, measured in turn each round), "
         f"{args.warmup} s warm-up per server; one server worker; {pin_note}"
-        + (f"; waits up to {args.wait_idle:g} s for an idle machine before each round"
-           if args.wait_idle else ""))
+        + (
+            f"; waits up to {args.wait_idle:g} s for an idle machine before each round"
+            if args.wait_idle
+            else ""
+        )
+    )
     if "gateway" in args.kinds and args.protection:
-        out(f"protection: gateway-<server>-bare: AGENTCORE_AUTH__MODE=off, "
+        out(
+            f"protection: gateway-<server>-bare: AGENTCORE_AUTH__MODE=off, "
             f"AGENTCORE_RATE_LIMIT__ENABLED=false; gateway-<server>-protected: "
             f"AGENTCORE_AUTH__MODE=api_key (a key of tenant {BENCH_TENANT}, sent as "
             f"Authorization: Bearer on both routes; health stays open), rate limit "
             f"{PROTECTED_RATE_LIMIT}/s burst {PROTECTED_RATE_LIMIT}; "
-            f"for {','.join(args.protection)}")
+            f"for {','.join(args.protection)}"
+        )
     out(f"loadavg:  {info['loadavg_before']} (before the run; other load skews the figures)")
 
     if wrk_path is None:
@@ -1061,15 +1279,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if "nginx" in args.kinds and nginx_path is None:
         unavailable["nginx"] = "nginx not installed"
-        out(f"nginx is not installed: skipping the ceiling, ratios vs nginx are unavailable. "
-            f"Install it with: {INSTALL_HINT}")
+        out(
+            f"nginx is not installed: skipping the ceiling, ratios vs nginx are unavailable. "
+            f"Install it with: {INSTALL_HINT}"
+        )
     elif "nginx" not in args.kinds:
         unavailable["nginx"] = "nginx not measured (--only)"
     if "fastapi" in args.kinds and not all(
-            importlib.util.find_spec(m) for m in ("fastapi", "pydantic", "uvicorn")):
+        importlib.util.find_spec(m) for m in ("fastapi", "pydantic", "uvicorn")
+    ):
         unavailable["fastapi"] = "fastapi/pydantic/uvicorn not installed"
-        out("fastapi, pydantic or uvicorn is missing: skipping the FastAPI reference "
-            "(pip install fastapi pydantic 'uvicorn[standard]').")
+        out(
+            "fastapi, pydantic or uvicorn is missing: skipping the FastAPI reference "
+            "(pip install fastapi pydantic 'uvicorn[standard]')."
+        )
     elif "fastapi" not in args.kinds:
         unavailable["fastapi"] = "fastapi not measured (--only)"
     servers = list(args.servers) if "gateway" in args.kinds else []
@@ -1077,8 +1300,9 @@ def run(args: argparse.Namespace) -> int:
     if "granian" in servers + protection and importlib.util.find_spec("granian") is None:
         servers = [s for s in servers if s != "granian"]
         protection = [s for s in protection if s != "granian"]
-        out("granian is not installed: skipping the granian gateway variants "
-            "(pip install granian).")
+        out(
+            "granian is not installed: skipping the granian gateway variants (pip install granian)."
+        )
 
     results: list[Result] = []
     per_round: dict[tuple[str, str], list[Result]] = {}
@@ -1091,19 +1315,20 @@ def run(args: argparse.Namespace) -> int:
             scripts = {route: write_lua(workdir, route) for route in ROUTES}
             targets: list[Target] = []
             if "nginx" in args.kinds and nginx_path is not None:
-                targets.append(nginx_target(nginx_path, free_port(), workdir / "nginx",
-                                            server_pin))
+                targets.append(nginx_target(nginx_path, free_port(), workdir / "nginx", server_pin))
             if "fastapi" in args.kinds and "fastapi" not in unavailable:
                 targets.append(fastapi_target(free_port(), server_pin))
             if "floor" in args.kinds:
                 targets.extend(floor_target(s, free_port(), server_pin) for s in servers)
             for server in dict.fromkeys(servers + protection):
                 variants = ([""] if server in servers else []) + (
-                    ["bare", "protected"] if server in protection else [])
+                    ["bare", "protected"] if server in protection else []
+                )
                 for variant in variants:
                     data_dir = workdir / "-".join(filter(None, ("data", server, variant)))
-                    targets.append(gateway_target(server, free_port(), data_dir, server_pin,
-                                                  variant))
+                    targets.append(
+                        gateway_target(server, free_port(), data_dir, server_pin, variant)
+                    )
             budget = len(targets) * (len(ROUTES) * args.duration + args.warmup + 5)
             budget += math.ceil(args.rounds * max(args.wait_idle, 1.0))
             progress(f"{len(targets)} servers, {args.rounds} rounds, about {budget} s")
@@ -1136,8 +1361,15 @@ def run(args: argparse.Namespace) -> int:
     found = ratios(results, variants, unavailable)
     # The same goals for an app that does nothing: a goal the floor misses is out of
     # reach for any ASGI app on this server and machine.
-    floor = [r for r in ratios(results, [f"floor-{s}" for s in servers], unavailable)
-             if r.reference == "nginx"] if "floor" in args.kinds else []
+    floor = (
+        [
+            r
+            for r in ratios(results, [f"floor-{s}" for s in servers], unavailable)
+            if r.reference == "nginx"
+        ]
+        if "floor" in args.kinds
+        else []
+    )
     protected = protection_ratios(results, protection)
     for group in (found, floor, protected):
         add_rounds(group, per_round)
@@ -1156,17 +1388,31 @@ def run(args: argparse.Namespace) -> int:
         print_ratios(protected)
     out(f"loadavg after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
-        args.json.write_text(json.dumps({
-            "machine": info, "command": command, "pinning": pin_note,
-            "settings": {"duration_s": args.duration, "rounds": args.rounds,
-                         "connections": args.connections,
-                         "threads": args.threads, "warmup_s": args.warmup,
-                         "wait_idle_s": args.wait_idle},
-            "results": [asdict(r) | {"valid": r.valid, "skewed": r.skewed} for r in results],
-            "ratios": [asdict(r) for r in found],
-            "floor_ratios": [asdict(r) for r in floor],
-            "protection_ratios": [asdict(r) for r in protected],
-        }, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "command": command,
+                    "pinning": pin_note,
+                    "settings": {
+                        "duration_s": args.duration,
+                        "rounds": args.rounds,
+                        "connections": args.connections,
+                        "threads": args.threads,
+                        "warmup_s": args.warmup,
+                        "wait_idle_s": args.wait_idle,
+                    },
+                    "results": [
+                        asdict(r) | {"valid": r.valid, "skewed": r.skewed} for r in results
+                    ],
+                    "ratios": [asdict(r) for r in found],
+                    "floor_ratios": [asdict(r) for r in floor],
+                    "protection_ratios": [asdict(r) for r in protected],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         progress(f"wrote {args.json}")
     return 0 if all(r.valid for r in results) else 1
 

@@ -119,8 +119,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8002)
     args = parser.parse_args()
     uvicorn.run(
-        create_app(), host=args.host, port=args.port, workers=1, loop="uvloop",
-        http="httptools", access_log=False, log_level="warning",
+        create_app(),
+        host=args.host,
+        port=args.port,
+        workers=1,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
     )
 
 

@@ -180,8 +180,13 @@ def agent_card(n: int) -> dict[str, Any]:
         "version": "1.0.0",
         "capabilities": capabilities,
         "tags": [f"region-{n % 4}", "workload-bench"],
-        "endpoints": [{"url": f"http://127.0.0.1:9/{agent_id(n)}", "type": "http",
-                       "protocols": ["jsonrpc-2.0"]}],
+        "endpoints": [
+            {
+                "url": f"http://127.0.0.1:9/{agent_id(n)}",
+                "type": "http",
+                "protocols": ["jsonrpc-2.0"],
+            }
+        ],
     }
 
 
@@ -389,8 +394,12 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def post_batch(url: str, batch: Sequence[Mapping[str, Any]]) -> list[Any]:
     """POST one JSON-RPC batch; the answers (an error per item when the HTTP call failed)."""
-    request = urllib.request.Request(url, data=json.dumps(batch).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(batch).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with _OPENER.open(request, timeout=SEED_REQUEST_TIMEOUT_S) as response:
             answers = json.loads(response.read())
@@ -426,8 +435,14 @@ class BatchOutcome:
                 self.first_errors.append(json.dumps(answer)[:300])
 
 
-def send_batches(url: str, batches: Iterable[list[dict[str, Any]]], total: int, what: str,
-                 concurrency: int, deadline: float) -> BatchOutcome:
+def send_batches(
+    url: str,
+    batches: Iterable[list[dict[str, Any]]],
+    total: int,
+    what: str,
+    concurrency: int,
+    deadline: float,
+) -> BatchOutcome:
     """Send ``batches`` with ``concurrency`` in flight; raises TimeoutError past ``deadline``."""
     outcome = BatchOutcome()
     started = last_note = time.monotonic()
@@ -445,18 +460,20 @@ def send_batches(url: str, batches: Iterable[list[dict[str, Any]]], total: int, 
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"seeding {what}: --seed-timeout reached after "
-                                       f"{outcome.ok + outcome.errors} of {total}")
-                done, pending = wait(pending, timeout=min(left, PROGRESS_EVERY_S),
-                                     return_when=FIRST_COMPLETED)
+                    raise TimeoutError(
+                        f"seeding {what}: --seed-timeout reached after "
+                        f"{outcome.ok + outcome.errors} of {total}"
+                    )
+                done, pending = wait(
+                    pending, timeout=min(left, PROGRESS_EVERY_S), return_when=FIRST_COMPLETED
+                )
                 for future in done:
                     outcome.add(future.result())
                 now = time.monotonic()
                 if now - last_note >= PROGRESS_EVERY_S:
                     last_note = now
                     sent = outcome.ok + outcome.errors
-                    progress(f"  {what}: {sent:,} of {total:,} "
-                             f"({sent / (now - started):,.0f}/s)")
+                    progress(f"  {what}: {sent:,} of {total:,} ({sent / (now - started):,.0f}/s)")
         finally:
             for future in pending:
                 future.cancel()
@@ -466,18 +483,21 @@ def send_batches(url: str, batches: Iterable[list[dict[str, Any]]], total: int, 
 
 def agent_batches(count: int, size: int) -> Iterator[list[dict[str, Any]]]:
     for start in range(0, count, size):
-        yield [rpc("agent.register", {"agent_card": agent_card(n)}, n + 1)
-               for n in range(start, min(count, start + size))]
+        yield [
+            rpc("agent.register", {"agent_card": agent_card(n)}, n + 1)
+            for n in range(start, min(count, start + size))
+        ]
 
 
 def task_batches(count: int, size: int) -> Iterator[list[dict[str, Any]]]:
     for start in range(0, count, size):
-        yield [rpc("task.create", {"task_definition": TASK_DEFINITION}, n + 1)
-               for n in range(start, min(count, start + size))]
+        yield [
+            rpc("task.create", {"task_definition": TASK_DEFINITION}, n + 1)
+            for n in range(start, min(count, start + size))
+        ]
 
 
-def bulk_load(server: Server, procs: Processes, args: argparse.Namespace,
-              deadline: float) -> None:
+def bulk_load(server: Server, procs: Processes, args: argparse.Namespace, deadline: float) -> None:
     """Stop the server, insert its tasks with the loader (a child process running the
     gateway's store code), start the server again."""
     assert server.proc is not None and server.target is not None and server.log_path
@@ -487,8 +507,14 @@ def bulk_load(server: Server, procs: Processes, args: argparse.Namespace,
     procs.stop(server.proc)
     server.proc = None
     log = server.log_path.with_suffix(".loader.log")
-    argv = [sys.executable, str(Path(__file__).resolve()), LOADER_FLAG, server.database,
-            str(setup.tasks), str(setup.agents)]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        LOADER_FLAG,
+        server.database,
+        str(setup.tasks),
+        str(setup.agents),
+    ]
     loader = procs.start(argv, server.target.env, log)
     started = time.monotonic()
     try:
@@ -512,8 +538,9 @@ def bulk_load(server: Server, procs: Processes, args: argparse.Namespace,
     seeding.tasks_s = min(float(report["seconds"]), loader_s)
     seeding.tasks_via = f"bulk/{report['method']}"
     seeding.task_statuses = {str(k): int(v) for k, v in report["by_status"].items()}
-    server.proc = procs.start(server.target.argv, server.target.env,
-                              server.log_path.with_suffix(".restarted.log"))
+    server.proc = procs.start(
+        server.target.argv, server.target.env, server.log_path.with_suffix(".restarted.log")
+    )
     server.log_path = server.log_path.with_suffix(".restarted.log")
     wait_ready(server.proc, server.base + HEALTH_PATH, server.log_path)
     seeding.restart_s = time.monotonic() - stopped - seeding.tasks_s
@@ -524,18 +551,29 @@ def seed(server: Server, procs: Processes, args: argparse.Namespace) -> None:
     setup, seeding = server.setup, server.seeding
     url = server.base + RPC_PATH
     deadline = time.monotonic() + args.seed_timeout
-    progress(f"{server.name}: registering {setup.agents:,} agents "
-             f"(batches of {args.batch_size}, {args.seed_concurrency} in flight)")
-    agents = send_batches(url, agent_batches(setup.agents, args.batch_size), setup.agents,
-                          "agents", args.seed_concurrency, deadline)
+    progress(
+        f"{server.name}: registering {setup.agents:,} agents "
+        f"(batches of {args.batch_size}, {args.seed_concurrency} in flight)"
+    )
+    agents = send_batches(
+        url,
+        agent_batches(setup.agents, args.batch_size),
+        setup.agents,
+        "agents",
+        args.seed_concurrency,
+        deadline,
+    )
     seeding.agents, seeding.agents_s = agents.ok, agents.seconds
     seeding.agent_errors = agents.errors
     seeding.first_errors.extend(agents.first_errors)
-    progress(f"{server.name}: {agents.ok:,} agents in {agents.seconds:.1f} s "
-             f"({seeding.agents_per_s or 0:,.0f}/s), {agents.errors} errors")
+    progress(
+        f"{server.name}: {agents.ok:,} agents in {agents.seconds:.1f} s "
+        f"({seeding.agents_per_s or 0:,.0f}/s), {agents.errors} errors"
+    )
     if agents.errors:
-        raise RuntimeError(f"{agents.errors} agent registrations failed: "
-                           f"{'; '.join(agents.first_errors)}")
+        raise RuntimeError(
+            f"{agents.errors} agent registrations failed: {'; '.join(agents.first_errors)}"
+        )
     via = args.task_seeding
     if via == "auto":
         via = "api" if setup.tasks <= args.api_task_limit else "bulk"
@@ -544,15 +582,22 @@ def seed(server: Server, procs: Processes, args: argparse.Namespace) -> None:
         bulk_load(server, procs, args, deadline)
     elif setup.tasks:
         progress(f"{server.name}: creating {setup.tasks:,} tasks through the API")
-        tasks = send_batches(url, task_batches(setup.tasks, args.batch_size), setup.tasks,
-                             "tasks", args.seed_concurrency, deadline)
+        tasks = send_batches(
+            url,
+            task_batches(setup.tasks, args.batch_size),
+            setup.tasks,
+            "tasks",
+            args.seed_concurrency,
+            deadline,
+        )
         seeding.tasks, seeding.tasks_s, seeding.task_errors = tasks.ok, tasks.seconds, tasks.errors
         seeding.tasks_via = "api"
         seeding.task_statuses = dict(tasks.statuses)
         seeding.first_errors.extend(tasks.first_errors)
         if tasks.errors:
-            raise RuntimeError(f"{tasks.errors} task creations failed: "
-                               f"{'; '.join(tasks.first_errors)}")
+            raise RuntimeError(
+                f"{tasks.errors} task creations failed: {'; '.join(tasks.first_errors)}"
+            )
     if server.db_name:
         # What autovacuum does within a minute of a load this size, done now so that
         # the plans do not change in the middle of the rounds.
@@ -560,10 +605,12 @@ def seed(server: Server, procs: Processes, args: argparse.Namespace) -> None:
             pg_admin(server.database, "ANALYZE")
         except Exception as exc:
             raise RuntimeError(f"ANALYZE failed: {exc}") from exc
-    progress(f"{server.name}: {seeding.tasks:,} tasks ({seeding.tasks_via}) in "
-             f"{seeding.tasks_s:.1f} s ({seeding.tasks_per_s or 0:,.0f}/s), by status "
-             f"{seeding.task_statuses}"
-             + (f"; restarted in {seeding.restart_s:.1f} s" if seeding.restart_s else ""))
+    progress(
+        f"{server.name}: {seeding.tasks:,} tasks ({seeding.tasks_via}) in "
+        f"{seeding.tasks_s:.1f} s ({seeding.tasks_per_s or 0:,.0f}/s), by status "
+        f"{seeding.task_statuses}"
+        + (f"; restarted in {seeding.restart_s:.1f} s" if seeding.restart_s else "")
+    )
 
 
 # -- the bulk loader (runs in a child process, on the gateway's code) -------------
@@ -581,20 +628,33 @@ def load_tasks_main(argv: Sequence[str]) -> int:
 
 async def _load_tasks(url: str, count: int, agents: int) -> dict[str, Any]:
     from agentcore.models import Task, TaskStatus
-    from agentcore.store import open_store
 
-    try:  # the fast path: the store's own statement and row, many rows per transaction
-        from agentcore.store.sql import _INSERT_TASK, _task_row
+    # The repository's own statement and row, many rows per transaction; a baseline
+    # revision from before the repositories has them in store/sql.py.
+    insert_sql: str | None
+    try:
+        from agentcore.repositories import open_repositories
+        from agentcore.tasks.repository import _INSERT as insert_sql
+        from agentcore.tasks.repository import _row as _task_row
+
+        store: Any = open_repositories(url, statement_timeout_s=3600)
+        db = getattr(store, "database", None)
+        insert_one, count_tasks = store.tasks.insert, store.tasks.count
     except ImportError:
-        insert_sql: str | None = None
-    else:
-        insert_sql = _INSERT_TASK
-    try:  # a chunk of 10,000 rows is one statement: no per-statement time limit here
-        store = open_store(url, statement_timeout_s=3600)
-    except TypeError:  # a baseline revision without the setting
-        store = open_store(url)
+        from agentcore.store import open_store
+
+        try:
+            from agentcore.store.sql import _INSERT_TASK as insert_sql
+            from agentcore.store.sql import _task_row
+        except ImportError:
+            insert_sql = None
+        try:  # a chunk of 10,000 rows is one statement: no per-statement time limit here
+            store = open_store(url, statement_timeout_s=3600)
+        except TypeError:  # a baseline revision without the setting
+            store = open_store(url)
+        db = getattr(store, "db", None)
+        insert_one, count_tasks = store.insert_task, store.count_tasks
     await store.open()
-    db = getattr(store, "db", None)
     method = "executemany" if insert_sql and db is not None else "insert_task"
     try:
         owners = [agent_id(n) for n in range(agents) if capable(n)]
@@ -605,28 +665,41 @@ async def _load_tasks(url: str, count: int, agents: int) -> dict[str, Any]:
         started = last = time.monotonic()
         for start in range(0, count, BULK_CHUNK):
             chunk = [
-                Task(task_id=f"task-{secrets.token_hex(8)}", type=TASK_DEFINITION["type"],
-                     title=TASK_DEFINITION["title"], description="",
-                     required_capabilities=TASK_DEFINITION["required_capabilities"],
-                     parameters={}, input=TASK_DEFINITION["input"], priority=5,
-                     status=TaskStatus.ASSIGNED, agent_id=owners[n % len(owners)],
-                     created_at=first + n * 0.001, updated_at=first + n * 0.001, version=2)
+                Task(
+                    task_id=f"task-{secrets.token_hex(8)}",
+                    type=TASK_DEFINITION["type"],
+                    title=TASK_DEFINITION["title"],
+                    description="",
+                    required_capabilities=TASK_DEFINITION["required_capabilities"],
+                    parameters={},
+                    input=TASK_DEFINITION["input"],
+                    priority=5,
+                    status=TaskStatus.ASSIGNED,
+                    agent_id=owners[n % len(owners)],
+                    created_at=first + n * 0.001,
+                    updated_at=first + n * 0.001,
+                    version=2,
+                )
                 for n in range(start, min(count, start + BULK_CHUNK))
             ]
             if insert_sql is not None and db is not None:
                 async with db.transaction() as tx:
                     await tx.executemany(insert_sql, [_task_row(task) for task in chunk])
             else:
-                await asyncio.gather(*(store.insert_task(task) for task in chunk))
+                await asyncio.gather(*(insert_one(task) for task in chunk))
             if time.monotonic() - last >= PROGRESS_EVERY_S:
                 last = time.monotonic()
                 done = start + len(chunk)
                 print(f"# {done:,} tasks ({done / (last - started):,.0f}/s)", flush=True)
-        by_status = await store.count_tasks()
+        by_status = await count_tasks()
     finally:
         await store.close()
-    return {"inserted": count, "method": method, "by_status": by_status,
-            "seconds": time.monotonic() - started}
+    return {
+        "inserted": count,
+        "method": method,
+        "by_status": by_status,
+        "seconds": time.monotonic() - started,
+    }
 
 
 # -- wrk scripts ----------------------------------------------------------------
@@ -714,7 +787,7 @@ end
 """
 
 _RESULT = "string.find(body, '\"result\"', 1, true)"
-_HEALTHY = "string.find(body, '\"status\":\"healthy\"', 1, true)"
+_HEALTHY = 'string.find(body, \'"status":"healthy"\', 1, true)'
 
 
 def _lua_string(text: str) -> str:
@@ -725,6 +798,7 @@ def _lua_string(text: str) -> str:
 
 def kind_bodies(kind: str, ping_ids: Sequence[str]) -> tuple[str, str, list[str]]:
     """Method, path and the bodies of one kind of request."""
+
     def encode(payload: Mapping[str, Any]) -> str:
         return json.dumps(payload, separators=(",", ":"))
 
@@ -750,8 +824,10 @@ def write_lua(directory: Path, route: str, ping_ids: Sequence[str], prefix: str)
     for kind, weight in route_kinds(route):
         method, target, bodies = kind_bodies(kind, ping_ids)
         listed = ",\n    ".join(_lua_string(b) for b in bodies)
-        entries.append(f'  {{name = "{kind}", weight = {weight}, method = "{method}", '
-                       f'path = "{target}", bodies = {{\n    {listed}\n  }}}}')
+        entries.append(
+            f'  {{name = "{kind}", weight = {weight}, method = "{method}", '
+            f'path = "{target}", bodies = {{\n    {listed}\n  }}}}'
+        )
     ok = f"{_RESULT} or {_HEALTHY}" if route == "mix" else _RESULT
     path = directory / f"{prefix}{route}.lua"
     path.write_text(LUA_TEMPLATE.format(route=route, kinds=",\n".join(entries), ok=ok))
@@ -772,8 +848,9 @@ def parse_sent(text: str) -> dict[str, int]:
 def git(*argv: str, text: bool = True) -> Any:
     """``git -C REPO argv``'s standard output (str, or bytes with ``text=False``);
     raises RuntimeError when it fails."""
-    done = subprocess.run(["git", "-C", str(REPO), *argv], capture_output=True,
-                          timeout=GIT_TIMEOUT_S, check=False)
+    done = subprocess.run(
+        ["git", "-C", str(REPO), *argv], capture_output=True, timeout=GIT_TIMEOUT_S, check=False
+    )
     if done.returncode != 0:
         why = done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
         raise RuntimeError(f"git {' '.join(argv)}: {why}")
@@ -790,8 +867,9 @@ def export_src(commit: str, into: Path) -> Path:
     """``git archive commit src | tar -x -C into`` (nothing to clean up in the
     repository afterwards); the exported ``src/``."""
     into.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(git("archive", "--format=tar", commit, "src",
-                                             text=False))) as archive:
+    with tarfile.open(
+        fileobj=io.BytesIO(git("archive", "--format=tar", commit, "src", text=False))
+    ) as archive:
         archive.extractall(into, filter="data")
     src = into / "src"
     if not (src / "agentcore" / "__init__.py").is_file():
@@ -802,8 +880,14 @@ def export_src(commit: str, into: Path) -> Path:
 def imported_from(env: Mapping[str, str]) -> Path:
     """Where ``python -c 'import agentcore'`` finds the package with ``env`` (and this
     process's working directory, like the servers)."""
-    done = subprocess.run([sys.executable, "-c", "import agentcore; print(agentcore.__file__)"],
-                          env=dict(env), capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", "import agentcore; print(agentcore.__file__)"],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"importing agentcore failed: {done.stderr.strip()[-500:]}")
@@ -817,8 +901,9 @@ def prepare_baseline(commit: str, workdir: Path) -> tuple[Path, Path]:
     src = export_src(commit, workdir / f"baseline-{commit[:12]}").resolve()
     package = imported_from(server_env(src))
     if not package.is_relative_to(src):
-        raise RuntimeError(f"with {src} first on PYTHONPATH, agentcore is still imported "
-                           f"from {package}")
+        raise RuntimeError(
+            f"with {src} first on PYTHONPATH, agentcore is still imported from {package}"
+        )
     current = imported_from(server_env())
     if current.is_relative_to(src):
         raise RuntimeError(f"the current configurations would import {current}")
@@ -838,12 +923,32 @@ def server_env(code: Path | None = None) -> dict[str, str]:
     return with_paths(base_env(), *first) | SERVER_ENV
 
 
-def gateway_target(setup: Setup, port: int, data_dir: Path, database_url: str,
-                   pin: list[str], code: Path | None = None) -> Target:
+def gateway_target(
+    setup: Setup,
+    port: int,
+    data_dir: Path,
+    database_url: str,
+    pin: list[str],
+    code: Path | None = None,
+) -> Target:
     env = server_env(code) | {"AGENTCORE_DATABASE__URL": database_url}
-    argv = [*pin, sys.executable, "-m", "agentcore.cli", "serve", "--host", HOST,
-            "--port", str(port), "--data-dir", str(data_dir), "--server", "uvicorn",
-            "--workers", "1"]
+    argv = [
+        *pin,
+        sys.executable,
+        "-m",
+        "agentcore.cli",
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--server",
+        "uvicorn",
+        "--workers",
+        "1",
+    ]
     return Target(setup.name, port, argv, env, register=False)
 
 
@@ -853,9 +958,9 @@ def full_pages(server: Server) -> dict[str, str]:
     problems: dict[str, str] = {}
     capable_agents = sum(1 for n in range(min(server.setup.agents, 100)) if capable(n))
     for route, method, params, member, expected in (
-            ("discover", "agent.discover", DISCOVER_PARAMS, "agents",
-             min(10, capable_agents)),
-            ("query", "task.query", QUERY_PARAMS, "tasks", min(10, server.setup.tasks))):
+        ("discover", "agent.discover", DISCOVER_PARAMS, "agents", min(10, capable_agents)),
+        ("query", "task.query", QUERY_PARAMS, "tasks", min(10, server.setup.tasks)),
+    ):
         problem, answer = check_rpc(server.base, rpc(method, params))
         if not problem:
             result = json.loads(answer.body).get("result")
@@ -868,8 +973,15 @@ def full_pages(server: Server) -> dict[str, str]:
     return problems
 
 
-def start_server(server: Server, procs: Processes, wrk: Wrk, workdir: Path,
-                 args: argparse.Namespace, pin: list[str], code: Path | None = None) -> None:
+def start_server(
+    server: Server,
+    procs: Processes,
+    wrk: Wrk,
+    workdir: Path,
+    args: argparse.Namespace,
+    pin: list[str],
+    code: Path | None = None,
+) -> None:
     """Create the database, start the gateway (on ``code``, a ``src/`` directory, when
     given), seed it, check and warm it up; sets ``server.error`` (and stops it) when one
     of those failed."""
@@ -892,17 +1004,18 @@ def start_server(server: Server, procs: Processes, wrk: Wrk, workdir: Path,
     server.base = f"http://{HOST}:{port}"
     server.log_path = (args.log_dir or workdir) / f"{setup.name}.log"
     ping_ids = [agent_id(n) for n in range(min(args.ping_agents, setup.agents))]
-    server.scripts = {route: write_lua(workdir, route, ping_ids, f"{setup.name}-")
-                      for route in ROUTES}
-    progress(f"{setup.name}: starting on port {port} ({setup.agents:,} agents, "
-             f"{setup.tasks:,} tasks)")
+    server.scripts = {
+        route: write_lua(workdir, route, ping_ids, f"{setup.name}-") for route in ROUTES
+    }
+    progress(
+        f"{setup.name}: starting on port {port} ({setup.agents:,} agents, {setup.tasks:,} tasks)"
+    )
     server.proc = procs.start(server.target.argv, server.target.env, server.log_path)
     try:
         wait_ready(server.proc, server.base + HEALTH_PATH, server.log_path)
         seed(server, procs, args)
         check_and_warm_up(server, wrk, args, ping_ids)
-    except (RuntimeError, TimeoutError, OSError, ValueError,
-            subprocess.SubprocessError) as exc:
+    except (RuntimeError, TimeoutError, OSError, ValueError, subprocess.SubprocessError) as exc:
         server.error = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
         log = tail(server.log_path) if server.log_path else ""
         progress(f"{setup.name}: not measured: {exc}\n{log}")
@@ -910,8 +1023,9 @@ def start_server(server: Server, procs: Processes, wrk: Wrk, workdir: Path,
             procs.stop(server.proc)
 
 
-def check_and_warm_up(server: Server, wrk: Wrk, args: argparse.Namespace,
-                      ping_ids: Sequence[str]) -> None:
+def check_and_warm_up(
+    server: Server, wrk: Wrk, args: argparse.Namespace, ping_ids: Sequence[str]
+) -> None:
     """One call of each kind (problems make the rows invalid), then the warm-up."""
     setup = server.setup
     server.sample_memory()
@@ -921,8 +1035,10 @@ def check_and_warm_up(server: Server, wrk: Wrk, args: argparse.Namespace,
             server.problems[kind] = problem
     server.problems.update(full_pages(server))
     if server.problems:
-        progress(f"{setup.name}: check failed ({'; '.join(server.problems.values())}); "
-                 "measuring anyway, its rows will be invalid")
+        progress(
+            f"{setup.name}: check failed ({'; '.join(server.problems.values())}); "
+            "measuring anyway, its rows will be invalid"
+        )
     if args.warmup:
         progress(f"{setup.name}: warming up {args.warmup * len(ROUTES)} s")
         for route in ROUTES:
@@ -936,8 +1052,9 @@ def measure(server: Server, route: str, wrk: Wrk, seconds: int) -> Row:
     assert server.proc is not None
     db_before = db_cpu_s(server.db_name) if server.db_name else None
     started = time.monotonic()
-    result = wrk.measure(server.name, route, server.base + "/", server.scripts[route], seconds,
-                         server.proc.pid)
+    result = wrk.measure(
+        server.name, route, server.base + "/", server.scripts[route], seconds, server.proc.pid
+    )
     wall = time.monotonic() - started
     row = Row(**asdict(result))
     row.sent = parse_sent(result.wrk_output)
@@ -956,8 +1073,9 @@ def measure(server: Server, route: str, wrk: Wrk, seconds: int) -> Row:
 def merge_rows(rounds: Sequence[Row]) -> Row:
     """http_bench's merge(), plus the database CPU (weighted by time) and the sent counts."""
     row = Row(**asdict(merge(rounds)))
-    timed = [(r.db_cpu_pct, r.duration_s) for r in rounds
-             if r.db_cpu_pct is not None and r.duration_s]
+    timed = [
+        (r.db_cpu_pct, r.duration_s) for r in rounds if r.db_cpu_pct is not None and r.duration_s
+    ]
     if timed:
         row.db_cpu_pct = sum(v * d for v, d in timed) / sum(d for _, d in timed)
     for r in rounds:
@@ -982,9 +1100,15 @@ class Verdict:
     ratio: Ratio | None = None
 
 
-def judge_ratio(rows: Mapping[tuple[str, str], Row], per_round: Mapping[tuple[str, str], list[Row]],
-                label: str, mine: tuple[str, str], ref: tuple[str, str], minimum: float,
-                note: str = "") -> Verdict:
+def judge_ratio(
+    rows: Mapping[tuple[str, str], Row],
+    per_round: Mapping[tuple[str, str], list[Row]],
+    label: str,
+    mine: tuple[str, str],
+    ref: tuple[str, str],
+    minimum: float,
+    note: str = "",
+) -> Verdict:
     """``mine``'s req/s over ``ref``'s (each a (server, route)), against ``minimum``."""
     a, b = rows.get(mine), rows.get(ref)
     value: float | None = None
@@ -998,23 +1122,34 @@ def judge_ratio(rows: Mapping[tuple[str, str], Row], per_round: Mapping[tuple[st
         if a.skewed or b.skewed:
             verdict += " (a row is skewed by other load)"
     verdict += note
-    rounds = [x.requests_per_s / y.requests_per_s
-              for x, y in zip(per_round.get(mine, ()), per_round.get(ref, ()), strict=False)
-              if x.valid and y.valid and y.requests_per_s] if value is not None else []
+    rounds = (
+        [
+            x.requests_per_s / y.requests_per_s
+            for x, y in zip(per_round.get(mine, ()), per_round.get(ref, ()), strict=False)
+            if x.valid and y.valid and y.requests_per_s
+        ]
+        if value is not None
+        else []
+    )
     ratio = Ratio(label, mine[0], mine[1], f"{ref[0]} {ref[1]}", minimum, value, verdict, rounds)
     return Verdict(label, f">= {minimum:g}", value, verdict, per_round=rounds, ratio=ratio)
 
 
-def judge_p99(rows: Mapping[tuple[str, str], Row], per_round: Mapping[tuple[str, str], list[Row]],
-              server: str, limit_ms: float) -> Verdict:
+def judge_p99(
+    rows: Mapping[tuple[str, str], Row],
+    per_round: Mapping[tuple[str, str], list[Row]],
+    server: str,
+    limit_ms: float,
+) -> Verdict:
     row = rows.get((server, "mix"))
     label = f"{server}: mix p99 (median of the rounds)"
     if row is None:
         return Verdict(label, f"< {limit_ms:g} ms", None, "unavailable (not measured)", " ms")
     rounds = [r.p99_ms for r in per_round.get((server, "mix"), ()) if r.p99_ms is not None]
     if not row.valid or row.p99_ms is None:
-        return Verdict(label, f"< {limit_ms:g} ms", row.p99_ms, "INVALID (errors in the run)",
-                       " ms", rounds)
+        return Verdict(
+            label, f"< {limit_ms:g} ms", row.p99_ms, "INVALID (errors in the run)", " ms", rounds
+        )
     verdict = "PASS" if row.p99_ms < limit_ms else "MISS"
     if row.skewed:
         verdict += " (skewed by other load)"
@@ -1030,9 +1165,12 @@ def judge_rss(server: Server | None, name: str, limit_mb: float) -> Verdict:
     return Verdict(label, f"< {limit_mb:g} MB", mb, "PASS" if mb < limit_mb else "MISS", " MB")
 
 
-def goals(setups: Sequence[Setup], servers: Mapping[str, Server],
-          rows: Mapping[tuple[str, str], Row],
-          per_round: Mapping[tuple[str, str], list[Row]]) -> list[Verdict]:
+def goals(
+    setups: Sequence[Setup],
+    servers: Mapping[str, Server],
+    rows: Mapping[tuple[str, str], Row],
+    per_round: Mapping[tuple[str, str], list[Row]],
+) -> list[Verdict]:
     found: list[Verdict] = []
     by = {(s.backend, s.scale): s for s in setups}
     for backend in BACKENDS:
@@ -1041,21 +1179,45 @@ def goals(setups: Sequence[Setup], servers: Mapping[str, Server],
         for setup in (small, large):
             if setup is None:
                 continue
-            note = (" (informational: the issue sets this goal at 1,000 agents)"
-                    if backend == "sqlite" and setup.scale == "100k" else "")
-            found.append(judge_ratio(rows, per_round, f"{setup.name}: mix / ping",
-                                     (setup.name, "mix"), (setup.name, "ping"), minimum, note))
+            note = (
+                " (informational: the issue sets this goal at 1,000 agents)"
+                if backend == "sqlite" and setup.scale == "100k"
+                else ""
+            )
+            found.append(
+                judge_ratio(
+                    rows,
+                    per_round,
+                    f"{setup.name}: mix / ping",
+                    (setup.name, "mix"),
+                    (setup.name, "ping"),
+                    minimum,
+                    note,
+                )
+            )
             if backend == "sqlite" and setup.scale == "1k":
                 found.append(judge_p99(rows, per_round, setup.name, 20.0))
         if small is not None and large is not None:
-            found.append(judge_ratio(
-                rows, per_round,
-                f"{backend}: discover {compact(large.agents)} / {compact(small.agents)} agents",
-                (large.name, "discover"), (small.name, "discover"), 0.8))
-            found.append(judge_ratio(
-                rows, per_round,
-                f"{backend}: query {compact(large.tasks)} / {compact(small.tasks)} tasks",
-                (large.name, "query"), (small.name, "query"), 0.8))
+            found.append(
+                judge_ratio(
+                    rows,
+                    per_round,
+                    f"{backend}: discover {compact(large.agents)} / {compact(small.agents)} agents",
+                    (large.name, "discover"),
+                    (small.name, "discover"),
+                    0.8,
+                )
+            )
+            found.append(
+                judge_ratio(
+                    rows,
+                    per_round,
+                    f"{backend}: query {compact(large.tasks)} / {compact(small.tasks)} tasks",
+                    (large.name, "query"),
+                    (small.name, "query"),
+                    0.8,
+                )
+            )
         if large is not None:
             found.append(judge_rss(servers.get(large.name), large.name, 500.0))
     return found
@@ -1081,8 +1243,11 @@ class Comparison:
     p99_baseline: float | None = None
 
 
-def comparisons(setups: Sequence[Setup], rows: Mapping[tuple[str, str], Row],
-                per_round: Mapping[tuple[str, str], list[Row]]) -> list[Comparison]:
+def comparisons(
+    setups: Sequence[Setup],
+    rows: Mapping[tuple[str, str], Row],
+    per_round: Mapping[tuple[str, str], list[Row]],
+) -> list[Comparison]:
     """For each baseline configuration and route: current / baseline (req/s), per round
     too (the two were measured minutes apart in the same round), and each side's
     server CPU per request and p99."""
@@ -1094,24 +1259,38 @@ def comparisons(setups: Sequence[Setup], rows: Mapping[tuple[str, str], Row],
             a, b = rows.get((setup.current, route)), rows.get((setup.name, route))
             value: float | None = None
             rounds: list[float] = []
-            if a is None or b is None or any(r.error.startswith("not measured")
-                                             for r in (a, b)):
+            if a is None or b is None or any(r.error.startswith("not measured") for r in (a, b)):
                 note = "unavailable (not measured)"
             elif not (a.valid and b.valid) or not b.requests_per_s:
                 note = "INVALID (errors in the run)"
             else:
                 value = a.requests_per_s / b.requests_per_s
                 note = "skewed by other load" if a.skewed or b.skewed else ""
-                rounds = [x.requests_per_s / y.requests_per_s for x, y in zip(
-                    per_round.get((setup.current, route), ()),
-                    per_round.get((setup.name, route), ()), strict=False)
-                    if x.valid and y.valid and y.requests_per_s]
-            found.append(Comparison(
-                setup.current, setup.name, route, value, note, rounds,
-                a.requests_per_s if a else None, b.requests_per_s if b else None,
-                a.server_cpu_us_per_request if a else None,
-                b.server_cpu_us_per_request if b else None,
-                a.p99_ms if a else None, b.p99_ms if b else None))
+                rounds = [
+                    x.requests_per_s / y.requests_per_s
+                    for x, y in zip(
+                        per_round.get((setup.current, route), ()),
+                        per_round.get((setup.name, route), ()),
+                        strict=False,
+                    )
+                    if x.valid and y.valid and y.requests_per_s
+                ]
+            found.append(
+                Comparison(
+                    setup.current,
+                    setup.name,
+                    route,
+                    value,
+                    note,
+                    rounds,
+                    a.requests_per_s if a else None,
+                    b.requests_per_s if b else None,
+                    a.server_cpu_us_per_request if a else None,
+                    b.server_cpu_us_per_request if b else None,
+                    a.p99_ms if a else None,
+                    b.p99_ms if b else None,
+                )
+            )
     return found
 
 
@@ -1128,19 +1307,23 @@ def errors_of(r: Result) -> int:
 
 def print_servers(servers: Sequence[Server]) -> None:
     w = max([16, *(len(s.name) for s in servers)])
-    header = (f"{'server':<{w}} {'agents':>8} {'agents/s':>9} {'tasks':>9} {'via':<16} "
-              f"{'tasks/s':>8} {'restart s':>9} {'+created':>8} {'RSS MB':>7} {'peak MB':>7} "
-              f"{'last MB':>7}")
+    header = (
+        f"{'server':<{w}} {'agents':>8} {'agents/s':>9} {'tasks':>9} {'via':<16} "
+        f"{'tasks/s':>8} {'restart s':>9} {'+created':>8} {'RSS MB':>7} {'peak MB':>7} "
+        f"{'last MB':>7}"
+    )
     out(header)
     out("-" * len(header))
     for s in servers:
         seeding = s.seeding
         restart = "-" if seeding.restart_s is None else f"{seeding.restart_s:.1f}"
-        out(f"{s.name:<{w}} {seeding.agents:>8,} {fmt_rate(seeding.agents_per_s):>9} "
+        out(
+            f"{s.name:<{w}} {seeding.agents:>8,} {fmt_rate(seeding.agents_per_s):>9} "
             f"{seeding.tasks:>9,} {seeding.tasks_via or '-':<16} "
             f"{fmt_rate(seeding.tasks_per_s):>8} {restart:>9} {s.created:>8,} "
             f"{s.rss_seeded_kb / 1024:>7.0f} {s.rss_peak_kb / 1024:>7.0f} "
-            f"{s.rss_last_kb / 1024:>7.0f}")
+            f"{s.rss_last_kb / 1024:>7.0f}"
+        )
     for s in servers:
         if s.error:
             out(f"  ! {s.name}: not measured: {s.error}")
@@ -1150,33 +1333,43 @@ def print_servers(servers: Sequence[Server]) -> None:
 
 def print_rows(rows: Sequence[Row]) -> None:
     w = max([16, *(len(r.server) for r in rows)])
-    header = (f"{'server':<{w}} {'route':<9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'errors':>7} {'srv cpu%':>8} {'us/req':>7} {'db cpu%':>7} {'wrk cpu%':>8} "
-              f"{'other%':>6}")
+    header = (
+        f"{'server':<{w}} {'route':<9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>7} {'srv cpu%':>8} {'us/req':>7} {'db cpu%':>7} {'wrk cpu%':>8} "
+        f"{'other%':>6}"
+    )
     out(header)
     out("-" * len(header))
     for r in rows:
-        out(f"{r.server:<{w}} {r.route:<9} {fmt_rate(r.requests_per_s):>9} "
+        out(
+            f"{r.server:<{w}} {r.route:<9} {fmt_rate(r.requests_per_s):>9} "
             f"{fmt_ms(r.p50_ms):>8} {fmt_ms(r.p99_ms):>8} {errors_of(r):>7} "
             f"{fmt_pct(r.server_cpu_pct):>8} {fmt_us(r.server_cpu_us_per_request):>7} "
             f"{fmt_pct(r.db_cpu_pct):>7} {fmt_pct(r.wrk_cpu_pct):>8} "
-            f"{fmt_pct(r.other_cpu_pct):>6}")
+            f"{fmt_pct(r.other_cpu_pct):>6}"
+        )
     for r in rows:
         if r.error:
             out(f"  ! {r.server} {r.route}: {r.error}")
         elif not r.valid:
-            out(f"  ! {r.server} {r.route}: errors during the run (non-200 {r.non_200}, "
+            out(
+                f"  ! {r.server} {r.route}: errors during the run (non-200 {r.non_200}, "
                 f"JSON-RPC errors {r.rpc_errors}, socket {r.socket_errors}); "
-                "its figures are not throughput")
+                "its figures are not throughput"
+            )
         if r.skewed and r.other_cpu_pct is not None:
-            out(f"  ! {r.server} {r.route}: other processes used {r.other_cpu_pct:.0f}% of a "
-                "CPU during the run; its figures are skewed")
+            out(
+                f"  ! {r.server} {r.route}: other processes used {r.other_cpu_pct:.0f}% of a "
+                "CPU during the run; its figures are skewed"
+            )
     mixes = [r for r in rows if r.route == "mix" and r.sent]
     for r in mixes:
         total = sum(r.sent.values()) or 1
         shares = ", ".join(f"{k} {100 * n / total:.1f}%" for k, n in r.sent.items())
-        out(f"  {r.server} mix as sent: {shares} "
-            f"({r.sent.get('create', 0):,} tasks created in the measured slices)")
+        out(
+            f"  {r.server} mix as sent: {shares} "
+            f"({r.sent.get('create', 0):,} tasks created in the measured slices)"
+        )
 
 
 def print_goals(found: Sequence[Verdict]) -> None:
@@ -1184,68 +1377,88 @@ def print_goals(found: Sequence[Verdict]) -> None:
         out("no goal could be evaluated with these --backends and --scales")
     width = max([44, *(len(v.label) for v in found)])
     for v in found:
-        value = "-" if v.value is None else (
-            f"{v.value:.3f}" if not v.unit else f"{v.value:.1f}{v.unit}")
+        value = (
+            "-"
+            if v.value is None
+            else (f"{v.value:.3f}" if not v.unit else f"{v.value:.1f}{v.unit}")
+        )
         spread = ""
         if len(v.per_round) > 1:
             fmt = "{:.3f}" if not v.unit else "{:.1f}"
-            spread = (f"  rounds {fmt.format(min(v.per_round))}..{fmt.format(max(v.per_round))}"
-                      f", median {fmt.format(statistics.median(v.per_round))}")
+            spread = (
+                f"  rounds {fmt.format(min(v.per_round))}..{fmt.format(max(v.per_round))}"
+                f", median {fmt.format(statistics.median(v.per_round))}"
+            )
         out(f"{v.label:<{width}} {value:>9}  (goal {v.goal})  {v.verdict}{spread}")
 
 
 def print_comparisons(found: Sequence[Comparison]) -> None:
     if not found:
         out("nothing to compare")
-    labels = [f"{c.current}: {c.route} current / {c.baseline.partition('@')[2]}"
-              for c in found]
+    labels = [f"{c.current}: {c.route} current / {c.baseline.partition('@')[2]}" for c in found]
     width = max([36, *(len(label) for label in labels)])
     for label, c in zip(labels, found, strict=True):
         value = "-" if c.value is None else f"{c.value:.3f}"
         spread = ""
         if len(c.per_round) > 1:
-            spread = (f"  rounds {min(c.per_round):.3f}..{max(c.per_round):.3f}, "
-                      f"median {statistics.median(c.per_round):.3f}")
+            spread = (
+                f"  rounds {min(c.per_round):.3f}..{max(c.per_round):.3f}, "
+                f"median {statistics.median(c.per_round):.3f}"
+            )
         note = f"  {c.note}" if c.note else ""
-        out(f"{label:<{width}} {value:>7}  us/req {fmt_us(c.us_current):>6} | "
+        out(
+            f"{label:<{width}} {value:>7}  us/req {fmt_us(c.us_current):>6} | "
             f"{fmt_us(c.us_baseline):<6}  p99 ms {fmt_ms(c.p99_current):>6} | "
-            f"{fmt_ms(c.p99_baseline):<6}{spread}{note}".rstrip())
+            f"{fmt_ms(c.p99_baseline):<6}{spread}{note}".rstrip()
+        )
 
 
 def print_comparisons_markdown(found: Sequence[Comparison], revision: str) -> None:
-    out(f"| configuration | route | req/s current | req/s {revision} | current / {revision} "
+    out(
+        f"| configuration | route | req/s current | req/s {revision} | current / {revision} "
         f"| rounds | server µs/req current | server µs/req {revision} | p99 ms current | "
-        f"p99 ms {revision} |")
+        f"p99 ms {revision} |"
+    )
     out("|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
     for c in found:
         value = "-" if c.value is None else f"{c.value:.3f}"
         if c.note:
             value += f" ({c.note})"
         rounds = ", ".join(f"{x:.2f}" for x in c.per_round) or "-"
-        out(f"| {c.current} | {c.route} | {fmt_rate(c.rps_current)} | "
+        out(
+            f"| {c.current} | {c.route} | {fmt_rate(c.rps_current)} | "
             f"{fmt_rate(c.rps_baseline)} | {value} | {rounds} | {fmt_us(c.us_current)} | "
-            f"{fmt_us(c.us_baseline)} | {fmt_ms(c.p99_current)} | {fmt_ms(c.p99_baseline)} |")
+            f"{fmt_us(c.us_baseline)} | {fmt_ms(c.p99_current)} | {fmt_ms(c.p99_baseline)} |"
+        )
 
 
-def print_markdown(servers: Sequence[Server], rows: Sequence[Row],
-                   found: Sequence[Verdict]) -> None:
+def print_markdown(
+    servers: Sequence[Server], rows: Sequence[Row], found: Sequence[Verdict]
+) -> None:
     setups = {s.name: s for s in servers}
-    out("| configuration | agents | tasks | route | req/s | p50 ms | p99 ms | errors | "
-        "server µs/req | db CPU % |")
+    out(
+        "| configuration | agents | tasks | route | req/s | p50 ms | p99 ms | errors | "
+        "server µs/req | db CPU % |"
+    )
     out("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         s = setups.get(r.server)
         agents = f"{s.setup.agents:,}" if s else "-"
         tasks = f"{s.setup.tasks:,}" if s else "-"
-        out(f"| {r.server} | {agents} | {tasks} | {r.route} | {fmt_rate(r.requests_per_s)} | "
+        out(
+            f"| {r.server} | {agents} | {tasks} | {r.route} | {fmt_rate(r.requests_per_s)} | "
             f"{fmt_ms(r.p50_ms)} | {fmt_ms(r.p99_ms)} | {errors_of(r)} | "
-            f"{fmt_us(r.server_cpu_us_per_request)} | {fmt_pct(r.db_cpu_pct)} |")
+            f"{fmt_us(r.server_cpu_us_per_request)} | {fmt_pct(r.db_cpu_pct)} |"
+        )
     out()
     out("| goal | measured | rounds | verdict |")
     out("|---|---:|---|---|")
     for v in found:
-        value = "-" if v.value is None else (
-            f"{v.value:.3f}" if not v.unit else f"{v.value:.1f}{v.unit}")
+        value = (
+            "-"
+            if v.value is None
+            else (f"{v.value:.3f}" if not v.unit else f"{v.value:.1f}{v.unit}")
+        )
         rounds = ", ".join(f"{x:.2f}" if not v.unit else f"{x:.1f}" for x in v.per_round)
         out(f"| {v.label} {v.goal} | {value} | {rounds or '-'} | {v.verdict} |")
 
@@ -1256,78 +1469,157 @@ def print_markdown(servers: Sequence[Server], rows: Sequence[Row],
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="The seed's HTTP mix beside agent.ping, on SQLite and PostgreSQL, with a "
-                    "small and a large registry (wrk; GitHub issue 13).")
-    parser.add_argument("--backends", default=",".join(BACKENDS),
-                        help="comma-separated subset of sqlite,postgresql (default both)")
-    parser.add_argument("--scales", default=",".join(SCALES),
-                        help="comma-separated subset of 1k (--agents-small, --tasks-small) and "
-                             "100k (--agents-large, --tasks-large); default both")
+        "small and a large registry (wrk; GitHub issue 13)."
+    )
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="comma-separated subset of sqlite,postgresql (default both)",
+    )
+    parser.add_argument(
+        "--scales",
+        default=",".join(SCALES),
+        help="comma-separated subset of 1k (--agents-small, --tasks-small) and "
+        "100k (--agents-large, --tasks-large); default both",
+    )
     parser.add_argument("--agents-small", type=int, help="agents at scale 1k (default 1000)")
     parser.add_argument("--tasks-small", type=int, help="tasks at scale 1k (default 1000)")
     parser.add_argument("--agents-large", type=int, help="agents at scale 100k (default 100000)")
-    parser.add_argument("--tasks-large", type=int,
-                        help="tasks at scale 100k (default 1000000)")
-    parser.add_argument("--rounds", type=int, help="rounds; each measures every server and "
-                        "route once, in turn (default 3)")
-    parser.add_argument("--duration", type=int,
-                        help="seconds per slice: one server, one route, one round (default 10)")
-    parser.add_argument("--warmup", type=int,
-                        help="warm-up seconds per server and route, after the seeding "
-                             "(default 2)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 1 round of 2 s slices, 1 s warm-ups, 100 agents and "
-                             "100 tasks small, 1,000 agents and 10,000 tasks large, tasks "
-                             "through the API up to 1,000 (each unless given)")
+    parser.add_argument("--tasks-large", type=int, help="tasks at scale 100k (default 1000000)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds; each measures every server and route once, in turn (default 3)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=int,
+        help="seconds per slice: one server, one route, one round (default 10)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help="warm-up seconds per server and route, after the seeding (default 2)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 1 round of 2 s slices, 1 s warm-ups, 100 agents and "
+        "100 tasks small, 1,000 agents and 10,000 tasks large, tasks "
+        "through the API up to 1,000 (each unless given)",
+    )
     parser.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
     parser.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
-    parser.add_argument("--ping-agents", type=int, default=64,
-                        help="ping (alone and in the mix) one of this many agents at random "
-                             "(default 64, one per connection like the seed's users)")
-    parser.add_argument("--task-seeding", choices=("auto", "api", "bulk"), default="auto",
-                        help="tasks through the API (task.create batches), in bulk (server "
-                             "stopped, rows inserted with the gateway's store code, server "
-                             "restarted) or auto: the API up to --api-task-limit (default auto)")
-    parser.add_argument("--api-task-limit", type=int,
-                        help="with --task-seeding auto, the most tasks seeded through the API "
-                             "(default 20000; --quick: 1000)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
-                        help="calls per JSON-RPC batch while seeding (default 100, the "
-                             "gateway's limits.max_batch_size)")
-    parser.add_argument("--seed-concurrency", type=int, default=16,
-                        help="seeding batches in flight (default 16)")
-    parser.add_argument("--seed-timeout", type=float, default=1800.0,
-                        help="seconds one server's seeding may take (default 1800)")
-    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES,
-                        help="an administration database on a loopback PostgreSQL; a "
-                             "throwaway database is created beside it per configuration "
-                             f"(default {DEFAULT_POSTGRES})")
-    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
-                        help="before each round, wait up to S seconds for the CPUs to be "
-                             "under 10%% busy (default 0: do not wait)")
-    parser.add_argument("--log-dir", type=Path,
-                        help="keep the servers' and the loader's logs here (default: a "
-                             "temporary directory, removed at the end)")
-    parser.add_argument("--baseline", metavar="REV",
-                        help="also run every configuration on this git revision's src/ "
-                             "(exported with git archive, first on the server's PYTHONPATH), "
-                             "named <configuration>@<commit>, in the same rounds; prints "
-                             "current / baseline per configuration and route")
+    parser.add_argument(
+        "--ping-agents",
+        type=int,
+        default=64,
+        help="ping (alone and in the mix) one of this many agents at random "
+        "(default 64, one per connection like the seed's users)",
+    )
+    parser.add_argument(
+        "--task-seeding",
+        choices=("auto", "api", "bulk"),
+        default="auto",
+        help="tasks through the API (task.create batches), in bulk (server "
+        "stopped, rows inserted with the gateway's store code, server "
+        "restarted) or auto: the API up to --api-task-limit (default auto)",
+    )
+    parser.add_argument(
+        "--api-task-limit",
+        type=int,
+        help="with --task-seeding auto, the most tasks seeded through the API "
+        "(default 20000; --quick: 1000)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH,
+        help="calls per JSON-RPC batch while seeding (default 100, the "
+        "gateway's limits.max_batch_size)",
+    )
+    parser.add_argument(
+        "--seed-concurrency", type=int, default=16, help="seeding batches in flight (default 16)"
+    )
+    parser.add_argument(
+        "--seed-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds one server's seeding may take (default 1800)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=DEFAULT_POSTGRES,
+        help="an administration database on a loopback PostgreSQL; a "
+        "throwaway database is created beside it per configuration "
+        f"(default {DEFAULT_POSTGRES})",
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each round, wait up to S seconds for the CPUs to be "
+        "under 10%% busy (default 0: do not wait)",
+    )
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        help="keep the servers' and the loader's logs here (default: a "
+        "temporary directory, removed at the end)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run every configuration on this git revision's src/ "
+        "(exported with git archive, first on the server's PYTHONPATH), "
+        "named <configuration>@<commit>, in the same rounds; prints "
+        "current / baseline per configuration and route",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    quick = {"rounds": 1, "duration": 2, "warmup": 1, "agents_small": 100, "tasks_small": 100,
-             "agents_large": 1_000, "tasks_large": 10_000, "api_task_limit": 1_000}
-    full = {"rounds": 3, "duration": 10, "warmup": 2, "agents_small": 1_000,
-            "tasks_small": 1_000, "agents_large": 100_000, "tasks_large": 1_000_000,
-            "api_task_limit": 20_000}
+    quick = {
+        "rounds": 1,
+        "duration": 2,
+        "warmup": 1,
+        "agents_small": 100,
+        "tasks_small": 100,
+        "agents_large": 1_000,
+        "tasks_large": 10_000,
+        "api_task_limit": 1_000,
+    }
+    full = {
+        "rounds": 3,
+        "duration": 10,
+        "warmup": 2,
+        "agents_small": 1_000,
+        "tasks_small": 1_000,
+        "agents_large": 100_000,
+        "tasks_large": 1_000_000,
+        "api_task_limit": 20_000,
+    }
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     args.backend_list = _choices(parser, "--backends", args.backends, BACKENDS)
     args.scale_list = _choices(parser, "--scales", args.scales, SCALES)
-    if min(args.duration, args.rounds, args.connections, args.ping_agents, args.batch_size,
-           args.seed_concurrency, args.agents_small, args.agents_large) < 1:
-        parser.error("--duration, --rounds, --connections, --ping-agents, --batch-size, "
-                     "--seed-concurrency and the agent counts must be >= 1")
+    if (
+        min(
+            args.duration,
+            args.rounds,
+            args.connections,
+            args.ping_agents,
+            args.batch_size,
+            args.seed_concurrency,
+            args.agents_small,
+            args.agents_large,
+        )
+        < 1
+    ):
+        parser.error(
+            "--duration, --rounds, --connections, --ping-agents, --batch-size, "
+            "--seed-concurrency and the agent counts must be >= 1"
+        )
     if min(args.warmup, args.tasks_small, args.tasks_large, args.api_task_limit) < 0:
         parser.error("--warmup, the task counts and --api-task-limit must be >= 0")
     if not 1 <= args.threads <= args.connections:
@@ -1347,15 +1639,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.baseline_commit = args.baseline_rev = args.baseline_description = ""
     if args.baseline:
         try:
-            args.baseline_commit, args.baseline_rev, args.baseline_description = (
-                resolve_revision(args.baseline))
+            args.baseline_commit, args.baseline_rev, args.baseline_description = resolve_revision(
+                args.baseline
+            )
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             parser.error(f"--baseline {args.baseline}: not a commit of {REPO} ({exc})")
     return args
 
 
-def _choices(parser: argparse.ArgumentParser, flag: str, raw: str,
-             allowed: Sequence[str]) -> list[str]:
+def _choices(
+    parser: argparse.ArgumentParser, flag: str, raw: str, allowed: Sequence[str]
+) -> list[str]:
     picked = [p.strip() for p in raw.split(",") if p.strip()]
     unknown = sorted(set(picked) - set(allowed))
     if unknown or not picked:
@@ -1364,12 +1658,17 @@ def _choices(parser: argparse.ArgumentParser, flag: str, raw: str,
 
 
 def setups_of(args: argparse.Namespace) -> list[Setup]:
-    counts = {"1k": (args.agents_small, args.tasks_small),
-              "100k": (args.agents_large, args.tasks_large)}
+    counts = {
+        "1k": (args.agents_small, args.tasks_small),
+        "100k": (args.agents_large, args.tasks_large),
+    }
     revisions = ["", args.baseline_rev] if args.baseline_rev else [""]
-    return [Setup(backend, scale, *counts[scale], revision)
-            for backend in args.backend_list for scale in args.scale_list
-            for revision in revisions]
+    return [
+        Setup(backend, scale, *counts[scale], revision)
+        for backend in args.backend_list
+        for scale in args.scale_list
+        for revision in revisions
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1388,30 +1687,44 @@ def run(args: argparse.Namespace) -> int:
     out("Workload benchmark (benchmarks/workload_bench.py)")
     out(f"date:     {info['date']}")
     out(f"machine:  {info['nproc']} CPUs, {info['cpu']}, {info['kernel']}")
-    out(f"software: Python {info['python']}, {info['wrk']}, uvicorn {info['uvicorn']}, "
-        f"SQLite {sqlite3.sqlite_version}"
-        + (f", PostgreSQL {pg_version}" if pg_version else ""))
+    out(
+        f"software: Python {info['python']}, {info['wrk']}, uvicorn {info['uvicorn']}, "
+        f"SQLite {sqlite3.sqlite_version}" + (f", PostgreSQL {pg_version}" if pg_version else "")
+    )
     if info["gateway_revision"]:
         out(f"gateway:  {info['gateway_revision']}")
     if args.baseline_rev:
-        out(f"baseline: {args.baseline_description} (--baseline {args.baseline}): its src/ "
+        out(
+            f"baseline: {args.baseline_description} (--baseline {args.baseline}): its src/ "
             f"exported with git archive and put first on the PYTHONPATH of the "
-            f"*@{args.baseline_rev} servers; same command and settings otherwise")
+            f"*@{args.baseline_rev} servers; same command and settings otherwise"
+        )
     out(f"command:  {command}")
-    out("servers:  " + "; ".join(f"{s.name} ({s.agents:,} agents, {s.tasks:,} tasks)"
-                                 for s in setups))
-    out(f"server:   agentcore serve --server uvicorn --workers 1, "
-        f"{' '.join(f'{k}={v}' for k, v in SERVER_ENV.items())}")
-    out(f"load:     wrk -t{args.threads} -c{args.connections} --latency, {args.rounds} "
+    out(
+        "servers:  "
+        + "; ".join(f"{s.name} ({s.agents:,} agents, {s.tasks:,} tasks)" for s in setups)
+    )
+    out(
+        f"server:   agentcore serve --server uvicorn --workers 1, "
+        f"{' '.join(f'{k}={v}' for k, v in SERVER_ENV.items())}"
+    )
+    out(
+        f"load:     wrk -t{args.threads} -c{args.connections} --latency, {args.rounds} "
         f"round{'s' if args.rounds > 1 else ''} "
         f"of {args.duration} s per server and route (every server started and seeded first, "
         f"measured in turn each round), {args.warmup} s warm-up per server and route; "
         f"{pin_note}"
         + ("; PostgreSQL's own processes are not pinned" if pg_version else "")
-        + (f"; waits up to {args.wait_idle:g} s for an idle machine before each round"
-           if args.wait_idle else ""))
-    out(f"mix:      {', '.join(f'{k} {w}' for k, w in MIX)} (the seed's weights); ping: one of "
-        f"{args.ping_agents} agents at random")
+        + (
+            f"; waits up to {args.wait_idle:g} s for an idle machine before each round"
+            if args.wait_idle
+            else ""
+        )
+    )
+    out(
+        f"mix:      {', '.join(f'{k} {w}' for k, w in MIX)} (the seed's weights); ping: one of "
+        f"{args.ping_agents} agents at random"
+    )
     out(f"loadavg:  {info['loadavg_before']} (before the run; other load skews the figures)")
     if wrk_path is None:
         out(f"wrk is not installed: nothing to measure. Install it with: {INSTALL_HINT}")
@@ -1426,24 +1739,28 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="agentcore-workload-bench-") as tmp:
             workdir = Path(tmp)
             wrk = Wrk(wrk_path, wrk_pin, args.threads, args.connections)
-            budget = len(setups) * len(ROUTES) * (args.rounds * (args.duration + 1)
-                                                  + args.warmup)
-            progress(f"{len(setups)} servers, {args.rounds} rounds: about {budget} s of "
-                     "measurement after the seeding")
+            budget = len(setups) * len(ROUTES) * (args.rounds * (args.duration + 1) + args.warmup)
+            progress(
+                f"{len(setups)} servers, {args.rounds} rounds: about {budget} s of "
+                "measurement after the seeding"
+            )
             baseline_src: Path | None = None
             if args.baseline_rev:
-                baseline = {"revision": args.baseline, "commit": args.baseline_commit,
-                            "description": args.baseline_description}
+                baseline = {
+                    "revision": args.baseline,
+                    "commit": args.baseline_commit,
+                    "description": args.baseline_description,
+                }
                 try:
                     baseline_src, package = prepare_baseline(args.baseline_commit, workdir)
-                except (RuntimeError, OSError, tarfile.TarError,
-                        subprocess.SubprocessError) as exc:
+                except (RuntimeError, OSError, tarfile.TarError, subprocess.SubprocessError) as exc:
                     baseline["error"] = str(exc)[:300]
                     progress(f"baseline {args.baseline_rev} cannot be run: {exc}")
                 else:
                     baseline["agentcore"] = str(package)
-                    progress(f"baseline {args.baseline_rev}: its servers import agentcore "
-                             f"from {package}")
+                    progress(
+                        f"baseline {args.baseline_rev}: its servers import agentcore from {package}"
+                    )
             for setup in setups:
                 # Listed first: its database is dropped at the end whatever happens.
                 server = Server(setup)
@@ -1454,14 +1771,22 @@ def run(args: argparse.Namespace) -> int:
                 if setup.revision and baseline_src is None:
                     server.error = f"baseline unavailable: {baseline.get('error', '')}"
                     continue
-                start_server(server, procs, wrk, workdir, args, server_pin,
-                             baseline_src if setup.revision else None)
+                start_server(
+                    server,
+                    procs,
+                    wrk,
+                    workdir,
+                    args,
+                    server_pin,
+                    baseline_src if setup.revision else None,
+                )
             running = [s for s in servers if not s.error]
             for n in range(1, args.rounds + 1):
                 share = wait_idle(args.wait_idle)
                 note = f" (machine {share:.0%} busy before)" if share is not None else ""
-                progress(f"round {n} of {args.rounds}: {args.duration} s per server and "
-                         f"route{note}")
+                progress(
+                    f"round {n} of {args.rounds}: {args.duration} s per server and route{note}"
+                )
                 for server in running:
                     for route in ROUTES:
                         row = measure(server, route, wrk, args.duration)
@@ -1497,13 +1822,16 @@ def run(args: argparse.Namespace) -> int:
                 row.error = f"check failed: {problem}"
             rows.append(row)
     by_key = {(r.server, r.route): r for r in rows}
-    verdicts = goals([s for s in setups if not s.revision], {s.name: s for s in servers},
-                     by_key, per_round)
+    verdicts = goals(
+        [s for s in setups if not s.revision], {s.name: s for s in servers}, by_key, per_round
+    )
     compared = comparisons(setups, by_key, per_round)
 
     out()
-    out("servers (seeding, and the gateway's memory: RSS after seeding and warm-up, the "
-        "peak, the last reading):")
+    out(
+        "servers (seeding, and the gateway's memory: RSS after seeding and warm-up, the "
+        "peak, the last reading):"
+    )
     print_servers(servers)
     out()
     print_rows(rows)
@@ -1512,9 +1840,11 @@ def run(args: argparse.Namespace) -> int:
     print_goals(verdicts)
     out()
     if args.baseline_rev:
-        out(f"current against the baseline {args.baseline_rev} (req/s current / baseline, "
+        out(
+            f"current against the baseline {args.baseline_rev} (req/s current / baseline, "
             "with the spread over the rounds; server CPU us per request and p99 ms, "
-            "current | baseline):")
+            "current | baseline):"
+        )
         print_comparisons(compared)
         out()
     out("markdown (docs/performance.md):")
@@ -1526,23 +1856,55 @@ def run(args: argparse.Namespace) -> int:
     out()
     out(f"loadavg after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
-        args.json.write_text(json.dumps({
-            "machine": info, "command": command, "pinning": pin_note,
-            "postgresql": pg_version, "sqlite": sqlite3.sqlite_version,
-            "settings": {k: getattr(args, k) for k in (
-                "rounds", "duration", "warmup", "connections", "threads", "ping_agents",
-                "task_seeding", "api_task_limit", "batch_size", "seed_concurrency",
-                "wait_idle")},
-            "servers": [{"name": s.name, **asdict(s.setup), "seeding": asdict(s.seeding),
-                         "rss_seeded_kb": s.rss_seeded_kb, "rss_peak_kb": s.rss_peak_kb,
-                         "rss_last_kb": s.rss_last_kb, "tasks_created_by_mix": s.created,
-                         "error": s.error,
-                         "problems": s.problems} for s in servers],
-            "results": [asdict(r) | {"valid": r.valid, "skewed": r.skewed} for r in rows],
-            "goals": [{k: v for k, v in asdict(v).items() if k != "ratio"} for v in verdicts],
-            "baseline": baseline or None,
-            "comparisons": [asdict(c) for c in compared],
-        }, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "command": command,
+                    "pinning": pin_note,
+                    "postgresql": pg_version,
+                    "sqlite": sqlite3.sqlite_version,
+                    "settings": {
+                        k: getattr(args, k)
+                        for k in (
+                            "rounds",
+                            "duration",
+                            "warmup",
+                            "connections",
+                            "threads",
+                            "ping_agents",
+                            "task_seeding",
+                            "api_task_limit",
+                            "batch_size",
+                            "seed_concurrency",
+                            "wait_idle",
+                        )
+                    },
+                    "servers": [
+                        {
+                            "name": s.name,
+                            **asdict(s.setup),
+                            "seeding": asdict(s.seeding),
+                            "rss_seeded_kb": s.rss_seeded_kb,
+                            "rss_peak_kb": s.rss_peak_kb,
+                            "rss_last_kb": s.rss_last_kb,
+                            "tasks_created_by_mix": s.created,
+                            "error": s.error,
+                            "problems": s.problems,
+                        }
+                        for s in servers
+                    ],
+                    "results": [asdict(r) | {"valid": r.valid, "skewed": r.skewed} for r in rows],
+                    "goals": [
+                        {k: v for k, v in asdict(v).items() if k != "ratio"} for v in verdicts
+                    ],
+                    "baseline": baseline or None,
+                    "comparisons": [asdict(c) for c in compared],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         progress(f"wrote {args.json}")
     return 0 if all(r.valid for r in rows) else 1
 

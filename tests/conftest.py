@@ -6,12 +6,15 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from hypothesis import settings
 
 from agentcore.app import Gateway, create_app
 from agentcore.clock import ManualClock
+from agentcore.repositories import Repositories, open_repositories
+from tests import databases
 from tests.support import ServerProcess, free_port, make_config
 
 # Property tests explore new examples on a developer's machine; in CI
@@ -74,3 +77,54 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield make
     for server in started:
         server.stop()
+
+
+# -- databases: every repository contract runs over each backend ----------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    name, url = databases.run(databases.create_pg_database())
+    yield url
+    databases.run(databases.drop_pg_database(name))
+
+
+def _backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    backend: str = request.param
+    if backend == "memory":
+        return "memory://"
+    if backend == "sqlite-memory":
+        return "sqlite://:memory:"
+    if backend == "sqlite-file":
+        return f"sqlite:///{tmp_path}/data/agentcore.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture(params=databases.SQL_BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of each SQL backend in turn."""
+    return _backend_url(request, tmp_path)
+
+
+@pytest.fixture(params=databases.BACKENDS)
+def repos_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of each backend in turn, memory included."""
+    return _backend_url(request, tmp_path)
+
+
+@pytest.fixture
+async def repos(repos_url: str) -> AsyncIterator[Repositories]:
+    """Open, empty repositories on each backend; closed after the test."""
+    opened = open_repositories(repos_url)
+    await opened.open()
+    if repos_url.startswith("postgresql"):
+        conn = await asyncpg.connect(repos_url)
+        try:
+            await conn.execute(f"TRUNCATE {databases.TABLES}")
+            await conn.execute("UPDATE event_seq SET n = 0")
+            await conn.execute("UPDATE webhook_cursor SET position = 0")
+        finally:
+            await conn.close()
+    yield opened
+    await opened.close()

@@ -1,4 +1,5 @@
-"""Test helpers shared by the suite: JSON-RPC calls, agent cards, real server processes."""
+"""Test helpers shared by the suite: JSON-RPC calls, agent cards, stored agents and tasks,
+real server processes."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from agentcore.app import Gateway, create_app
 from agentcore.clock import ManualClock
 from agentcore.config import Config, build_config
 from agentcore.events.base import Event, Subscription
+from agentcore.models import Agent, AgentCard, AgentStatus, Capability, Task, TaskStatus
+from agentcore.registry.repository import AgentTable
+from agentcore.repositories import MemoryRepositories, Repositories, SqlRepositories
 
 REQUIRE_SERVICES = os.environ.get("AGENTCORE_REQUIRE_SERVICES") == "1"
 
@@ -78,6 +82,95 @@ def agent_card(agent_id: str, *capabilities: str, **extra: Any) -> dict[str, Any
         ],
         **extra,
     }
+
+
+# -- agents and tasks as the repositories store them ---------------------------
+
+
+def make_agent(
+    agent_id: str,
+    *,
+    name: str | None = None,
+    capabilities: tuple[str, ...] = (),
+    tags: tuple[str, ...] = (),
+    status: AgentStatus = AgentStatus.ACTIVE,
+    tenant: str = "default",
+    last_seen: float = 100.0,
+) -> Agent:
+    """An agent with a card that exercises the JSON columns (a capability given as a
+    string and others as objects, nested metadata)."""
+    card = AgentCard(
+        name=name or agent_id,
+        agent_id=agent_id,
+        capabilities=[*capabilities[:1], *(Capability(name=c) for c in capabilities[1:])],
+        tags=list(tags),
+        metadata={"nested": {"list": [1, 2.5, None]}},
+    )
+    return Agent(
+        agent_id=agent_id,
+        name=name or agent_id,
+        version="1.0.0",
+        status=status,
+        capabilities=list(capabilities),
+        tags=list(tags),
+        card=card,
+        tenant=tenant,
+        registered_at=10.0,
+        updated_at=20.0,
+        last_seen=last_seen,
+    )
+
+
+def make_task(
+    task_id: str,
+    *,
+    status: TaskStatus = TaskStatus.PENDING,
+    priority: int = 5,
+    created_at: float = 1000.0,
+    agent_id: str | None = None,
+    deadline: float | None = None,
+    type: str = "generic",
+    tenant: str = "default",
+) -> Task:
+    """A task whose parameters and input exercise the JSON body."""
+    return Task(
+        task_id=task_id,
+        type=type,
+        title=f"title {task_id}",
+        description="",
+        required_capabilities=["x"],
+        parameters={"k": [1, "two", {"three": 3.0}]},
+        input={"text": "hi"},
+        priority=priority,
+        status=status,
+        agent_id=agent_id,
+        deadline=deadline,
+        tenant=tenant,
+        created_at=created_at,
+        updated_at=created_at,
+    )
+
+
+def ids(items: list[Agent] | list[Task]) -> list[str]:
+    """The ids of agents or tasks, in order."""
+    return [i.agent_id if isinstance(i, Agent) else i.task_id for i in items]
+
+
+async def stored_loads(repos: Repositories) -> dict[str, int]:
+    """Each registered agent's stored count of assigned and running tasks: the counter
+    ``agents.least_loaded`` orders by (in SQL the ``active_tasks`` column, checked to
+    agree with its copy on the capability rows; in memory the agents' table's loads),
+    not a count of the tasks."""
+    if isinstance(repos, SqlRepositories):
+        rows = await repos.database.fetch("SELECT id, active_tasks FROM agents ORDER BY id")
+        loads = {str(row[0]): int(row[1]) for row in rows}
+        # The capability rows carry a copy that the pick by capability orders by.
+        labels = await repos.database.fetch("SELECT agent_id, active_tasks FROM agent_capabilities")
+        assert {(str(r[0]), int(r[1])) for r in labels} <= set(loads.items()), labels
+        return loads
+    assert isinstance(repos, MemoryRepositories)
+    table = repos.database.table(AgentTable)
+    return {agent_id: table.loads.get(agent_id, 0) for agent_id in sorted(table.agents)}
 
 
 # -- real server processes ---------------------------------------------------

@@ -76,7 +76,7 @@ async def test_not_ready_when_the_store_check_fails(
     async def down() -> None:
         raise StoreUnavailable("connection refused")
 
-    monkeypatch.setattr(gateway.store, "check", down)
+    monkeypatch.setattr(gateway.repos, "check", down)
     gateway._health = None
 
     ready = await client.get("/api/v1/health/ready")
@@ -96,7 +96,7 @@ async def test_not_ready_when_the_store_check_fails(
 async def test_not_ready_when_the_store_is_closed(
     gateway: Gateway, client: httpx.AsyncClient
 ) -> None:
-    await gateway.store.close()
+    await gateway.repos.close()
     gateway._health = None
 
     response = await client.get("/api/v1/health/ready")
@@ -109,13 +109,13 @@ async def test_store_status_is_cached_for_a_second(
     gateway: Gateway, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checks: list[float] = []
-    check = gateway.store.check
+    check = gateway.repos.check
 
     async def counted() -> None:
         checks.append(time.monotonic())
         await check()
 
-    monkeypatch.setattr(gateway.store, "check", counted)
+    monkeypatch.setattr(gateway.repos, "check", counted)
     gateway._health = None
     for _ in range(3):
         assert (await client.get("/api/v1/health/ready")).status_code == 200
@@ -124,7 +124,7 @@ async def test_store_status_is_cached_for_a_second(
     async def down() -> None:
         raise StoreUnavailable("gone")
 
-    monkeypatch.setattr(gateway.store, "check", down)
+    monkeypatch.setattr(gateway.repos, "check", down)
     assert gateway._health is not None
     checked_at, status = gateway._health
     gateway._health = (time.monotonic(), status)
@@ -414,7 +414,7 @@ async def test_unexpected_error_is_500_without_details(
     async def broken() -> dict[str, int]:
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(gateway.store, "count_agents", broken)
+    monkeypatch.setattr(gateway.repos.agents, "count", broken)
 
     response = await client.get("/metrics")
 
@@ -461,7 +461,7 @@ async def test_lifespan_starts_and_stops_the_gateway() -> None:
     assert ready.status_code == 200
     assert stopped["type"] == "lifespan.shutdown.complete"
     with pytest.raises(StoreUnavailable):
-        await app.store.check()
+        await app.repos.check()
 
 
 async def test_lifespan_reports_a_failed_startup() -> None:

@@ -29,7 +29,7 @@ from agentcore.auth import SCOPES, StoreAuthenticator, check_bind, is_loopback
 from agentcore.clock import ManualClock
 from agentcore.config import AuthConfig
 from agentcore.errors import ConfigError, Unauthorized
-from agentcore.store import open_store
+from agentcore.repositories import open_repositories
 from agentcore.tokens import JwtVerifier
 from tests.support import agent_card, gateway_client, make_config
 
@@ -52,7 +52,7 @@ class Gw:
         full, key = apikeys.generate(
             tenant=tenant, scopes=list(scopes), now=self.clock(), agent_id=agent_id
         )
-        assert await self.app.store.put_api_key(key)
+        assert await self.app.repos.api_keys.put(key)
         return full
 
     async def call(
@@ -148,7 +148,7 @@ async def test_a_key_revoked_elsewhere_is_refused_within_cache_s(gw: Gw) -> None
     key = await gw.key()
     await gw.ok(key, "agent.list")
 
-    assert await gw.app.store.revoke_api_key(apikeys.parse(key)[0], gw.clock())
+    assert await gw.app.repos.api_keys.revoke(apikeys.parse(key)[0], gw.clock())
     gw.clock.advance(4.9)
     await gw.ok(key, "agent.list")  # still cached
     gw.clock.advance(0.2)
@@ -157,20 +157,20 @@ async def test_a_key_revoked_elsewhere_is_refused_within_cache_s(gw: Gw) -> None
 
 
 async def test_the_key_cache_spares_the_store(clock: ManualClock) -> None:
-    store = open_store("sqlite://:memory:")
-    await store.open()
+    repos = open_repositories("sqlite://:memory:")
+    await repos.open()
     try:
         full, key = apikeys.generate(tenant="t", scopes=["agents:read"], now=clock())
-        await store.put_api_key(key)
-        authenticator = StoreAuthenticator(store, AuthConfig(mode="api_key"), clock)
+        await repos.api_keys.put(key)
+        authenticator = StoreAuthenticator(repos.api_keys, AuthConfig(mode="api_key"), clock)
 
         identity = await authenticator.authenticate(full)
-        await store.close()  # any further store call would raise StoreUnavailable
+        await repos.close()  # any further store call would raise StoreUnavailable
         assert await authenticator.authenticate(full) == identity
         with pytest.raises(Unauthorized):
             await authenticator.authenticate(full[:-1] + ("B" if full[-1] != "B" else "C"))
     finally:
-        await store.close()
+        await repos.close()
 
     assert identity.kind == "api_key"
     assert identity.subject == key.id
@@ -180,7 +180,7 @@ async def test_the_key_cache_spares_the_store(clock: ManualClock) -> None:
 
 async def test_an_unavailable_store_is_503_not_401(gw: Gw) -> None:
     key = await gw.key()
-    await gw.app.store.close()
+    await gw.app.repos.close()
 
     status, error = await gw.refused(key, "agent.list")
 

@@ -20,7 +20,7 @@ from agentcore.config import (
     to_masked_dict,
 )
 from agentcore.errors import ConfigError
-from agentcore.store.sql import SqlStore
+from agentcore.repositories import SqlRepositories
 from agentcore.store.sqlite import SqliteDatabase
 
 
@@ -320,9 +320,9 @@ def test_statement_timeout_reaches_the_sqlite_driver(tmp_path: Path) -> None:
         environ={}, overrides={"database": {"data_dir": str(tmp_path), "statement_timeout_s": 2.5}}
     )
     gateway = create_app(config)
-    assert isinstance(gateway.store, SqlStore)
-    assert isinstance(gateway.store.db, SqliteDatabase)
-    assert gateway.store.db._statement_timeout_s == 2.5
+    assert isinstance(gateway.repos, SqlRepositories)
+    assert isinstance(gateway.repos.database, SqliteDatabase)
+    assert gateway.repos.database._statement_timeout_s == 2.5
 
 
 def test_nan_interval_is_refused(tmp_path: Path) -> None:
@@ -348,6 +348,7 @@ def test_unsupported_database_scheme_is_refused(url: str) -> None:
         "sqlite://:memory:",
         "postgresql://u@127.0.0.1:5432/db",
         "postgres://u@127.0.0.1/db",
+        "memory://",
     ],
 )
 def test_supported_database_urls_are_accepted(url: str) -> None:
@@ -367,6 +368,12 @@ def test_supported_database_urls_are_accepted(url: str) -> None:
 )
 def test_sqlite_url_without_a_path_is_refused(url: str) -> None:
     assert "database.url" in config_error(overrides={"database": {"url": url}})
+
+
+def test_memory_database_with_several_workers_is_refused() -> None:
+    message = config_error(overrides={"database": {"url": "memory://"}, "server": {"workers": 2}})
+
+    assert "database.url" in message and "server.workers" in message
 
 
 # -- masking --------------------------------------------------------------------

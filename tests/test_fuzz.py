@@ -40,7 +40,7 @@ from hypothesis.strategies import SearchStrategy
 from agentcore.app import Gateway, create_app
 from agentcore.errors import AgentCoreError, HandlerTimeout, Overloaded, StoreUnavailable
 from agentcore.openapi import method_listing
-from tests.store.conftest import create_pg_database, drop_pg_database
+from tests.databases import create_pg_database, drop_pg_database
 from tests.support import agent_card, gateway_client, make_config, rpc
 
 JSONRPC = "/api/v1/jsonrpc"
@@ -466,8 +466,10 @@ async def check(client: httpx.AsyncClient, request: Fuzz, seeded: tuple[Any, Any
     # A stored artifact is served as it was stored (Content-Disposition: attachment),
     # whatever content type the uploader gave it; every other answer is JSON.
     attachment = response.headers.get("content-disposition", "").startswith("attachment")
-    if response.content and not attachment and (
-        status >= 400 or response.headers.get("content-type") == "application/json"
+    if (
+        response.content
+        and not attachment
+        and (status >= 400 or response.headers.get("content-type") == "application/json")
     ):
         try:
             body = response.json()

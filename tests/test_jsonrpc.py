@@ -268,8 +268,10 @@ async def test_malformed_json_is_a_parse_error(client: httpx.AsyncClient, body: 
     ("body", "rpc_id"),
     [
         (b'{"jsonrpc":"2.0","method":"agent.get","params":{"agent_id":"\xff"},"id":1}', 1),
-        (b'{"jsonrpc":"2.0","method":"agent.get","params":{"agent_id":"\xed\xa0\x80"},"id":"x"}',
-         "x"),
+        (
+            b'{"jsonrpc":"2.0","method":"agent.get","params":{"agent_id":"\xed\xa0\x80"},"id":"x"}',
+            "x",
+        ),
         (b'[{"jsonrpc":"2.0","method":"agent.get","params":{"agent_id":"\xc3"},"id":7}]', 7),
     ],
 )

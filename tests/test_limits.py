@@ -332,7 +332,7 @@ class Gate:
 async def test_slow_handler_is_503_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
     config = make_config(limits={"handler_timeout_s": 0.05})
     async with gateway_client(config) as (app, client):
-        monkeypatch.setattr(app.store, "query_agents", slow())
+        monkeypatch.setattr(app.repos.agents, "query", slow())
         response = await asyncio.wait_for(client.post(JSONRPC, json=LIST), timeout=5)
         metrics = await scrape(client)
 
@@ -347,7 +347,7 @@ async def test_slow_handler_is_503_with_a_message(monkeypatch: pytest.MonkeyPatc
 async def test_slow_health_check_times_out_too(monkeypatch: pytest.MonkeyPatch) -> None:
     config = make_config(limits={"handler_timeout_s": 0.05})
     async with gateway_client(config) as (app, client):
-        monkeypatch.setattr(app.store, "check", slow())
+        monkeypatch.setattr(app.repos, "check", slow())
         response = await asyncio.wait_for(client.get("/api/v1/health"), timeout=5)
 
     assert response.status_code == 503
@@ -361,7 +361,7 @@ async def test_past_max_in_flight_requests_are_shed(monkeypatch: pytest.MonkeyPa
     gate = Gate(expected=2)
     config = make_config(limits={"max_in_flight": 2})
     async with gateway_client(config) as (app, client):
-        monkeypatch.setattr(app.store, "query_agents", gate)
+        monkeypatch.setattr(app.repos.agents, "query", gate)
         held = [asyncio.create_task(client.post(JSONRPC, json=LIST)) for _ in range(2)]
         await asyncio.wait_for(gate.full.wait(), timeout=5)
         assert app.shedder.in_flight == 2
@@ -389,7 +389,7 @@ async def test_past_max_in_flight_requests_are_shed(monkeypatch: pytest.MonkeyPa
 async def test_a_failed_request_frees_its_slot(monkeypatch: pytest.MonkeyPatch) -> None:
     config = make_config(limits={"max_in_flight": 1, "handler_timeout_s": 0.02})
     async with gateway_client(config) as (app, client):
-        monkeypatch.setattr(app.store, "query_agents", slow())
+        monkeypatch.setattr(app.repos.agents, "query", slow())
         timed_out = [await client.post(JSONRPC, json=LIST) for _ in range(3)]
 
     assert [r.status_code for r in timed_out] == [503, 503, 503]

@@ -68,7 +68,7 @@ async def started(settings: Any) -> tuple[Gateway, str]:
     app = create_app(settings, clock=ManualClock(time.time()))
     await app.startup()
     full, key = apikeys.generate(tenant="t", scopes=["admin"], now=time.time())
-    assert await app.store.put_api_key(key)
+    assert await app.repos.api_keys.put(key)
     return app, full
 
 

@@ -22,7 +22,7 @@ async def add_agent(gateway: Gateway, agent_id: str, *caps: str, tenant: str = "
 
 
 async def stored_status(gateway: Gateway, agent_id: str) -> AgentStatus:
-    agent = await gateway.store.get_agent(agent_id)
+    agent = await gateway.repos.agents.get(agent_id)
     assert agent is not None
     return agent.status
 
@@ -92,7 +92,7 @@ async def test_ping_brings_an_inactive_agent_back(gateway: Gateway, clock: Manua
 
     assert (result.status, result.last_seen) == (A.ACTIVE, clock.now)
     # Reactivation is written at once, not batched.
-    stored = await gateway.store.get_agent("a")
+    stored = await gateway.repos.agents.get("a")
     assert stored is not None
     assert (stored.status, stored.last_seen) == (A.ACTIVE, clock.now)
     assert await discover(gateway, "x") == ["a"]
@@ -135,14 +135,14 @@ async def test_heartbeats_are_written_in_one_batch_on_flush(
     await add_agent(gateway, "a")
     await add_agent(gateway, "b")
     registered_at = clock.now
-    touch = gateway.store.touch_agents
+    touch = gateway.repos.agents.touch
     batches: list[list[tuple[str, float]]] = []
 
     async def counting_touch(beats: Sequence[tuple[str, float]]) -> None:
         batches.append(list(beats))
         await touch(beats)
 
-    monkeypatch.setattr(gateway.store, "touch_agents", counting_touch)
+    monkeypatch.setattr(gateway.repos.agents, "touch", counting_touch)
 
     for _ in range(5):
         clock.advance(1)
@@ -150,7 +150,7 @@ async def test_heartbeats_are_written_in_one_batch_on_flush(
     await gateway.registry.ping("b")
     last_ping = clock.now
 
-    stored = await gateway.store.get_agent("a")
+    stored = await gateway.repos.agents.get("a")
     assert stored is not None and stored.last_seen == registered_at
     assert batches == []
     # Reads see the heartbeat before it is written.
@@ -160,7 +160,7 @@ async def test_heartbeats_are_written_in_one_batch_on_flush(
 
     assert batches == [[("a", last_ping), ("b", last_ping)]]
     for agent_id in ("a", "b"):
-        stored = await gateway.store.get_agent(agent_id)
+        stored = await gateway.repos.agents.get(agent_id)
         assert stored is not None and stored.last_seen == last_ping
     assert await gateway.registry.flush() == 0
     assert len(batches) == 1
@@ -174,21 +174,21 @@ async def test_failed_flush_keeps_the_heartbeats(
     clock.advance(1)
     await gateway.registry.ping("a")
     await gateway.registry.ping("b")
-    touch = gateway.store.touch_agents
+    touch = gateway.repos.agents.touch
 
     async def down(beats: Sequence[tuple[str, float]]) -> None:
         raise StoreUnavailable("down")
 
-    monkeypatch.setattr(gateway.store, "touch_agents", down)
+    monkeypatch.setattr(gateway.repos.agents, "touch", down)
     with pytest.raises(StoreUnavailable):
         await gateway.registry.flush()
-    monkeypatch.setattr(gateway.store, "touch_agents", touch)
+    monkeypatch.setattr(gateway.repos.agents, "touch", touch)
     clock.advance(1)
     await gateway.registry.ping("b")  # newer than the kept one
 
     assert await gateway.registry.flush() == 2
 
-    a, b = await gateway.store.get_agent("a"), await gateway.store.get_agent("b")
+    a, b = await gateway.repos.agents.get("a"), await gateway.repos.agents.get("b")
     assert a is not None and a.last_seen == clock.now - 1
     assert b is not None and b.last_seen == clock.now
 
@@ -199,7 +199,7 @@ async def test_failed_flush_keeps_the_heartbeats(
 async def test_register_writes_before_acknowledging(gateway: Gateway, clock: ManualClock) -> None:
     await add_agent(gateway, "a", "y", "x")
 
-    stored = await gateway.store.get_agent("a")
+    stored = await gateway.repos.agents.get("a")
 
     assert stored is not None
     assert stored.status is A.ACTIVE

@@ -14,8 +14,8 @@ from agentcore.app import Gateway
 from agentcore.clock import ManualClock
 from agentcore.errors import Forbidden, InvalidTransition
 from agentcore.models import TERMINAL, AgentCard, Task, TaskDefinition, TaskStatus
-from agentcore.store.sql import SqlStore
-from agentcore.tasks import TRANSITIONS
+from agentcore.tasks.repository import SqlTasks
+from agentcore.tasks.service import TRANSITIONS
 from tests.support import collect, gateway_client, make_config
 
 S = TaskStatus
@@ -460,23 +460,23 @@ async def test_a_stale_read_loses_and_is_refused_after_rereading(
     compare-and-set refuses our write, and the re-read reports the cancellation."""
     task = await running_task(gateway)
     await gateway.tasks.cancel(task.task_id)
-    read = SqlStore.get_task
+    read = SqlTasks.get
     reads: list[TaskStatus] = []
 
-    async def stale_first(self: SqlStore, task_id: str) -> Task | None:
+    async def stale_first(self: SqlTasks, task_id: str) -> Task | None:
         found = task if not reads else await read(self, task_id)
         assert found is not None
         reads.append(found.status)
         return found
 
-    monkeypatch.setattr(SqlStore, "get_task", stale_first)
+    monkeypatch.setattr(SqlTasks, "get", stale_first)
 
     with pytest.raises(InvalidTransition) as refused:
         await gateway.tasks.complete(task.task_id, result="late", artifacts=[])
 
     assert reads == [S.RUNNING, S.CANCELLED]
     assert refused.value.data is not None and refused.value.data["from"] == "cancelled"
-    final = await read(gateway.store, task.task_id)  # type: ignore[arg-type]
+    final = await gateway.repos.tasks.get(task.task_id)
     assert final is not None and final.status is S.CANCELLED and final.result is None
 
 
@@ -486,11 +486,11 @@ async def test_endless_contention_is_reported(
     task = await running_task(gateway)
     attempts: list[Task] = []
 
-    async def always_lose(self: SqlStore, updated: Task) -> bool:
+    async def always_lose(self: SqlTasks, updated: Task) -> bool:
         attempts.append(updated)
         return False
 
-    monkeypatch.setattr(SqlStore, "update_task", always_lose)
+    monkeypatch.setattr(SqlTasks, "update", always_lose)
 
     with pytest.raises(InvalidTransition, match="concurrently"):
         await gateway.tasks.update(task.task_id, progress=1.0, step=None)
@@ -503,7 +503,7 @@ async def test_endless_contention_is_reported(
 async def test_concurrent_callers_share_one_pass_over_pending_tasks(gateway: Gateway) -> None:
     pending = [await new_task(gateway) for _ in range(3)]  # no capable agent yet
     reads = 0
-    original = gateway.store.pending_tasks
+    original = gateway.repos.tasks.pending
 
     async def counted(limit: int) -> list[Task]:
         nonlocal reads
@@ -511,7 +511,7 @@ async def test_concurrent_callers_share_one_pass_over_pending_tasks(gateway: Gat
         await asyncio.sleep(0.01)  # a pass that takes a while
         return await original(limit)
 
-    gateway.store.pending_tasks = counted  # type: ignore[method-assign]
+    gateway.repos.tasks.pending = counted  # type: ignore[method-assign]
     await add_agent(gateway, "a", "work")  # its own pass: one read, three assigned
     assert reads == 1
     await asyncio.gather(*(gateway.tasks.assign_pending() for _ in range(20)))
@@ -521,5 +521,3 @@ async def test_concurrent_callers_share_one_pass_over_pending_tasks(gateway: Gat
     assert reads == 2
     for task in pending:
         assert (await gateway.tasks.get(task.task_id)).agent_id == "a"
-
-

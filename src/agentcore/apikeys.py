@@ -9,20 +9,28 @@ SHA-256 is already beyond brute force, and it keeps verification at about a
 microsecond, so the hot path needs no worker thread.
 
 Creating, listing and revoking keys is ``agentcore keys create|list|revoke``
-(``cli.py``); checking them on requests is ``auth.StoreAuthenticator``.
+(``cli.py``); checking them on requests is ``auth.StoreAuthenticator``. Keys
+are stored through an :class:`ApiKeyRepository`: :class:`SqlApiKeys` (table
+``api_keys``) or :class:`MemoryApiKeys`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import msgspec
 
 from agentcore.errors import ConfigError, Unauthorized
 from agentcore.models import DEFAULT_TENANT
+from agentcore.store.database import Driver
+from agentcore.store.memory import AUTOCOMMIT, Journal, MemoryDatabase
+from agentcore.store.sql import Args, json_text
 
 PREFIX = "ak_"
 _FORMAT = re.compile(r"ak_([0-9a-f]{12})_([A-Za-z0-9_-]{32,128})")
@@ -113,3 +121,124 @@ def parse(full: str) -> tuple[str, str]:
 def verify(key: ApiKey, secret: str) -> bool:
     """Whether ``secret`` is this key's (constant-time); revocation is the caller's check."""
     return hmac.compare_digest(key.hash, _digest(secret))
+
+
+# -- the repository -----------------------------------------------------------
+
+
+class ApiKeyRepository(Protocol):
+    async def put(self, key: ApiKey) -> bool:
+        """Insert a new key; False (nothing written) when its id is taken."""
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        """The key, revoked or not."""
+
+    async def keys(self, tenant: str | None) -> list[ApiKey]:
+        """Keys of ``tenant`` (None: every tenant), revoked ones included, oldest first."""
+
+    async def revoke(self, key_id: str, now: float) -> bool:
+        """Set ``revoked_at`` to ``now`` (epoch s); False when unknown or already revoked."""
+
+
+_COLUMNS = "id, name, tenant, scopes, agent_id, hash, created_at, revoked_at"
+_scopes_decoder = msgspec.json.Decoder(list[str])
+
+
+def _key(row: Sequence[Any]) -> ApiKey:
+    return ApiKey(
+        id=row[0],
+        name=row[1],
+        tenant=row[2],
+        scopes=_scopes_decoder.decode(row[3]),
+        agent_id=row[4],
+        hash=row[5],
+        created_at=row[6],
+        revoked_at=row[7],
+    )
+
+
+class SqlApiKeys:
+    def __init__(self, db: Driver) -> None:
+        self._db = db
+
+    async def put(self, key: ApiKey) -> bool:
+        changed = await self._db.execute(
+            f"INSERT INTO api_keys ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+            "ON CONFLICT (id) DO NOTHING",
+            key.id,
+            key.name,
+            key.tenant,
+            json_text(key.scopes),
+            key.agent_id,
+            key.hash,
+            float(key.created_at),
+            None if key.revoked_at is None else float(key.revoked_at),
+        )
+        return changed > 0
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        rows = await self._db.fetch(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        return _key(rows[0]) if rows else None
+
+    async def keys(self, tenant: str | None) -> list[ApiKey]:
+        args = Args()
+        condition = "" if tenant is None else f" WHERE tenant = {args(tenant)}"
+        rows = await self._db.fetch(
+            f"SELECT {_COLUMNS} FROM api_keys{condition} ORDER BY created_at, id", *args
+        )
+        return [_key(row) for row in rows]
+
+    async def revoke(self, key_id: str, now: float) -> bool:
+        changed = await self._db.execute(
+            "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            key_id,
+            float(now),
+        )
+        return changed > 0
+
+
+class ApiKeyTable:
+    def __init__(self) -> None:
+        self.keys: dict[str, ApiKey] = {}
+
+
+class MemoryApiKeys:
+    def __init__(self, db: MemoryDatabase, journal: Journal = AUTOCOMMIT) -> None:
+        self._db = db
+        self._journal = journal
+        self._table = db.table(ApiKeyTable)
+
+    def _set(self, key: ApiKey) -> None:
+        previous = self._table.keys.get(key.id)
+        self._table.keys[key.id] = key
+        self._journal.record(functools.partial(self._restore, key.id, previous))
+
+    def _restore(self, key_id: str, key: ApiKey | None) -> None:
+        if key is None:
+            self._table.keys.pop(key_id, None)
+        else:
+            self._table.keys[key_id] = key
+
+    async def put(self, key: ApiKey) -> bool:
+        self._db.check()
+        if key.id in self._table.keys:
+            return False
+        self._set(key)
+        return True
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        self._db.check()
+        return self._table.keys.get(key_id)
+
+    async def keys(self, tenant: str | None) -> list[ApiKey]:
+        self._db.check()
+        keys = (k for k in self._table.keys.values() if tenant is None or k.tenant == tenant)
+        return sorted(keys, key=lambda k: (k.created_at, k.id))
+
+    async def revoke(self, key_id: str, now: float) -> bool:
+        self._db.check()
+        key = self._table.keys.get(key_id)
+        if key is None or key.revoked_at is not None:
+            return False
+        self._set(msgspec.structs.replace(key, revoked_at=float(now)))
+        return True

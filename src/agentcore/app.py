@@ -3,13 +3,13 @@
 Request flow, top-down: ``Gateway.__call__`` (ASGI) -> the middleware stack,
 built once (security headers and CORS -> authentication -> rate limiting ->
 load shedding) -> router -> handler (health, metrics, JSON-RPC dispatch ->
-method -> registry / task service -> store). Errors are rendered once, here:
+method -> registry / task service -> repositories). Errors are rendered once, here:
 an :class:`AgentCoreError` becomes its status and JSON body; anything else is
 logged and becomes a 500 (a bug).
 
-The lifespan opens the store and owns every background task (heartbeat flush,
+The lifespan opens the database and owns every background task (heartbeat flush,
 agent and task sweeps) in one task group; shutdown stops them, flushes the
-last heartbeats and closes the store.
+last heartbeats and closes the database.
 """
 
 from __future__ import annotations
@@ -52,20 +52,18 @@ from agentcore.ratelimit.middleware import RateLimitMiddleware
 from agentcore.realtime.connections import Connections
 from agentcore.realtime.sse import SSE_PATH, SseEndpoint
 from agentcore.realtime.websocket import WS_PATH, WebSocketEndpoint
-from agentcore.registry import Registry
+from agentcore.registry.service import Registry
+from agentcore.repositories import Repositories, open_repositories
 from agentcore.routing import Router
 from agentcore.security import SecurityMiddleware
 from agentcore.storage import open_blob_store
 from agentcore.storage.api import add_routes as add_storage_routes
 from agentcore.storage.base import BlobStore
-from agentcore.store import open_store
-from agentcore.store.base import Store
-from agentcore.store.sql import SqlStore
-from agentcore.tasks import TaskService
+from agentcore.tasks.service import TaskService
 from agentcore.types import ASGIApp, Receive, Scope, Send
 from agentcore.webhooks.api import add_routes as add_webhook_routes
+from agentcore.webhooks.repository import WebhookRepository
 from agentcore.webhooks.ssrf import AddressPolicy
-from agentcore.webhooks.store import WebhookStore
 from agentcore.webhooks.worker import WebhookWorker
 
 log = logging.getLogger("agentcore")
@@ -89,7 +87,7 @@ class Gateway:
         self,
         config: Config,
         *,
-        store: Store | None = None,
+        repos: Repositories | None = None,
         blobs: BlobStore | None = None,
         clock: Clock = system_clock,
         metrics_dir: str | None = None,
@@ -97,7 +95,7 @@ class Gateway:
     ) -> None:
         self.config = config
         self.clock = clock
-        self.store = store or open_store(
+        self.repos = repos or open_repositories(
             config.database_url,
             pool_min_size=config.database.pool_min_size,
             pool_max_size=config.database.pool_max_size,
@@ -108,9 +106,9 @@ class Gateway:
         self.bus = MemoryEventBus(config.events.subscriber_queue_size)
         #: Carries committed events to the other workers and instances; None: local only.
         self.fanout = _build_fanout(config)
-        self.events = EventLog(self.store, self.bus, config.events, clock, self.fanout)
-        self.registry = Registry(self.store, self.events, config.registry, clock)
-        self.tasks = TaskService(self.store, self.events, config.tasks, clock)
+        self.events = EventLog(self.repos, self.bus, config.events, clock, self.fanout)
+        self.registry = Registry(self.repos.agents, self.events, config.registry, clock)
+        self.tasks = TaskService(self.repos.tasks, self.events, config.tasks, clock)
         self.registry.on_available = self.tasks.on_agent_available
         self.registry.on_leave = self.tasks.release
         self.registry.on_released = self.tasks.assign_pending
@@ -120,30 +118,34 @@ class Gateway:
         )
         #: LLM routing (docs/llm.md); provider API keys are read from ``environ`` here, once.
         self.llm = LlmApi(
-            config.llm, self.store, clock, os.environ if environ is None else environ, self.metrics
+            config.llm,
+            self.repos.llm_usage,
+            clock,
+            os.environ if environ is None else environ,
+            self.metrics,
         )
         self.methods = [
             *build_methods(self.registry, self.tasks, config.tasks.max_page_size),
             *self.llm.methods(),
         ]
         self.dispatcher = Dispatcher(self.methods, max_batch_size=config.limits.max_batch_size)
-        #: Webhooks (docs/webhooks.md): the store when enabled; the worker when
+        #: Webhooks (docs/webhooks.md): the repository when enabled; the worker when
         #: this process delivers too (``webhooks.run_in_gateway``).
-        self.webhook_store: WebhookStore | None = None
+        self.webhooks: WebhookRepository | None = None
         self.webhook_worker: WebhookWorker | None = None
-        if config.webhooks.enabled and isinstance(self.store, SqlStore):
-            self.webhook_store = WebhookStore(self.store.db)
+        if config.webhooks.enabled:
+            self.webhooks = self.repos.webhooks
             if config.webhooks.run_in_gateway:
                 self.webhook_worker = WebhookWorker(
-                    self.webhook_store, config.webhooks, clock, self.events, self.metrics
+                    self.webhooks, config.webhooks, clock, self.events, self.metrics
                 )
         self.router = self._routes()
         self.limiter = _build_limiter(config, clock)
-        self.authenticator = build_authenticator(config.auth, self.store, clock)
+        self.authenticator = build_authenticator(config.auth, self.repos.api_keys, clock)
         #: Open WebSocket and SSE streams: the event router, keepalive sweeper, shutdown.
         self.streams = Connections(
             self.events,
-            self.store,
+            self.repos.events,
             self.tasks,
             config.realtime,
             metrics=self.metrics,
@@ -219,10 +221,10 @@ class Gateway:
         limits = self.config.limits
         integration_body = limits.max_body_bytes_by_class.get("integration", limits.max_body_bytes)
         add_event_routes(r, self.events, integration_body)
-        if self.webhook_store is not None:
+        if self.webhooks is not None:
             policy = AddressPolicy(self.config.webhooks.allowed_networks)
             add_webhook_routes(
-                r, self.webhook_store, policy, self.config.webhooks, self.clock, integration_body
+                r, self.webhooks, policy, self.config.webhooks, self.clock, integration_body
             )
         add_storage_routes(r, self.blobs, self.config.storage, integration_body)
         self.llm.add_routes(r, limits.max_body_bytes_by_class.get("llm", limits.max_body_bytes))
@@ -301,7 +303,7 @@ class Gateway:
         now = time.monotonic()
         backend = self.config.database_url.split(":", 1)[0]
         try:
-            await self.store.check()
+            await self.repos.check()
         except StoreUnavailable as exc:
             status: dict[str, Any] = {"status": "down", "backend": backend, "error": exc.message}
         else:
@@ -351,7 +353,7 @@ class Gateway:
             raise NotFound("metrics are disabled")
         if not self._count_in_flight:
             self.metrics.in_flight.set(self.shedder.in_flight)
-        body = self.metrics.render(await self.store.count_agents(), await self.store.count_tasks())
+        body = self.metrics.render(await self.repos.agents.count(), await self.repos.tasks.count())
         return Response(200, body, content_type=CONTENT_TYPE)
 
     def _cached(self, key: str, build: Callable[[], Any]) -> Response:
@@ -485,7 +487,7 @@ class Gateway:
 
     async def startup(self) -> None:
         self._stop.clear()
-        await self.store.open()
+        await self.repos.open()
         await self.llm.open()
         self.started_at = time.monotonic()
         if self.metrics is not None:
@@ -535,7 +537,7 @@ class Gateway:
         await self.limiter.close()
         await self.blobs.close()
         await self.llm.close()
-        await self.store.close()
+        await self.repos.close()
 
     def _loops(self) -> list[Coroutine[Any, Any, None]]:
         cfg = self.config.registry

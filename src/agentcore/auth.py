@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from agentcore import apikeys
+from agentcore.apikeys import ApiKeyRepository
 from agentcore.clock import Clock
 from agentcore.config import AuthConfig
 from agentcore.errors import AgentCoreError, ConfigError, Forbidden, Unauthorized
@@ -34,7 +35,6 @@ from agentcore.models import DEFAULT_TENANT
 from agentcore.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from agentcore.store.base import Store
     from agentcore.tokens import JwtVerifier
 
 IDENTITY = "agentcore.identity"
@@ -204,8 +204,8 @@ class StoreAuthenticator:
     never delays a new key.
     """
 
-    def __init__(self, store: Store, config: AuthConfig, clock: Clock) -> None:
-        self._store = store
+    def __init__(self, keys: ApiKeyRepository, config: AuthConfig, clock: Clock) -> None:
+        self._repository = keys
         self._clock = clock
         self._ttl = config.cache_s
         self._keys: dict[str, tuple[apikeys.ApiKey | None, Identity | None, float]] = {}
@@ -241,7 +241,7 @@ class StoreAuthenticator:
         key_id, secret = apikeys.parse(credential)
         cached = self._keys.get(key_id)
         if cached is None or now >= cached[2]:
-            key = await self._store.get_api_key(key_id)
+            key = await self._repository.get(key_id)
             identity = None if key is None else _identity(key)
             if cached is None and len(self._keys) >= KEY_CACHE_ENTRIES:
                 del self._keys[next(iter(self._keys))]
@@ -259,7 +259,7 @@ class StoreAuthenticator:
 
     async def revoke(self, key_id: str) -> bool:
         """Revoke a key in the store and forget it here at once; False when unknown or revoked."""
-        revoked = await self._store.revoke_api_key(key_id, self._clock())
+        revoked = await self._repository.revoke(key_id, self._clock())
         self._keys.pop(key_id, None)
         for credential in [c for c, v in self._verified.items() if v[1] == key_id]:
             del self._verified[credential]
@@ -270,14 +270,16 @@ def _identity(key: apikeys.ApiKey) -> Identity:
     return Identity("api_key", key.id, key.tenant, frozenset(key.scopes), key.agent_id)
 
 
-def build_authenticator(config: AuthConfig, store: Store, clock: Clock) -> Authenticator | None:
+def build_authenticator(
+    config: AuthConfig, keys: ApiKeyRepository, clock: Clock
+) -> Authenticator | None:
     """The authenticator for ``auth.mode``; None when authentication is off.
 
     Raises :class:`ConfigError` when the JWT key material cannot be used.
     """
     if config.mode == "off":
         return None
-    return StoreAuthenticator(store, config, clock)
+    return StoreAuthenticator(keys, config, clock)
 
 
 def is_loopback(host: str) -> bool:

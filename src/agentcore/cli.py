@@ -36,11 +36,12 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from agentcore import __version__, apikeys
+from agentcore.apikeys import ApiKeyRepository
 from agentcore.auth import check_bind
 from agentcore.config import Config, load_config, to_masked_dict
 from agentcore.errors import AgentCoreError, ConfigError
 from agentcore.loadtest import command as loadtest_command
-from agentcore.store import Store, open_store
+from agentcore.repositories import open_repositories
 
 T = TypeVar("T")
 log = logging.getLogger("agentcore.cli")
@@ -141,13 +142,13 @@ def _keys_parser(commands: Any) -> None:
     _store_options(revoke)
 
 
-async def _with_store(config: Config, job: Callable[[Store], Awaitable[T]]) -> T:
-    store = open_store(config.database_url, pool_min_size=1, pool_max_size=1)
-    await store.open()
+async def _with_keys(config: Config, job: Callable[[ApiKeyRepository], Awaitable[T]]) -> T:
+    repos = open_repositories(config.database_url, pool_min_size=1, pool_max_size=1)
+    await repos.open()
     try:
-        return await job(store)
+        return await job(repos.api_keys)
     finally:
-        await store.close()
+        await repos.close()
 
 
 def _when(epoch: float | None) -> str:
@@ -165,7 +166,7 @@ def _keys(args: argparse.Namespace, config: Config) -> int:
             name=args.name,
             agent_id=args.agent_id,
         )
-        if not asyncio.run(_with_store(config, lambda store: store.put_api_key(key))):
+        if not asyncio.run(_with_keys(config, lambda keys: keys.put(key))):
             print("agentcore: key id collision, run the command again", file=sys.stderr)
             return 1
         print(f"id:     {key.id}")
@@ -181,7 +182,7 @@ def _keys(args: argparse.Namespace, config: Config) -> int:
             )
         return 0
     if args.action == "list":
-        keys = asyncio.run(_with_store(config, lambda store: store.list_api_keys(args.tenant)))
+        keys = asyncio.run(_with_keys(config, lambda keys: keys.keys(args.tenant)))
         rows = [
             [
                 k.id,
@@ -207,10 +208,10 @@ def _keys(args: argparse.Namespace, config: Config) -> int:
     if key_id.startswith(apikeys.PREFIX):
         key_id = apikeys.parse(key_id)[0]
 
-    async def revoke(store: Store) -> tuple[apikeys.ApiKey | None, bool]:
-        return await store.get_api_key(key_id), await store.revoke_api_key(key_id, time.time())
+    async def revoke(keys: ApiKeyRepository) -> tuple[apikeys.ApiKey | None, bool]:
+        return await keys.get(key_id), await keys.revoke(key_id, time.time())
 
-    found, revoked = asyncio.run(_with_store(config, revoke))
+    found, revoked = asyncio.run(_with_keys(config, revoke))
     if found is None:
         print(f"agentcore: no API key with id {key_id!r}", file=sys.stderr)
         return 1

@@ -26,6 +26,7 @@ import msgspec
 
 from agentcore.errors import ConfigError
 from agentcore.routing import RouteClass
+from agentcore.store.database import parse_url
 
 ENV_PREFIX = "AGENTCORE_"
 
@@ -58,7 +59,7 @@ class ServerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
 class DatabaseConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: Empty: SQLite file ``agentcore.db`` under ``data_dir``. ``sqlite:///path``,
-    #: ``sqlite://:memory:`` or ``postgresql://user:pass@host:port/db``.
+    #: ``sqlite://:memory:``, ``postgresql://user:pass@host:port/db`` or ``memory://``.
     url: str = ""
     #: Directory for the embedded database and other local state.
     data_dir: str = ".agentcore"
@@ -536,12 +537,15 @@ def _check(config: Config) -> None:
         )
     _check_llm(config)
     # The store parses the URL; ask it, so validation and use cannot disagree.
-    from agentcore.store import open_store
-
     try:
-        open_store(config.database_url)
+        backend, _ = parse_url(config.database_url)
     except ConfigError as exc:
         raise ConfigError(f"invalid configuration: database.url: {exc.message}") from exc
+    if backend == "memory" and config.server.workers > 1:
+        raise ConfigError(
+            "invalid configuration: database.url: memory:// lives in one process; "
+            f"server.workers = {config.server.workers} needs SQLite or PostgreSQL"
+        )
     if config.database.pool_min_size < 1 or config.database.pool_max_size < max(
         1, config.database.pool_min_size
     ):

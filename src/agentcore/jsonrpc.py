@@ -125,8 +125,9 @@ class Method(Generic[P]):
         except msgspec.ValidationError as exc:
             raise InvalidParams(f"invalid params: {safe_message(exc)}") from exc
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise ParseError(f"parse error: params are not valid JSON: {safe_message(exc)}"
-                             ) from exc
+            raise ParseError(
+                f"parse error: params are not valid JSON: {safe_message(exc)}"
+            ) from exc
 
 
 def _error(exc: AgentCoreError, rpc_id: RpcId) -> Failure:

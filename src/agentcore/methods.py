@@ -31,8 +31,8 @@ from agentcore.models import (
     TaskQuery,
     Text,
 )
-from agentcore.registry import PingResult, Registry
-from agentcore.tasks import TaskService
+from agentcore.registry.service import PingResult, Registry
+from agentcore.tasks.service import TaskService
 
 
 class _Params(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -14,17 +14,14 @@ from agentcore.errors import StoreUnavailable
 from agentcore.events.base import Event, EventFilter
 from agentcore.events.log import EventLog
 from agentcore.events.memory import MemoryEventBus
-from agentcore.store import open_store
-from agentcore.store.base import Store
-from agentcore.store.sql import SqlStore
-from tests.store.test_contract import make_task
-from tests.support import collect
+from agentcore.repositories import Repositories, open_repositories
+from tests.support import collect, make_task
 
 
 class Running:
-    def __init__(self, store: Store, clock: ManualClock, **config: float) -> None:
+    def __init__(self, repos: Repositories, clock: ManualClock, **config: float) -> None:
         self.hub = MemoryEventBus()
-        self.log = EventLog(store, self.hub, EventsConfig(**config), clock)  # type: ignore[arg-type]
+        self.log = EventLog(repos, self.hub, EventsConfig(**config), clock)  # type: ignore[arg-type]
         self.writer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> EventLog:
@@ -38,63 +35,55 @@ class Running:
         await asyncio.wait_for(self.writer, 5)
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'events.db'}")
-    await s.open()
-    yield s
-    await s.close()
-
-
-async def test_concurrent_publishes_get_gap_free_increasing_ids(store: Store) -> None:
+async def test_concurrent_publishes_get_gap_free_increasing_ids(repos: Repositories) -> None:
     clock = ManualClock()
-    async with Running(store, clock) as log:
+    async with Running(repos, clock) as log:
         events = await asyncio.gather(*(log.publish("task.created", {"n": i}) for i in range(200)))
 
     assert sorted(e.id for e in events) == list(range(1, 201))
-    stored = await store.read_events(0, 1000)
+    stored = await repos.events.read(0, 1000)
     assert [e.id for e in stored] == list(range(1, 201))
     assert {e.data["n"] for e in stored} == set(range(200))
 
 
-async def test_a_change_commits_its_rows_and_events_together(store: Store) -> None:
-    runner = Running(store, ManualClock())
+async def test_a_change_commits_its_rows_and_events_together(repos: Repositories) -> None:
+    runner = Running(repos, ManualClock())
     sub = runner.hub.subscribe()
     async with runner as log, log.change() as change:
-        assert await change.store.insert_task(make_task("t1"))
+        assert await change.repos.tasks.insert(make_task("t1"))
         change.emit("task.created", {"task_id": "t1"})
         change.emit("task.assigned", {"task_id": "t1"})
         await asyncio.sleep(0)
         assert sub.pending() == 0  # nothing reaches subscribers before the commit
 
-    assert await store.get_task("t1") is not None
-    stored = await store.read_events(0, 10)
+    assert await repos.tasks.get("t1") is not None
+    stored = await repos.events.read(0, 10)
     assert [(e.id, e.type) for e in stored] == [(1, "task.created"), (2, "task.assigned")]
     assert change.stored == stored
     assert await collect(sub) == stored
 
 
 async def test_a_change_that_raises_leaves_neither_its_rows_nor_its_events(
-    store: Store,
+    repos: Repositories,
 ) -> None:
-    runner = Running(store, ManualClock())
+    runner = Running(repos, ManualClock())
     sub = runner.hub.subscribe()
     async with runner as log:
         with pytest.raises(RuntimeError, match="midway"):
             async with log.change() as change:
-                assert await change.store.insert_task(make_task("t1"))
+                assert await change.repos.tasks.insert(make_task("t1"))
                 change.emit("task.created", {"task_id": "t1"})
                 raise RuntimeError("midway")
         kept = await log.publish("kept", {})
 
-    assert await store.get_task("t1") is None
-    assert [e.type for e in await store.read_events(0, 10)] == ["kept"]
+    assert await repos.tasks.get("t1") is None
+    assert [e.type for e in await repos.events.read(0, 10)] == ["kept"]
     assert kept.id == 1  # the rolled-back event took no id
     assert await collect(sub) == [kept]
 
 
-async def test_subscribers_see_committed_events_with_their_ids(store: Store) -> None:
-    runner = Running(store, ManualClock())
+async def test_subscribers_see_committed_events_with_their_ids(repos: Repositories) -> None:
+    runner = Running(repos, ManualClock())
     sub = runner.hub.subscribe(patterns=("task.*",))
     async with runner as log:
         first = await log.publish("task.created", {"task_id": "t"}, tenant="acme", source="x")
@@ -107,14 +96,14 @@ async def test_subscribers_see_committed_events_with_their_ids(store: Store) -> 
 
 async def test_events_survive_a_reopen_and_ids_continue(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'events.db'}"
-    first = open_store(url)
+    first = open_repositories(url)
     await first.open()
     async with Running(first, ManualClock()) as log:
         await log.publish("a", {})
         await log.publish("b", {})
     await first.close()
 
-    second = open_store(url)
+    second = open_repositories(url)
     await second.open()
     async with Running(second, ManualClock()) as log:
         third = await log.publish("c", {})
@@ -125,8 +114,8 @@ async def test_events_survive_a_reopen_and_ids_continue(tmp_path: Path) -> None:
     assert [e.type for e in replayed] == ["a", "b", "c"]
 
 
-async def test_replay_filters_and_pages(store: Store) -> None:
-    async with Running(store, ManualClock()) as log:
+async def test_replay_filters_and_pages(repos: Repositories) -> None:
+    async with Running(repos, ManualClock()) as log:
         for i in range(2500):
             tenant = "acme" if i % 2 else "default"
             await log.publish(
@@ -142,24 +131,24 @@ async def test_replay_filters_and_pages(store: Store) -> None:
     assert after == replayed[4:6]
 
 
-async def test_trim_keeps_the_newest_and_drops_the_old(store: Store) -> None:
+async def test_trim_keeps_the_newest_and_drops_the_old(repos: Repositories) -> None:
     clock = ManualClock()
-    async with Running(store, clock, retention_count=5, retention_s=100.0) as log:
+    async with Running(repos, clock, retention_count=5, retention_s=100.0) as log:
         for _ in range(10):
             await log.publish("e", {})
         assert await log.trim() == 5
         clock.advance(500)
         await log.publish("late", {})
         assert await log.trim() == 5  # the rest are now too old
-        remaining = await store.read_events(0, 100)
+        remaining = await repos.events.read(0, 100)
         last = await log.last_id()
 
     assert [e.type for e in remaining] == ["late"]
     assert last == 11
 
 
-async def test_close_commits_what_is_queued_then_refuses(store: Store) -> None:
-    runner = Running(store, ManualClock())
+async def test_close_commits_what_is_queued_then_refuses(repos: Repositories) -> None:
+    runner = Running(repos, ManualClock())
     async with runner as log:
         pending = [asyncio.create_task(log.publish("e", {"n": i})) for i in range(50)]
         await asyncio.sleep(0)
@@ -170,19 +159,17 @@ async def test_close_commits_what_is_queued_then_refuses(store: Store) -> None:
         await runner.log.publish("after", {})
 
 
-async def test_a_failed_append_fails_its_publishers_only(store: Store) -> None:
-    async with Running(store, ManualClock()) as log:
-        original = SqlStore.append_events
+async def test_a_failed_append_fails_its_publishers_only(
+    repos: Repositories, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: object, events: Sequence[Event]) -> list[Event]:
+        raise StoreUnavailable("disk gone")
 
-        async def broken(self: SqlStore, events: Sequence[Event]) -> list[Event]:
-            raise StoreUnavailable("disk gone")
-
-        SqlStore.append_events = broken  # type: ignore[method-assign]
-        try:
+    async with Running(repos, ManualClock()) as log:
+        with monkeypatch.context() as patch:
+            patch.setattr(type(repos.events), "append", broken)
             with pytest.raises(StoreUnavailable):
                 await log.publish("lost", {})
-        finally:
-            SqlStore.append_events = original  # type: ignore[method-assign]
         kept = await log.publish("kept", {})
 
     assert kept.id == 1
@@ -206,9 +193,9 @@ class SlowFanout:
         pass
 
 
-async def test_publishers_do_not_wait_for_the_fan_out(store: Store) -> None:
+async def test_publishers_do_not_wait_for_the_fan_out(repos: Repositories) -> None:
     fanout = SlowFanout()
-    log = EventLog(store, MemoryEventBus(), EventsConfig(), ManualClock(), fanout)
+    log = EventLog(repos, MemoryEventBus(), EventsConfig(), ManualClock(), fanout)
     log.open()
     writer = asyncio.create_task(log.run())
     first = await asyncio.wait_for(log.publish("a", {}), 5)  # the fan-out has sent nothing yet

@@ -34,8 +34,7 @@ from agentcore.events.base import Event
 from agentcore.events.log import EventLog
 from agentcore.events.memory import MemoryEventBus, MemorySubscription
 from agentcore.events.redis import RedisFanout
-from agentcore.store import open_store
-from agentcore.store.base import Store
+from agentcore.repositories import Repositories, open_repositories
 from tests.support import free_port, unavailable
 
 REDIS_URL = os.environ.get("AGENTCORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -44,11 +43,11 @@ WAIT_S = 5.0
 
 
 class Node:
-    def __init__(self, store: Store, fanout: RedisFanout) -> None:
-        self.store = store
+    def __init__(self, repos: Repositories, fanout: RedisFanout) -> None:
+        self.repos = repos
         self.fanout = fanout
         self.hub = MemoryEventBus()
-        self.log = EventLog(store, self.hub, EventsConfig(), ManualClock(), fanout)
+        self.log = EventLog(repos, self.hub, EventsConfig(), ManualClock(), fanout)
 
 
 @asynccontextmanager
@@ -56,12 +55,12 @@ async def node(
     db: Path, channel: str, name: str, *, url: str = REDIS_URL, clock: Clock = system_clock
 ) -> AsyncIterator[Node]:
     """A running log writer and fan-out receiver; the fan-out is not yet known to be subscribed."""
-    store = open_store(f"sqlite:///{db}")
-    await store.open()
+    repos = open_repositories(f"sqlite:///{db}")
+    await repos.open()
     fanout = RedisFanout(
         url, channel, f"{name}-{channel}", clock=clock, retry_min_s=0.05, retry_max_s=0.2
     )
-    n = Node(store, fanout)
+    n = Node(repos, fanout)
     n.log.open()
     writer = asyncio.create_task(n.log.run())
     receiver = asyncio.create_task(fanout.run(n.log.deliver))
@@ -72,7 +71,7 @@ async def node(
         await asyncio.wait_for(writer, WAIT_S)
         await fanout.close()
         await asyncio.wait_for(receiver, WAIT_S)
-        await store.close()
+        await repos.close()
 
 
 async def subscribed(*nodes: Node) -> None:
@@ -199,7 +198,7 @@ async def test_a_publisher_succeeds_while_redis_is_unreachable(
 
             assert event.id == 1
             assert await take(local, 1) == [event]
-            assert await a.store.read_events(0, 10) == [event]
+            assert await a.repos.events.read(0, 10) == [event]
             await until(lambda: a.fanout.unsent_events == 1)
     assert "event fan-out (Redis) unavailable" in caplog.text
     assert "they are durable" in caplog.text

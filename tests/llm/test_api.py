@@ -237,7 +237,7 @@ async def test_accounting_in_metrics_and_store(fake: FakeFactory) -> None:
         )
         assert samples["agentcore_llm_cost_total", frozenset(who.items())] == pytest.approx(10e-6)
         await app.llm.flush()
-        rows = await app.store.llm_usage(app.llm.accounting.day)
+        rows = await app.repos.llm_usage.rows(app.llm.accounting.day)
         assert len(rows) == 1
         row = rows[0]
         assert (row.tenant, row.agent_id, row.provider, row.model) == (

@@ -371,7 +371,7 @@ async def test_resume_replays_exactly_what_came_after_the_cursor(app: Gateway, w
 async def test_a_cursor_older_than_retention_is_reported(app: Gateway, ws: Socket) -> None:
     for i in range(6):
         await app.events.publish("task.created", {"task_id": f"t{i}"})
-    await app.store.trim_events(2, 0.0)  # keep the newest two
+    await app.repos.events.trim(2, 0.0)  # keep the newest two
     ws.send(type="subscribe", since=1)
     subscribed = await ws.expect("subscribed")
     assert subscribed["truncated"] is True
@@ -461,7 +461,7 @@ async def test_first_message_auth() -> None:
         full, key = apikeys.generate(
             tenant="acme", scopes=["events:read"], now=app.clock(), agent_id=None
         )
-        assert await app.store.put_api_key(key)
+        assert await app.repos.api_keys.put(key)
 
         ok = await Socket(app).accepted()
         ok.send(type="auth", token=full, id=1)

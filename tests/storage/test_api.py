@@ -286,7 +286,7 @@ async def test_tenants_are_isolated_and_need_the_storage_scope(
 
         async def key(tenant: str, scopes: list[str]) -> dict[str, str]:
             full, stored = apikeys.generate(tenant=tenant, scopes=scopes, now=clock())
-            assert await app.store.put_api_key(stored)
+            assert await app.repos.api_keys.put(stored)
             return {"authorization": f"Bearer {full}"}
 
         acme = await key("acme", ["storage"])

@@ -12,7 +12,7 @@ statement ``k`` ran (after the last one: just before the commit), or as the
 failure of the ``COMMIT`` itself (then the events must not have reached a
 subscriber either).
 
-Run over every backend of ``conftest.BACKENDS`` (SQLite in memory and on
+Run over every SQL backend (``tests/databases.py``: SQLite in memory and on
 disk, PostgreSQL).
 """
 
@@ -43,8 +43,8 @@ from agentcore.models import (
     TaskQuery,
     TaskStatus,
 )
+from agentcore.repositories import SqlRepositories
 from agentcore.store import postgres, sqlite
-from agentcore.store.sql import SqlStore
 from tests.support import make_config
 
 S = TaskStatus
@@ -183,10 +183,10 @@ class CommitFaults:
 
 def install_commit_faults(gateway: Gateway, injector: FaultInjector) -> None:
     """On SQLite, put :class:`CommitFaults` around the open writer connection."""
-    store = gateway.store
-    assert isinstance(store, SqlStore)
-    if isinstance(store.db, sqlite.SqliteDatabase):
-        writer = store.db._writer
+    repos = gateway.repos
+    assert isinstance(repos, SqlRepositories)
+    if isinstance(repos.database, sqlite.SqliteDatabase):
+        writer = repos.database._writer
         assert writer is not None
         writer.conn = cast(sqlite3.Connection, CommitFaults(writer.conn, injector))
 
@@ -208,9 +208,9 @@ class Snapshot:
 
 
 async def snapshot(gateway: Gateway, agent_ids: Sequence[str]) -> Snapshot:
-    store = gateway.store
-    assert isinstance(store, SqlStore)
-    db = store.db
+    repos = gateway.repos
+    assert isinstance(repos, SqlRepositories)
+    db = repos.database
     if db.dialect == "sqlite":
         names = await db.fetch(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
@@ -225,13 +225,13 @@ async def snapshot(gateway: Gateway, agent_ids: Sequence[str]) -> Snapshot:
         tables[str(name)] = sorted(repr(tuple(row)) for row in rows)
     assert tables["tasks"] or tables["agents"], "an empty database proves nothing"
     return Snapshot(
-        tasks=await store.query_tasks(TaskQuery(limit=1000)),
-        agents=await store.query_agents(AgentQuery(limit=1000)),
-        events=await store.read_events(0, 10_000),
-        last_event_id=await store.last_event_id(),
-        task_counts=await store.count_tasks(),
-        agent_counts=await store.count_agents(),
-        loads=await store.agent_loads(agent_ids),
+        tasks=await repos.tasks.query(TaskQuery(limit=1000)),
+        agents=await repos.agents.query(AgentQuery(limit=1000)),
+        events=await repos.events.read(0, 10_000),
+        last_event_id=await repos.events.last_id(),
+        task_counts=await repos.tasks.count(),
+        agent_counts=await repos.agents.count(),
+        loads=await repos.tasks.loads(agent_ids),
         tables=tables,
     )
 
@@ -263,9 +263,9 @@ async def gateway_on(url: str) -> AsyncIterator[tuple[Gateway, ManualClock]]:
     await gateway.startup()
     try:
         if url.startswith("postgresql"):  # the session's database: empty it
-            store = gateway.store
-            assert isinstance(store, SqlStore)
-            await store.db.execute(
+            repos = gateway.repos
+            assert isinstance(repos, SqlRepositories)
+            await repos.database.execute(
                 "TRUNCATE agents, agent_capabilities, agent_tags, tasks, events, api_keys"
             )
         yield gateway, clock
@@ -294,7 +294,7 @@ async def task(gateway: Gateway, task_id: str) -> Task:
 
 
 async def agent(gateway: Gateway, agent_id: str) -> Agent | None:
-    return await gateway.store.get_agent(agent_id)
+    return await gateway.repos.agents.get(agent_id)
 
 
 @dataclass(frozen=True)
@@ -355,7 +355,7 @@ async def overdue(gateway: Gateway, clock: ManualClock) -> None:
 async def check_create(gateway: Gateway) -> None:
     created = await task(gateway, "t2")
     assert (created.status, created.agent_id) == (S.ASSIGNED, "a1")
-    assert await gateway.store.agent_loads(["a1"]) == {"a1": 2}
+    assert await gateway.repos.tasks.loads(["a1"]) == {"a1": 2}
 
 
 async def check_start(gateway: Gateway) -> None:
@@ -364,7 +364,7 @@ async def check_start(gateway: Gateway) -> None:
 
 async def check_complete(gateway: Gateway) -> None:
     assert (await task(gateway, "t1")).status is S.COMPLETED
-    assert await gateway.store.agent_loads(["a1"]) == {}
+    assert await gateway.repos.tasks.loads(["a1"]) == {}
 
 
 async def check_fail(gateway: Gateway) -> None:
@@ -374,7 +374,7 @@ async def check_fail(gateway: Gateway) -> None:
 
 async def check_cancel(gateway: Gateway) -> None:
     assert (await task(gateway, "t1")).status is S.CANCELLED
-    assert await gateway.store.agent_loads(["a1"]) == {}
+    assert await gateway.repos.tasks.loads(["a1"]) == {}
 
 
 async def check_register(gateway: Gateway) -> None:
@@ -484,13 +484,13 @@ FAULTS = ["instead-of", "after", "commit"]
 async def test_a_fault_in_a_state_change_leaves_neither_rows_nor_events(
     name: str,
     fault: str,
-    store_url: str,
+    database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     scenario = SCENARIOS[name]
     injector = FaultInjector()
-    install(monkeypatch, injector, store_url)
-    async with gateway_on(store_url) as (gateway, clock):
+    install(monkeypatch, injector, database_url)
+    async with gateway_on(database_url) as (gateway, clock):
         install_commit_faults(gateway, injector)
         await scenario.setup(gateway, clock)
         before = await snapshot(gateway, AGENTS)

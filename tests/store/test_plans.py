@@ -7,14 +7,16 @@ index in the query's order exists) and must read through an index.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from agentcore import cursor
 from agentcore.models import AgentQuery, AgentStatus, TaskQuery, TaskStatus
-from agentcore.store.base import Store
-from agentcore.store.sql import SqlStore, agents_sql, tasks_sql
+from agentcore.registry.repository import query_sql as agents_sql
+from agentcore.repositories import SqlRepositories, open_repositories
+from agentcore.tasks.repository import query_sql as tasks_sql
 
 ACTIVE = AgentStatus.ACTIVE
 AGENT_SHAPES = {
@@ -60,21 +62,29 @@ INTERNAL_SHAPES: dict[str, tuple[str, list[Any]]] = {
 }
 
 
-async def plan(store: Store, sql: str, args: list[Any]) -> str:
-    assert isinstance(store, SqlStore)
-    if store.db.dialect == "sqlite":
-        rows = await store.db.fetch(f"EXPLAIN QUERY PLAN {sql}", *args)
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[SqlRepositories]:
+    """Open repositories on each SQL backend (plans are SQL's)."""
+    repos = open_repositories(database_url)
+    assert isinstance(repos, SqlRepositories)
+    await repos.open()
+    yield repos
+    await repos.close()
+
+
+async def plan(store: SqlRepositories, sql: str, args: list[Any]) -> str:
+    if store.database.dialect == "sqlite":
+        rows = await store.database.fetch(f"EXPLAIN QUERY PLAN {sql}", *args)
         return "\n".join(str(row[3]) for row in rows)
-    async with store.db.transaction() as tx:
+    async with store.database.transaction() as tx:
         await tx.execute("SET LOCAL enable_sort = off")
         await tx.execute("SET LOCAL enable_seqscan = off")
         rows = await tx.fetch(f"EXPLAIN {sql}", *args)
     return "\n".join(str(row[0]) for row in rows)
 
 
-def assert_walks_an_index(store: Store, text: str) -> None:
-    assert isinstance(store, SqlStore)
-    if store.db.dialect == "sqlite":
+def assert_walks_an_index(store: SqlRepositories, text: str) -> None:
+    if store.database.dialect == "sqlite":
         assert "TEMP B-TREE" not in text, text
         assert "USING INDEX" in text or "USING COVERING INDEX" in text, text
         assert "SCAN" not in text, text  # every table is searched by key, none read whole
@@ -85,40 +95,38 @@ def assert_walks_an_index(store: Store, text: str) -> None:
 
 
 @pytest.mark.parametrize("shape", AGENT_SHAPES)
-async def test_agent_queries_walk_an_index_in_order(store: Store, shape: str) -> None:
+async def test_agent_queries_walk_an_index_in_order(store: SqlRepositories, shape: str) -> None:
     sql, args = agents_sql(AGENT_SHAPES[shape])
     assert_walks_an_index(store, await plan(store, sql, args))
 
 
 @pytest.mark.parametrize("shape", TASK_SHAPES)
-async def test_task_queries_walk_an_index_in_order(store: Store, shape: str) -> None:
+async def test_task_queries_walk_an_index_in_order(store: SqlRepositories, shape: str) -> None:
     sql, args = tasks_sql(TASK_SHAPES[shape])
     assert_walks_an_index(store, await plan(store, sql, args))
 
 
 @pytest.mark.parametrize("shape", INTERNAL_SHAPES)
-async def test_internal_queries_walk_an_index_in_order(store: Store, shape: str) -> None:
+async def test_internal_queries_walk_an_index_in_order(store: SqlRepositories, shape: str) -> None:
     sql, args = INTERNAL_SHAPES[shape]
-    assert isinstance(store, SqlStore)
-    if store.db.dialect == "sqlite" and "deadline" in sql:
+    if store.database.dialect == "sqlite" and "deadline" in sql:
         sql = sql.replace("FROM tasks", "FROM tasks INDEXED BY tasks_deadline")  # as the store
     assert_walks_an_index(store, await plan(store, sql, args))
 
 
 @pytest.mark.parametrize("capabilities", [[], ["x"], ["x", "y"]])
 async def test_the_least_loaded_agent_is_the_first_entry_of_one_index(
-    store: Store, capabilities: list[str], monkeypatch: pytest.MonkeyPatch
+    store: SqlRepositories, capabilities: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert isinstance(store, SqlStore)
     seen: list[tuple[str, list[Any]]] = []
-    fetch = store.db.fetch
+    fetch = store.database.fetch
 
     async def recording(sql: str, *args: Any) -> list[Any]:
         seen.append((sql, list(args)))
         return await fetch(sql, *args)
 
-    monkeypatch.setattr(store.db, "fetch", recording)
-    await store.least_loaded_agent(capabilities, "t")
-    monkeypatch.setattr(store.db, "fetch", fetch)
+    monkeypatch.setattr(store.database, "fetch", recording)
+    await store.agents.least_loaded(capabilities, "t")
+    monkeypatch.setattr(store.database, "fetch", fetch)
     [(sql, args)] = seen
     assert_walks_an_index(store, await plan(store, sql, args))

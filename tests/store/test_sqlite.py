@@ -1,6 +1,6 @@
 """The SQLite driver: statements on the event loop's thread, a writer and a reader.
 
-The store contract (test_contract.py) covers what every backend does; these
+The repository contracts cover what every backend does; these
 tests cover how the SQLite driver does it: transactions that hold the writer,
 a reader that only sees committed data, statement time limits, and another
 process holding the write lock without stalling the loop.
@@ -19,11 +19,10 @@ import pytest
 
 from agentcore.errors import QueryTimeout, StoreUnavailable
 from agentcore.models import AgentQuery
+from agentcore.repositories import SqlRepositories
 from agentcore.store import sqlite as sqlite_module
-from agentcore.store.sql import SqlStore
 from agentcore.store.sqlite import SqliteDatabase
-
-from .test_contract import make_agent
+from tests.support import make_agent
 
 #: A SELECT that keeps one core busy for about a second.
 LONG_READ = (
@@ -296,22 +295,23 @@ async def test_an_in_memory_database_answers_reads_on_its_one_connection() -> No
 async def test_concurrent_registrations_of_one_id_have_one_winner_with_its_labels(
     tmp_path: Path,
 ) -> None:
-    store = SqlStore(SqliteDatabase(str(tmp_path / "store.db")))
-    await store.open()
+    repos = SqlRepositories(SqliteDatabase(str(tmp_path / "store.db")))
+    await repos.open()
+    store = repos.agents
     try:
         rivals = [
             make_agent("same", name=f"rival-{n}", capabilities=(f"c{n}", "shared"), tags=(f"t{n}",))
             for n in range(20)
         ]
-        won = await asyncio.gather(*(store.put_agent(a, replace=False) for a in rivals))
-        stored = await store.get_agent("same")
+        won = await asyncio.gather(*(store.put(a, replace=False) for a in rivals))
+        stored = await store.get("same")
         by_capability = {
-            c: [a.agent_id for a in await store.query_agents(AgentQuery(capabilities=[c]))]
+            c: [a.agent_id for a in await store.query(AgentQuery(capabilities=[c]))]
             for c in [f"c{n}" for n in range(20)]
         }
-        again = await store.put_agent(rivals[0], replace=False)
+        again = await store.put(rivals[0], replace=False)
     finally:
-        await store.close()
+        await repos.close()
 
     assert won.count(True) == 1
     winner = rivals[won.index(True)]

@@ -1,5 +1,5 @@
 """A real webhook receiver on loopback, in-process gateways that deliver to it, and
-two "processes" (stores) on one database for the store-level tests."""
+two "processes" (repositories) on one database for the repository-level tests."""
 
 from __future__ import annotations
 
@@ -20,11 +20,22 @@ import standardwebhooks
 from agentcore.app import Gateway, create_app
 from agentcore.clock import ManualClock, system_clock
 from agentcore.events.base import Event
-from agentcore.store import open_store
-from agentcore.store.sql import SqlStore
+from agentcore.events.repository import EventRepository, MemoryEvents, SqlEvents
+from agentcore.store.database import Database
+from agentcore.store.memory import MemoryDatabase
+from agentcore.store.postgres import PostgresDatabase
+from agentcore.store.schema import migrate
+from agentcore.store.sqlite import SqliteDatabase
 from agentcore.webhooks.dispatcher import WebhookDispatcher
-from agentcore.webhooks.store import Secret, Webhook, WebhookStore, new_webhook_id
-from tests.store.conftest import create_pg_database, drop_pg_database
+from agentcore.webhooks.repository import (
+    MemoryWebhooks,
+    Secret,
+    SqlWebhooks,
+    Webhook,
+    WebhookRepository,
+    new_webhook_id,
+)
+from tests.databases import create_pg_database, drop_pg_database
 from tests.support import make_config
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -181,29 +192,65 @@ async def until(check: Callable[[], Any], within_s: float = 10.0) -> Any:
         await asyncio.sleep(0.05)
 
 
-# -- two processes on one database (store-level tests) --------------------------
+# -- processes on one database (repository-level tests) ---------------------------
+
+#: Backends of the repository contract that two processes can share: SQLite on a file;
+#: in memory, a second "process" is a second repository on the one database.
+SHARED_BACKENDS = [
+    "memory",
+    "sqlite-file",
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+]
+#: Backends of what only SQL has (the listing order a SQL repository keeps).
+SHARED_SQL_BACKENDS = SHARED_BACKENDS[1:]
+
+Db = MemoryDatabase | Database
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'agentcore.db'}"
+@contextlib.asynccontextmanager
+async def shared_database(backend: str, tmp_path: Path) -> AsyncIterator[tuple[Db, Db]]:
+    """Two processes' connections to one fresh, migrated database (in memory, the
+    one database twice)."""
+    if backend == "memory":
+        memory = MemoryDatabase()
+        await memory.open()
+        try:
+            yield memory, memory
+        finally:
+            await memory.close()
         return
-    name, url = await create_pg_database()
+    pg_name: str | None = None
+    if backend == "sqlite-file":
+        path = str(tmp_path / "agentcore.db")
+        pair: tuple[Database, Database] = SqliteDatabase(path), SqliteDatabase(path)
+    else:
+        pg_name, url = await create_pg_database()
+        pair = PostgresDatabase(url), PostgresDatabase(url)
     try:
-        yield url
+        for db in pair:
+            await db.open()
+            await migrate(db)
+            db.serve()
+        yield pair
     finally:
-        await drop_pg_database(name)
+        for db in pair:
+            await db.close()
+        if pg_name is not None:
+            await drop_pg_database(pg_name)
 
 
 class Process:
-    """One process's view of the database: its store, webhook store and dispatcher."""
+    """One process's view of the database: its webhook and event repositories and its
+    dispatcher."""
 
-    def __init__(self, url: str, clock: ManualClock) -> None:
-        store = open_store(url)
-        assert isinstance(store, SqlStore)
-        self.store = store
-        self.webhooks = WebhookStore(self.store.db)
+    def __init__(self, db: Db, clock: ManualClock) -> None:
+        self.database = db
+        self.webhooks: WebhookRepository
+        self.events: EventRepository
+        if isinstance(db, MemoryDatabase):
+            self.webhooks, self.events = MemoryWebhooks(db), MemoryEvents(db)
+        else:
+            self.webhooks, self.events = SqlWebhooks(db), SqlEvents(db)
         self.dispatcher = WebhookDispatcher(self.webhooks, clock, batch_size=50)
         self.clock = clock
         #: Calls of the webhook reads the dispatcher makes, by method name.
@@ -234,9 +281,9 @@ class Process:
         )
         return await self.webhooks.create(hook)
 
-    async def publish(self, *types: str, tenant: str = "default") -> list[int]:
-        events = [Event(type=t, timestamp=self.clock(), tenant=tenant) for t in types]
-        return [e.id for e in await self.store.append_events(events)]
+    async def publish(self, *types: str, tenant: str = "default", **data: Any) -> list[int]:
+        events = [Event(type=t, timestamp=self.clock(), tenant=tenant, data=data) for t in types]
+        return [e.id for e in await self.events.append(events)]
 
     async def dispatch_all(self) -> int:
         consumed = 0
@@ -244,17 +291,36 @@ class Process:
             consumed += n
         return consumed
 
-    async def queued(self) -> set[tuple[str, int]]:
-        rows = await self.store.db.fetch("SELECT webhook_id, event_id FROM webhook_deliveries")
-        return {(r[0], int(r[1])) for r in rows}
+    async def queued(self, tenant: str = "default") -> set[tuple[str, int | None]]:
+        """(webhook id, event id) of every delivery of the tenant's webhooks."""
+        found: set[tuple[str, int | None]] = set()
+        for hook in await self.webhooks.for_tenant(tenant):
+            rows = await self.webhooks.deliveries(hook.id, None, 100_000, 0)
+            found.update((d.webhook_id, d.event_id) for d in rows)
+        return found
+
+
+@pytest.fixture(params=SHARED_BACKENDS)
+async def processes(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Process, Process]]:
+    """Two processes on one database, of each backend in turn, on one manual clock."""
+    clock = ManualClock()
+    async with shared_database(request.param, tmp_path) as (first, second):
+        yield Process(first, clock), Process(second, clock)
+
+
+@pytest.fixture(params=SHARED_SQL_BACKENDS)
+async def sql_processes(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Process, Process]]:
+    """Two processes on one SQL database, of each SQL backend in turn."""
+    clock = ManualClock()
+    async with shared_database(request.param, tmp_path) as (first, second):
+        yield Process(first, clock), Process(second, clock)
 
 
 @pytest.fixture
-async def processes(database_url: str) -> AsyncIterator[tuple[Process, Process]]:
-    clock = ManualClock()
-    first, second = Process(database_url, clock), Process(database_url, clock)
-    await first.store.open()
-    await second.store.open()
-    yield first, second
-    await second.store.close()
-    await first.store.close()
+def process(processes: tuple[Process, Process]) -> Process:
+    """One process, of each backend in turn."""
+    return processes[0]

@@ -160,7 +160,7 @@ async def _key(
     app: Gateway, clock: ManualClock, tenant: str, scopes: list[str] | None = None
 ) -> dict[str, str]:
     full, key = apikeys.generate(tenant=tenant, scopes=scopes or ["webhooks"], now=clock())
-    assert await app.store.put_api_key(key)
+    assert await app.repos.api_keys.put(key)
     return {"authorization": f"Bearer {full}"}
 
 

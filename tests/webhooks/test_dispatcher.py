@@ -1,8 +1,9 @@
 """The dispatcher: indexed matching equals the scan; its copy of the webhooks never goes stale.
 
-The store-backed tests run on SQLite and PostgreSQL. A second process
-(``conftest.Process``: a second gateway worker, ``agentcore worker``)
-registers and changes webhooks the first one's dispatcher has not seen.
+The repository-backed tests run in memory, on SQLite and on PostgreSQL. A
+second process (``conftest.Process``: a second gateway worker, ``agentcore
+worker``; in memory, a second repository on the same database) registers and
+changes webhooks the first one's dispatcher has not seen.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentcore.clock import ManualClock
+from agentcore.store.memory import MemoryDatabase
 from agentcore.webhooks.dispatcher import ActiveWebhooks, WebhookDispatcher
-from agentcore.webhooks.store import (
+from agentcore.webhooks.repository import (
     Delivery,
     EventRow,
+    MemoryWebhooks,
     Secret,
     Webhook,
-    WebhookStore,
 )
 from tests.webhooks.conftest import SECRET, Process
 
@@ -70,7 +72,7 @@ def test_the_plan_through_the_index_equals_the_scan_of_every_webhook(
         EventRow(i + 1, event_type, 1.0, "test", tenant, "{}")
         for i, (event_type, tenant) in enumerate(events)
     ]
-    dispatcher = WebhookDispatcher(WebhookStore(None), ManualClock(), 100)  # type: ignore[arg-type]
+    dispatcher = WebhookDispatcher(MemoryWebhooks(MemoryDatabase()), ManualClock(), 100)
     planned = dispatcher.plan(rows, ActiveWebhooks(webhooks, 0))
     expected = [
         (w.id, e.id)
@@ -81,7 +83,7 @@ def test_the_plan_through_the_index_equals_the_scan_of_every_webhook(
     assert [(d.webhook_id, d.event_id) for d in planned] == expected
 
 
-# -- against a database ----------------------------------------------------------
+# -- against a repository -------------------------------------------------------
 
 
 async def test_own_registrations_join_the_copy_without_reading_the_webhooks(

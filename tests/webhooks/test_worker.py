@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.store.conftest import create_pg_database, drop_pg_database
+from tests.databases import create_pg_database, drop_pg_database
 from tests.support import ServerProcess
 from tests.webhooks.conftest import Receiver
 from tests.webhooks.test_crash import ENV, wait_for

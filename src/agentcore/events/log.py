@@ -1,8 +1,8 @@
 """The durable event log: events commit with the state change that causes them.
 
 A state change (a task created and assigned, an agent registered, a batch of
-agents expired) runs in :meth:`EventLog.change`: one store transaction in
-which the change writes its rows through ``change.store`` and names its
+agents expired) runs in :meth:`EventLog.change`: one unit of work in
+which the change writes its rows through ``change.repos`` and names its
 events with ``change.emit``. The events are appended as the transaction's
 last statements, so the rows and their events commit together or not at
 all: a crash can lose an unacknowledged change, never the event of a
@@ -40,7 +40,7 @@ from agentcore.errors import StoreUnavailable
 from agentcore.events.base import Event, EventFilter, Fanout
 from agentcore.events.memory import MemoryEventBus
 from agentcore.models import DEFAULT_TENANT
-from agentcore.store.base import Store
+from agentcore.repositories import Repositories
 
 log = logging.getLogger("agentcore.events")
 
@@ -49,12 +49,12 @@ FANOUT_QUEUE_BATCHES = 1_000
 
 
 class Change:
-    """One state change in progress: the store bound to its transaction, and its events."""
+    """One state change in progress: the repositories of its unit of work, and its events."""
 
-    __slots__ = ("_clock", "events", "store", "stored")
+    __slots__ = ("_clock", "events", "repos", "stored")
 
-    def __init__(self, store: Store, clock: Clock) -> None:
-        self.store = store
+    def __init__(self, repos: Repositories, clock: Clock) -> None:
+        self.repos = repos
         self._clock = clock
         #: Events to append when the change commits, in order.
         self.events: list[Event] = []
@@ -77,13 +77,14 @@ class Change:
 class EventLog:
     def __init__(
         self,
-        store: Store,
+        repos: Repositories,
         hub: MemoryEventBus,
         config: EventsConfig,
         clock: Clock,
         fanout: Fanout | None = None,
     ) -> None:
-        self._store = store
+        self._repos = repos
+        self._events = repos.events
         self.hub = hub
         self._config = config
         self._clock = clock
@@ -108,11 +109,11 @@ class EventLog:
             raise StoreUnavailable("the event log is not running")
         ticket = -1
         try:
-            async with self._store.transaction() as tx:
-                change = Change(tx, self._clock)
+            async with self._repos.transaction() as unit:
+                change = Change(unit, self._clock)
                 yield change
                 if change.events:
-                    change.stored = await tx.append_events(change.events)
+                    change.stored = await unit.events.append(change.events)
                     ticket = self._issued
                     self._issued += 1
         except BaseException:
@@ -185,7 +186,7 @@ class EventLog:
         found: list[Event] = []
         cursor = after_id
         while len(found) < limit:
-            page = await self._store.read_events(cursor, 1000, event_filter.tenant)
+            page = await self._events.read(cursor, 1000, event_filter.tenant)
             if not page:
                 break
             found.extend(e for e in page if event_filter.matches(e))
@@ -193,8 +194,8 @@ class EventLog:
         return found[:limit]
 
     async def last_id(self) -> int:
-        return await self._store.last_event_id()
+        return await self._events.last_id()
 
     async def trim(self) -> int:
         cfg = self._config
-        return await self._store.trim_events(cfg.retention_count, self._clock() - cfg.retention_s)
+        return await self._events.trim(cfg.retention_count, self._clock() - cfg.retention_s)

@@ -1,4 +1,4 @@
-"""Usage per tenant and agent: Prometheus counters, a table in the store, daily budgets.
+"""Usage per tenant and agent: Prometheus counters, a table in the database, daily budgets.
 
 Every finished completion is counted at once in /metrics (requests, tokens
 and cost by tenant, agent, provider and model) and in memory; a background
@@ -22,35 +22,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from agentcore.clock import Clock
 from agentcore.config import LlmBudgetConfig
 from agentcore.errors import BudgetExceeded, StoreUnavailable
+from agentcore.llm.usage import LlmUsage, UsageRepository
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
 
     from agentcore.metrics import Metrics
-    from agentcore.store.base import Store
 
 log = logging.getLogger("agentcore.llm")
 
 DAY_S = 86_400
-
-
-class LlmUsage(msgspec.Struct, kw_only=True):
-    """One row of ``llm_usage``: what a tenant's agent spent on one model in one UTC day."""
-
-    day: str
-    tenant: str
-    agent_id: str
-    provider: str
-    model: str
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
 
 
 @dataclass(slots=True)
@@ -72,12 +56,12 @@ def utc_day(epoch: float) -> str:
 class Accounting:
     def __init__(
         self,
-        store: Store,
+        usage: UsageRepository,
         budgets: Mapping[str, LlmBudgetConfig],
         clock: Clock,
         metrics: Metrics | None = None,
     ) -> None:
-        self._store = store
+        self._usage = usage
         self._budgets = budgets
         self._clock = clock
         self._metrics = metrics
@@ -199,9 +183,9 @@ class Accounting:
         self._local = {}
         try:
             if rows:
-                await self._store.add_llm_usage(rows)
+                await self._usage.add(rows)
             day = self._stored_day
-            stored = await self._store.llm_tenant_totals(day)
+            stored = await self._usage.tenant_totals(day)
         except StoreUnavailable:
             for row in rows:  # put them back, merging with what arrived meanwhile
                 key = (row.day, row.tenant, row.agent_id, row.provider, row.model)

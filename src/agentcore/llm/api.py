@@ -47,8 +47,8 @@ from agentcore.routing import Doc, Router
 from agentcore.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from agentcore.llm.usage import UsageRepository
     from agentcore.metrics import Metrics
-    from agentcore.store.base import Store
 
 COMPLETE_PATH = "/api/v1/integration/llm/complete"
 CHAT_PATH = "/v1/chat/completions"
@@ -156,7 +156,7 @@ class LlmApi:
     def __init__(
         self,
         config: LlmConfig,
-        store: Store,
+        usage: UsageRepository,
         clock: Clock,
         environ: Mapping[str, str],
         metrics: Metrics | None = None,
@@ -165,7 +165,7 @@ class LlmApi:
         self.config = config
         self.catalog = Catalog.build(config, clock, environ, connector)
         self.router = ModelRouter(self.catalog.models, config.strategy)
-        self.accounting = Accounting(store, config.budgets, clock, metrics)
+        self.accounting = Accounting(usage, config.budgets, clock, metrics)
         self.completions = Completions(
             self.catalog,
             self.router,

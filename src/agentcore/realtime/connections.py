@@ -46,10 +46,10 @@ from agentcore.events.base import Event, EventFilter
 from agentcore.events.log import EventLog
 from agentcore.events.memory import MemorySubscription
 from agentcore.events.patterns import classify
+from agentcore.events.repository import EventRepository
 from agentcore.metrics import Metrics
 from agentcore.realtime.feed import Feed
-from agentcore.store.base import Store
-from agentcore.tasks import TaskService
+from agentcore.tasks.service import TaskService
 from agentcore.types import Message, Send
 
 log = logging.getLogger("agentcore.realtime")
@@ -284,7 +284,7 @@ class Connections:
     def __init__(
         self,
         log: EventLog,
-        store: Store,
+        stored: EventRepository,
         tasks: TaskService,
         config: RealtimeConfig,
         *,
@@ -294,7 +294,7 @@ class Connections:
     ) -> None:
         self.log = log
         self.config = config
-        self._store = store
+        self._stored = stored
         self._tasks = tasks
         self._metrics = metrics
         #: Monotonic seconds: keepalive, idle and rate-limit arithmetic.
@@ -398,7 +398,7 @@ class Connections:
         head = await self.log.last_id()
         truncated = False
         if since is not None and since < head:
-            first = await self._store.read_events(since, 1)
+            first = await self._stored.read(since, 1)
             truncated = not first or first[0].id > since + 1
         return head, truncated
 

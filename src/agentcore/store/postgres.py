@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from agentcore.errors import QueryTimeout, StoreUnavailable
-from agentcore.store.sql import Driver
+from agentcore.store.database import Driver
 
 _UNAVAILABLE = (
     OSError,  # includes TimeoutError
@@ -65,7 +65,6 @@ class _Session:
         with _translated():
             rows: list[Sequence[Any]] = await self._target.fetch(sql, *args)
             return rows
-
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         params = list(rows)
@@ -134,7 +133,6 @@ class PostgresDatabase:
 
     async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
         return await self._session().fetch(sql, *args)
-
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         await self._session().executemany(sql, rows)

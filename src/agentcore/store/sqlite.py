@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from agentcore.errors import QueryTimeout, StoreUnavailable
-from agentcore.store.sql import Driver
+from agentcore.store.database import Driver
 
 MEMORY = ":memory:"
 
@@ -347,7 +347,6 @@ class SqliteDatabase:
         async with self.transaction() as tx:
             return await tx.fetch(sql, *args)
 
-
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         params = list(rows)
         if params:
@@ -496,7 +495,6 @@ class _InTransaction:
     async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
         rows: list[Sequence[Any]] = self._writer.run("fetch", _numbered(sql), args)
         return rows
-
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         params = list(rows)

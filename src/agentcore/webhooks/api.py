@@ -22,18 +22,18 @@ from agentcore.models import MAX_INT64
 from agentcore.routing import Doc, Router
 from agentcore.webhooks import signing
 from agentcore.webhooks.dispatcher import render
-from agentcore.webhooks.ssrf import AddressPolicy
-from agentcore.webhooks.store import (
+from agentcore.webhooks.repository import (
     Attempt,
     Delivery,
     DeliveryStatus,
     Secret,
     Webhook,
+    WebhookRepository,
     WebhookStatus,
-    WebhookStore,
     new_delivery_id,
     new_webhook_id,
 )
+from agentcore.webhooks.ssrf import AddressPolicy
 
 BASE = "/api/v1/integration/webhooks"
 ITEM = f"{BASE}/{{webhook_id}}"
@@ -316,7 +316,7 @@ def _check_headers(headers: dict[str, str]) -> dict[str, str]:
 class WebhookApi:
     def __init__(
         self,
-        store: WebhookStore,
+        store: WebhookRepository,
         policy: AddressPolicy,
         config: WebhooksConfig,
         clock: Clock,
@@ -560,7 +560,7 @@ class WebhookApi:
 
 def add_routes(
     router: Router,
-    store: WebhookStore,
+    store: WebhookRepository,
     policy: AddressPolicy,
     config: WebhooksConfig,
     clock: Clock,

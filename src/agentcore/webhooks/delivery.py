@@ -1,6 +1,6 @@
 """Delivery: outbox -> endpoints, at least once.
 
-:class:`DeliveryWorker` claims due deliveries with a lease (``WebhookStore.claim``)
+:class:`DeliveryWorker` claims due deliveries with a lease (``WebhookRepository.claim``)
 and runs each attempt as a task of its own, at most ``concurrency`` at once
 per process and ``per_endpoint_concurrency`` per endpoint (a semaphore each).
 An endpoint holding that many claims is left out of the next claim, so a
@@ -40,8 +40,14 @@ from agentcore.metrics import Metrics
 from agentcore.ratelimit.base import Limit
 from agentcore.ratelimit.memory import MemoryRateLimiter
 from agentcore.webhooks import signing
+from agentcore.webhooks.repository import (
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    Webhook,
+    WebhookRepository,
+)
 from agentcore.webhooks.sender import Sender
-from agentcore.webhooks.store import Attempt, Delivery, DeliveryStatus, Webhook, WebhookStore
 
 log = logging.getLogger("agentcore.webhooks")
 
@@ -56,7 +62,7 @@ USER_AGENT = f"agentcore-webhooks/{__version__}"
 class DeliveryWorker:
     def __init__(
         self,
-        store: WebhookStore,
+        store: WebhookRepository,
         sender: Sender,
         config: WebhooksConfig,
         clock: Clock,

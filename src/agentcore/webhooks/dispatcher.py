@@ -3,7 +3,7 @@
 Reads the event log after its durable cursor, matches each event against the
 active webhooks of the event's tenant (glob patterns, and only webhooks
 created before the event), and writes one outbox row per match, moving the
-cursor in the same transaction (``WebhookStore.advance``). So an event
+cursor in the same transaction (``WebhookRepository.advance``). So an event
 acknowledged by the log is matched exactly once, whatever crashes when; the
 outbox row is what delivery retries.
 
@@ -12,8 +12,9 @@ pattern (:class:`~agentcore.events.patterns.PatternIndex`: exact types,
 prefixes such as ``order.*``, suffixes, other globs), not a scan of every
 webhook per event: with 10,000 webhooks registered, a batch of events of a
 few types costs a few lookups. The copy is checked every round against the
-store's :class:`~agentcore.webhooks.store.WebhooksVersion`, read in the same
-snapshot as the events, so every webhook committed before an event is in it:
+repository's :class:`~agentcore.webhooks.repository.WebhooksVersion`, read
+in the same snapshot as the events, so every webhook committed before an
+event is in it:
 
 - nothing changed: used as is;
 - only registrations: the new ones are added, from this process's own
@@ -36,11 +37,11 @@ import msgspec
 
 from agentcore.clock import Clock
 from agentcore.events.patterns import PatternIndex
-from agentcore.webhooks.store import (
+from agentcore.webhooks.repository import (
     Delivery,
     EventRow,
     Webhook,
-    WebhookStore,
+    WebhookRepository,
     new_delivery_id,
 )
 
@@ -88,7 +89,7 @@ class ActiveWebhooks:
 
 class WebhookDispatcher:
     def __init__(
-        self, store: WebhookStore, clock: Clock, batch_size: int, first_delay_s: float = 0.0
+        self, store: WebhookRepository, clock: Clock, batch_size: int, first_delay_s: float = 0.0
     ) -> None:
         self._store = store
         self._clock = clock

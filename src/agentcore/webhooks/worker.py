@@ -2,7 +2,7 @@
 
 Several runners may share one database (gateway workers, ``agentcore
 worker`` processes, other machines): the dispatcher's cursor is locked and
-compare-and-set, deliveries are claimed with leases (``store.py``), so no
+compare-and-set, deliveries are claimed with leases (``repository.py``), so no
 event is matched twice and no delivery is attempted by two runners at once.
 """
 
@@ -16,17 +16,17 @@ import time
 
 from agentcore.clock import Clock, system_clock
 from agentcore.config import Config, WebhooksConfig
+from agentcore.errors import ConfigError
 from agentcore.events.base import Publisher
 from agentcore.events.log import EventLog
 from agentcore.events.memory import MemoryEventBus
 from agentcore.metrics import Metrics
-from agentcore.store import open_store
-from agentcore.store.sql import SqlStore
+from agentcore.repositories import MemoryRepositories, open_repositories
 from agentcore.webhooks.delivery import DeliveryWorker, wait_any
 from agentcore.webhooks.dispatcher import WebhookDispatcher
+from agentcore.webhooks.repository import WebhookRepository
 from agentcore.webhooks.sender import HttpSender, Sender
 from agentcore.webhooks.ssrf import AddressPolicy
-from agentcore.webhooks.store import WebhookStore
 
 log = logging.getLogger("agentcore.webhooks")
 
@@ -39,7 +39,7 @@ DISPATCH_PACE_S = 0.02
 class WebhookWorker:
     def __init__(
         self,
-        store: WebhookStore,
+        store: WebhookRepository,
         config: WebhooksConfig,
         clock: Clock,
         publisher: Publisher | None = None,
@@ -93,29 +93,32 @@ class WebhookWorker:
 
 async def run_standalone(config: Config, stop: asyncio.Event | None = None) -> None:
     """``agentcore worker``: deliver against the configured database until SIGTERM/SIGINT."""
-    store = open_store(
+    repos = open_repositories(
         config.database_url,
         pool_min_size=config.database.pool_min_size,
         pool_max_size=config.database.pool_max_size,
         statement_timeout_s=config.database.statement_timeout_s,
     )
-    if not isinstance(store, SqlStore):  # pragma: no cover - open_store builds SqlStores
-        raise TypeError("webhook delivery needs a SQL store")
+    if isinstance(repos, MemoryRepositories):
+        raise ConfigError(
+            "agentcore worker: database.url is memory://, which no other process can see; "
+            "use the gateway's SQLite file or PostgreSQL database"
+        )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await store.open()
-    # webhook.disabled events go through a log of our own (streams replay them from the store).
-    events = EventLog(store, MemoryEventBus(), config.events, system_clock)
+    await repos.open()
+    # webhook.disabled events go through a log of our own (streams replay them from the log).
+    events = EventLog(repos, MemoryEventBus(), config.events, system_clock)
     events.open()
     writer = asyncio.create_task(events.run())
-    worker = WebhookWorker(WebhookStore(store.db), config.webhooks, system_clock, events)
+    worker = WebhookWorker(repos.webhooks, config.webhooks, system_clock, events)
     log.info("agentcore webhook worker %s running", worker.delivery.owner)
     try:
         await worker.run(stop)
     finally:
         await events.close()
         await writer
-        await store.close()
+        await repos.close()
     log.info("agentcore webhook worker stopped")

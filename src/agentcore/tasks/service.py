@@ -39,7 +39,7 @@ from agentcore.models import (
     TaskStatus,
     priority_value,
 )
-from agentcore.store.base import Store
+from agentcore.tasks.repository import TaskRepository
 
 S = TaskStatus
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
@@ -64,8 +64,10 @@ def check_transition(task: Task, target: TaskStatus) -> None:
 
 
 class TaskService:
-    def __init__(self, store: Store, events: EventLog, config: TasksConfig, clock: Clock) -> None:
-        self._store = store
+    def __init__(
+        self, tasks: TaskRepository, events: EventLog, config: TasksConfig, clock: Clock
+    ) -> None:
+        self._tasks = tasks
         self._events = events
         self._config = config
         self._clock = clock
@@ -91,10 +93,10 @@ class TaskService:
 
     async def get(self, task_id: str, tenant: str | None = None) -> Task:
         """The task; another tenant's task is reported as not found."""
-        return _visible(await self._store.get_task(task_id), task_id, tenant)
+        return _visible(await self._tasks.get(task_id), task_id, tenant)
 
     async def query(self, query: TaskQuery) -> list[Task]:
-        return await self._store.query_tasks(query)
+        return await self._tasks.query(query)
 
     # -- create and assign ----------------------------------------------------
 
@@ -122,10 +124,10 @@ class TaskService:
             version=1,
         )
         async with self._events.change() as change:
-            store = change.store
-            agent_id = await store.least_loaded_agent(task.required_capabilities, tenant)
+            repos = change.repos
+            agent_id = await repos.agents.least_loaded(task.required_capabilities, tenant)
             stored = task if agent_id is None else self._assigned(task, agent_id)
-            if not await store.insert_task(stored):
+            if not await repos.tasks.insert(stored):
                 raise TaskAlreadyExists(
                     f"task {task.task_id!r} already exists", data={"task_id": task.task_id}
                 )
@@ -140,11 +142,11 @@ class TaskService:
 
     async def _try_assign(self, change: Change, task: Task) -> Task | None:
         """Inside ``change``: assign the pending ``task`` to the least-loaded capable agent."""
-        agent_id = await change.store.least_loaded_agent(task.required_capabilities, task.tenant)
+        agent_id = await change.repos.agents.least_loaded(task.required_capabilities, task.tenant)
         if agent_id is None:
             return None
         updated = self._assigned(task, agent_id)
-        if not await change.store.update_task(updated):
+        if not await change.repos.tasks.update(updated):
             return None  # someone else assigned or cancelled it meanwhile
         self._emit(change, "task.assigned", updated)
         return updated
@@ -170,9 +172,9 @@ class TaskService:
         again = True
         while again:
             self._again = False
-            for task in await self._store.pending_tasks(PENDING_BATCH):
+            for task in await self._tasks.pending(PENDING_BATCH):
                 async with self._events.change() as change:
-                    current = await change.store.get_task(task.task_id)
+                    current = await change.repos.tasks.get(task.task_id)
                     if current is None or current.status is not S.PENDING:
                         continue
                     if await self._try_assign(change, current) is not None:
@@ -193,13 +195,13 @@ class TaskService:
     async def release(self, change: Change, agent_id: str) -> int:
         """Inside ``change``: put the agent's assigned (not yet started) tasks back to
         pending; returns how many. The caller runs :meth:`assign_pending` after the commit."""
-        tasks = await change.store.query_tasks(
+        tasks = await change.repos.tasks.query(
             TaskQuery(agent_id=agent_id, status=S.ASSIGNED, limit=self._config.max_page_size)
         )
         released = 0
         for task in tasks:
             pending = self._next(task, S.PENDING, agent_id=None, deadline=None)
-            if await change.store.update_task(pending):
+            if await change.repos.tasks.update(pending):
                 self._emit(change, "task.released", pending, previous_agent_id=agent_id)
                 released += 1
         return released
@@ -224,20 +226,18 @@ class TaskService:
         process) makes the compare-and-set fail, and the change is tried again."""
         for _ in range(CAS_ATTEMPTS):
             async with self._events.change() as change:
-                task = _visible(await change.store.get_task(task_id), task_id, tenant)
+                task = _visible(await change.repos.tasks.get(task_id), task_id, tenant)
                 if acting_agent is not None and task.agent_id != acting_agent:
                     raise Forbidden(
                         f"task {task_id!r} is not assigned to agent {acting_agent!r}",
                         data={"task_id": task_id, "agent_id": task.agent_id},
                     )
                 updated = build(task)
-                if await change.store.update_task(updated):
+                if await change.repos.tasks.update(updated):
                     return await event(change, updated)
         raise InvalidTransition(f"task {task_id!r} is changing concurrently; retry")
 
-    def _emitting(
-        self, event_type: str, **data: Any
-    ) -> Callable[[Change, Task], Awaitable[Task]]:
+    def _emitting(self, event_type: str, **data: Any) -> Callable[[Change, Task], Awaitable[Task]]:
         async def emit(change: Change, task: Task) -> Task:
             self._emit(change, event_type, task, **data)
             return task
@@ -368,9 +368,9 @@ class TaskService:
         now = self._clock()
         expired: list[str] = []
         async with self._events.change() as change:
-            for task in await change.store.due_tasks(now, PENDING_BATCH):
+            for task in await change.repos.tasks.due(now, PENDING_BATCH):
                 timed_out = self._next(task, S.TIMED_OUT, completed_at=now, deadline=None)
-                if await change.store.update_task(timed_out):
+                if await change.repos.tasks.update(timed_out):
                     expired.append(task.task_id)
                     self._emit(change, "task.timed_out", timed_out)
         return expired

@@ -1,4 +1,4 @@
-"""Backends for the store contract: SQLite in memory, SQLite on disk, PostgreSQL.
+"""Databases for the tests: throwaway PostgreSQL databases and the backend list.
 
 The PostgreSQL leg uses a throwaway database on ``AGENTCORE_TEST_PG_URL``
 (default ``postgresql://postgres@127.0.0.1:5432/postgres``), created once per
@@ -11,15 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from pathlib import Path
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-
-from agentcore.store import Store, open_store
 
 T = TypeVar("T")
 
@@ -27,14 +24,23 @@ PG_ADMIN_URL = os.environ.get(
     "AGENTCORE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 
-BACKENDS = [
+#: The SQL backends: SQLite in memory, SQLite on disk, PostgreSQL.
+SQL_BACKENDS = [
     "sqlite-memory",
     "sqlite-file",
     pytest.param("postgresql", marks=pytest.mark.postgres),
 ]
+#: Every backend a repository has: the SQL ones and the in-memory one.
+BACKENDS = ["memory", *SQL_BACKENDS]
+
+#: Tables emptied between tests on the shared PostgreSQL database.
+TABLES = (
+    "agents, agent_capabilities, agent_tags, tasks, api_keys, llm_usage, "
+    "webhooks, webhook_deliveries, webhook_attempts, events"
+)
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
+def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run outside the test's event loop (a sync fixture may not use it)."""
     loop = asyncio.new_event_loop()
     try:
@@ -70,36 +76,3 @@ async def create_pg_database() -> tuple[str, str]:
 
 async def drop_pg_database(name: str) -> None:
     await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    name, url = _run(create_pg_database())
-    yield url
-    _run(drop_pg_database(name))
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    backend: str = request.param
-    if backend == "sqlite-memory":
-        return "sqlite://:memory:"
-    if backend == "sqlite-file":
-        return f"sqlite:///{tmp_path}/data/agentcore.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    """An open, empty store; closed after the test."""
-    store = open_store(store_url)
-    await store.open()
-    if store_url.startswith("postgresql"):
-        conn = await asyncpg.connect(store_url)
-        try:
-            await conn.execute("TRUNCATE agents, agent_capabilities, agent_tags, tasks, api_keys")
-        finally:
-            await conn.close()
-    yield store
-    await store.close()

@@ -1,6 +1,6 @@
 """The agent registry: cards, liveness and discovery.
 
-Registration and unregistration are written to the store before they are
+Registration and unregistration are written to the database before they are
 acknowledged. Heartbeats are not: ``agent.ping`` only records the time in
 memory and a background flush writes all pending heartbeats in one batch every
 ``heartbeat_flush_interval_s``. A crash therefore loses at most that interval
@@ -21,7 +21,7 @@ from agentcore.entropy import random_hex
 from agentcore.errors import AgentAlreadyExists, AgentNotFound
 from agentcore.events.log import Change, EventLog
 from agentcore.models import DEFAULT_TENANT, Agent, AgentCard, AgentQuery, AgentStatus
-from agentcore.store.base import Store
+from agentcore.registry.repository import AgentRepository
 
 AgentHook = Callable[[str], Awaitable[None]]
 #: Called inside the change that takes an agent away (its tasks are released in it).
@@ -39,9 +39,9 @@ class PingResult(msgspec.Struct, kw_only=True):
 
 class Registry:
     def __init__(
-        self, store: Store, events: EventLog, config: RegistryConfig, clock: Clock
+        self, agents: AgentRepository, events: EventLog, config: RegistryConfig, clock: Clock
     ) -> None:
-        self._store = store
+        self._agents = agents
         self._events = events
         self._config = config
         self._clock = clock
@@ -60,9 +60,7 @@ class Registry:
         self.on_released: ReleasedHook | None = None
 
     @staticmethod
-    def _emit(
-        change: Change, event_type: str, agent_id: str, tenant: str, **data: object
-    ) -> None:
+    def _emit(change: Change, event_type: str, agent_id: str, tenant: str, **data: object) -> None:
         change.emit(event_type, {"agent_id": agent_id, **data}, tenant=tenant, source="registry")
 
     async def _left(self, change: Change, agent_id: str) -> int:
@@ -88,10 +86,10 @@ class Registry:
         )
         async with self._events.change() as change:
             if override:
-                existing = await change.store.get_agent(agent_id)
+                existing = await change.repos.agents.get(agent_id)
                 if existing is not None and existing.tenant != tenant:
                     override = False  # another tenant's agent is never taken over
-            if not await change.store.put_agent(agent, replace=override):
+            if not await change.repos.agents.put(agent, replace=override):
                 raise AgentAlreadyExists(
                     f"agent {agent_id!r} is already registered; "
                     "pass override_existing=true to replace it"
@@ -112,7 +110,7 @@ class Registry:
 
     async def get(self, agent_id: str, tenant: str | None = None) -> Agent:
         """The agent; another tenant's agent is reported as not found."""
-        agent = await self._store.get_agent(agent_id)
+        agent = await self._agents.get(agent_id)
         if agent is None or (tenant is not None and agent.tenant != tenant):
             raise AgentNotFound(f"agent {agent_id!r} not found")
         beat = self._beats.get(agent_id)
@@ -121,13 +119,13 @@ class Registry:
         return agent
 
     async def query(self, query: AgentQuery) -> list[Agent]:
-        return await self._store.query_agents(query)
+        return await self._agents.query(query)
 
     async def discover(self, query: AgentQuery) -> list[Agent]:
         """Like :meth:`query`, but only active agents unless a status is asked for."""
         if query.status is None:
             query = msgspec.structs.replace(query, status=AgentStatus.ACTIVE)
-        return await self._store.query_agents(query)
+        return await self._agents.query(query)
 
     async def ping(self, agent_id: str, tenant: str = DEFAULT_TENANT) -> PingResult:
         now = self._clock()
@@ -145,7 +143,7 @@ class Registry:
         )
 
     async def _refresh(self, agent_id: str, now: float, tenant: str) -> None:
-        agent = await self._store.get_agent(agent_id)
+        agent = await self._agents.get(agent_id)
         if agent is None:
             self._active_until.pop(agent_id, None)
             self._beats.pop(agent_id, None)
@@ -154,7 +152,7 @@ class Registry:
             raise AgentNotFound(f"agent {agent_id!r} not found")
         if agent.status is AgentStatus.INACTIVE:
             async with self._events.change() as change:
-                await change.store.touch_agents([(agent_id, now)])
+                await change.repos.agents.touch([(agent_id, now)])
                 self._emit(change, "agent.active", agent_id, agent.tenant)
             if self.on_available is not None:
                 await self.on_available(agent_id)
@@ -164,10 +162,10 @@ class Registry:
         """Delete the agent, emit ``agent.unregistered`` and release its assigned tasks,
         in one change; then offer the released tasks to the other agents."""
         async with self._events.change() as change:
-            agent = await change.store.get_agent(agent_id)
+            agent = await change.repos.agents.get(agent_id)
             if agent is None or (tenant is not None and agent.tenant != tenant):
                 raise AgentNotFound(f"agent {agent_id!r} not found")
-            if not await change.store.delete_agent(agent_id):
+            if not await change.repos.agents.delete(agent_id):
                 raise AgentNotFound(f"agent {agent_id!r} not found")
             self._emit(change, "agent.unregistered", agent_id, agent.tenant)
             released = await self._left(change, agent_id)
@@ -182,7 +180,7 @@ class Registry:
             return 0
         beats, self._beats = self._beats, {}
         try:
-            await self._store.touch_agents(list(beats.items()))
+            await self._agents.touch(list(beats.items()))
         except BaseException:
             # Keep them for the next flush; newer beats win.
             for agent_id, ts in beats.items():
@@ -196,7 +194,7 @@ class Registry:
         now = self._clock()
         released = 0
         async with self._events.change() as change:
-            expired = await change.store.expire_agents(now - self._config.heartbeat_ttl_s, now)
+            expired = await change.repos.agents.expire(now - self._config.heartbeat_ttl_s, now)
             for agent_id, tenant in expired:
                 self._emit(change, "agent.inactive", agent_id, tenant)
                 released += await self._left(change, agent_id)

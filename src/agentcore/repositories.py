@@ -1,0 +1,165 @@
+"""Every concept's repository over one database, and units of work across them.
+
+Each concept keeps its repository next to its code: agents
+(``registry/repository.py``), tasks (``tasks/repository.py``), API keys
+(``apikeys.py``), the event log (``events/repository.py``), LLM usage
+(``llm/usage.py``) and webhooks (``webhooks/repository.py``), each in SQL
+and in memory. :class:`Repositories` gathers one database's: used directly,
+each write commits on its own; :meth:`Repositories.transaction` yields the
+same repositories bound to one unit of work, whose writes (a task's row, its
+agent's load and its events) commit together or not at all.
+
+Webhooks keep their own transactions (the dispatcher's and the delivery
+worker's) and take no part in a unit of work. :func:`open_repositories` picks
+the backend from a URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
+
+from agentcore.apikeys import ApiKeyRepository, MemoryApiKeys, SqlApiKeys
+from agentcore.events.repository import EventRepository, MemoryEvents, SqlEvents
+from agentcore.llm.usage import MemoryUsage, SqlUsage, UsageRepository
+from agentcore.registry.repository import AgentRepository, AgentRows, MemoryAgents, SqlAgents
+from agentcore.store.database import Database, Driver, parse_url
+from agentcore.store.memory import MemoryDatabase
+from agentcore.store.postgres import PostgresDatabase
+from agentcore.store.schema import migrate
+from agentcore.store.sqlite import SqliteDatabase
+from agentcore.tasks.repository import MemoryTasks, SqlTasks, TaskRepository
+from agentcore.webhooks.repository import MemoryWebhooks, SqlWebhooks, WebhookRepository
+
+__all__ = ["MemoryRepositories", "Repositories", "SqlRepositories", "open_repositories"]
+
+
+class Repositories(Protocol):
+    agents: AgentRepository
+    tasks: TaskRepository
+    api_keys: ApiKeyRepository
+    events: EventRepository
+    llm_usage: UsageRepository
+    webhooks: WebhookRepository
+
+    async def open(self) -> None:
+        """Connect and apply migrations."""
+
+    async def close(self) -> None:
+        """Idempotent; afterwards every call raises ``StoreUnavailable``."""
+
+    async def check(self) -> None:
+        """Raise :class:`~agentcore.errors.StoreUnavailable` when the database is unreachable."""
+
+    def transaction(self) -> AbstractAsyncContextManager[Repositories]:
+        """The repositories bound to one unit of work: whatever the block writes through
+        them commits together, or not at all when the block raises."""
+
+
+class SqlRepositories:
+    """The repositories on SQLite or PostgreSQL (one SQL text, ``store/database.py``)."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._rows = AgentRows()
+        self.agents: AgentRepository = SqlAgents(database, self._rows)
+        self.tasks: TaskRepository = SqlTasks(database)
+        self.api_keys: ApiKeyRepository = SqlApiKeys(database)
+        self.events: EventRepository = SqlEvents(database)
+        self.llm_usage: UsageRepository = SqlUsage(database)
+        self.webhooks: WebhookRepository = SqlWebhooks(database)
+
+    async def open(self) -> None:
+        await self.database.open()
+        try:
+            await migrate(self.database)
+        except BaseException:
+            await self.database.close()
+            raise
+        self.database.serve()
+
+    async def close(self) -> None:
+        await self.database.close()
+
+    async def check(self) -> None:
+        await self.database.fetch("SELECT 1")
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Repositories]:
+        async with self.database.transaction() as tx:
+            yield _SqlUnit(self, tx)
+
+
+class _SqlUnit(SqlRepositories):
+    """The repositories of one SQL transaction."""
+
+    def __init__(self, root: SqlRepositories, tx: Driver) -> None:
+        self.database = root.database
+        self._rows = root._rows
+        self.agents = SqlAgents(tx, self._rows, in_transaction=True)
+        self.tasks = SqlTasks(tx)
+        self.api_keys = SqlApiKeys(tx)
+        self.events = SqlEvents(tx, in_transaction=True)
+        self.llm_usage = SqlUsage(tx, in_transaction=True)
+        self.webhooks = root.webhooks
+
+
+class MemoryRepositories:
+    """The repositories in this process's memory (``memory://``): tests, and gateways
+    that need nothing kept across a restart."""
+
+    def __init__(self, database: MemoryDatabase | None = None) -> None:
+        self.database = database or MemoryDatabase()
+        self.agents: AgentRepository = MemoryAgents(self.database)
+        self.tasks: TaskRepository = MemoryTasks(self.database)
+        self.api_keys: ApiKeyRepository = MemoryApiKeys(self.database)
+        self.events: EventRepository = MemoryEvents(self.database)
+        self.llm_usage: UsageRepository = MemoryUsage(self.database)
+        self.webhooks: WebhookRepository = MemoryWebhooks(self.database)
+
+    async def open(self) -> None:
+        await self.database.open()
+
+    async def close(self) -> None:
+        await self.database.close()
+
+    async def check(self) -> None:
+        self.database.check()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Repositories]:
+        async with self.database.transaction() as journal:
+            unit = MemoryRepositories.__new__(MemoryRepositories)
+            unit.database = self.database
+            unit.agents = MemoryAgents(self.database, journal)
+            unit.tasks = MemoryTasks(self.database, journal)
+            unit.api_keys = MemoryApiKeys(self.database, journal)
+            unit.events = MemoryEvents(self.database, journal)
+            unit.llm_usage = MemoryUsage(self.database, journal)
+            unit.webhooks = self.webhooks
+            yield unit
+
+
+def open_repositories(
+    url: str,
+    *,
+    pool_min_size: int = 1,
+    pool_max_size: int = 10,
+    statement_timeout_s: float = 1.0,
+) -> Repositories:
+    """The repositories of the database at ``url`` (see :func:`parse_url`); the caller
+    awaits ``open()`` to connect. Raises :class:`ConfigError` for a URL it cannot use."""
+    backend, target = parse_url(url)
+    if backend == "memory":
+        return MemoryRepositories()
+    if backend == "sqlite":
+        return SqlRepositories(SqliteDatabase(target, statement_timeout_s=statement_timeout_s))
+    return SqlRepositories(
+        PostgresDatabase(
+            target,
+            min_size=pool_min_size,
+            max_size=pool_max_size,
+            statement_timeout_s=statement_timeout_s,
+        )
+    )

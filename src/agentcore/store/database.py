@@ -1,0 +1,78 @@
+"""The seam between SQL and a database: what the SQLite and PostgreSQL drivers do.
+
+SQL is written once, with ``$1, $2 ...`` placeholders, in the subset that
+SQLite (3.40+) and PostgreSQL share: ``ON CONFLICT``, ``RETURNING``,
+``excluded``. A :class:`Database` driver runs it and translates its library's
+connection errors into :class:`~agentcore.errors.StoreUnavailable`. The
+repositories of each concept (agents, tasks, API keys, the event log, LLM
+usage, webhooks) write their own SQL over a :class:`Driver`; the schema they
+share is ``store/schema.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from agentcore.errors import ConfigError
+
+Backend = Literal["sqlite", "postgresql", "memory"]
+
+
+class Driver(Protocol):
+    """Runs SQL with ``$N`` placeholders; the whole seam between SQL and a database."""
+
+    dialect: str  # "sqlite" or "postgresql"
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run one statement; return the number of rows it changed."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]: ...
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run ``sql`` once per row. Nothing comes back, so inside a transaction a
+        driver may pipeline it (SQLite does: an error surfaces at the block's next
+        statement or at its end)."""
+
+    def transaction(self) -> AbstractAsyncContextManager[Driver]:
+        """One connection from BEGIN to COMMIT; rolled back when the block raises.
+
+        The yielded driver is the only one to use inside the block: the outer
+        one may wait for the transaction to end (SQLite) and so deadlock.
+        """
+
+
+@runtime_checkable
+class Database(Driver, Protocol):
+    async def open(self) -> None:
+        """Connect; :class:`~agentcore.errors.StoreUnavailable` when that fails."""
+
+    def serve(self) -> None:
+        """Migrated and about to serve: statement time limits apply from now on."""
+
+    async def close(self) -> None:
+        """Idempotent; afterwards every call raises ``StoreUnavailable``."""
+
+
+def parse_url(url: str) -> tuple[Backend, str]:
+    """The backend a database URL names and what it connects to (a SQLite path, a
+    PostgreSQL URL, nothing for memory); :class:`ConfigError` for anything else.
+
+    ``sqlite:///rel/path.db`` (relative to the working directory),
+    ``sqlite:////abs/path.db``, ``sqlite://:memory:``, ``postgresql://...``,
+    ``postgres://...`` or ``memory://``.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError("database url: expected scheme://..., e.g. sqlite:///data/agentcore.db")
+    if scheme == "memory":
+        return "memory", ""
+    if scheme == "sqlite":
+        path = rest.removeprefix("/")
+        if not path:
+            raise ConfigError("database url: sqlite needs a path, e.g. sqlite:///data/agentcore.db")
+        return "sqlite", path
+    if scheme in ("postgresql", "postgres"):
+        return "postgresql", url
+    raise ConfigError(f"database url: unsupported scheme {scheme!r} (sqlite, postgresql, memory)")
