@@ -262,6 +262,36 @@ async def test_a_write_lock_held_too_long_is_reported(tmp_path: Path) -> None:
         await db.close()
 
 
+async def test_the_wal_is_emptied_under_a_steady_stream_of_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passive checkpoints alone never let SQLite start the WAL over while commits
+    keep coming (it grew without bound); the writer empties it once it is large."""
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_INTERVAL_S", 0.02)
+    monkeypatch.setattr(sqlite_module, "WAL_RESET_FRAMES", 32)
+    db = await opened(tmp_path / "wal.db")
+    wal = tmp_path / "wal.db-wal"
+    note = "x" * 3000  # about a page a row
+    largest = inserted = 0
+    try:
+        deadline = time.monotonic() + 10
+        while db.wal_resets < 3 and time.monotonic() < deadline:
+            async with db.transaction() as tx:
+                for _ in range(4):
+                    await tx.execute("INSERT INTO probe (note) VALUES ($1)", note)
+            inserted += 4
+            largest = max(largest, wal.stat().st_size)
+            await asyncio.sleep(0.001)
+        rows = await db.fetch("SELECT count(*) FROM probe")
+    finally:
+        await db.close()
+
+    assert db.wal_resets >= 3
+    assert inserted > 3 * 32  # more than three resets' worth of pages went through it
+    assert 0 < largest < 400 * 4096  # bounded: tens of frames, not the whole history
+    assert rows[0][0] == inserted  # emptying the WAL lost nothing
+
+
 async def test_an_in_memory_database_answers_reads_on_its_one_connection() -> None:
     db = await opened(Path(":memory:"))
     try:

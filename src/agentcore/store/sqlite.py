@@ -33,7 +33,8 @@ Group commit
     the process is killed (only an OS crash or a power loss can lose the last
     ones), so "acknowledged" means durable. Checkpoints (copying the WAL back
     into the database file, with an ``fsync``) run in a thread of their own
-    instead of inside a commit on the loop.
+    instead of inside a commit on the loop; once the WAL is large the writer
+    empties it after a commit (see :class:`_Checkpointer`).
 
 Other processes
     Several workers may share one file. SQLite's busy handler would block the
@@ -63,7 +64,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from agentcore.errors import QueryTimeout, StoreUnavailable
+from agentcore.errors import AgentCoreError, QueryTimeout, StoreUnavailable
 from agentcore.store.database import Driver
 
 MEMORY = ":memory:"
@@ -202,6 +203,8 @@ class _Connection:
 MAX_BATCH_UNITS = 256
 #: Seconds between two WAL checkpoints of the checkpointer thread.
 CHECKPOINT_INTERVAL_S = 0.5
+#: WAL frames (pages) past which the writer empties the WAL file after a commit.
+WAL_RESET_FRAMES = 4096
 
 
 class _Batch:
@@ -227,7 +230,17 @@ class _Checkpointer:
     :data:`CHECKPOINT_INTERVAL_S`: a checkpoint writes and syncs the file, work
     that must not run on the event loop (``wal_autocheckpoint`` would run it
     inside a commit). ``PASSIVE`` never waits for, nor blocks, readers or the
-    writer."""
+    writer.
+
+    Under a steady stream of commits a passive checkpoint never catches up
+    with the last frame, and SQLite starts the WAL over only after one that
+    did: the file grew by hundreds of megabytes a minute. So once the WAL
+    holds :data:`WAL_RESET_FRAMES` frames the thread asks for a reset
+    (``reset_wanted``) and the writer, right after its next commit, runs a
+    ``TRUNCATE`` checkpoint itself: it holds the write lock already, the
+    reader is between statements, and what is left to copy is what was
+    committed since the passive checkpoint.
+    """
 
     def __init__(self, path: str) -> None:
         self._path = path
@@ -235,6 +248,8 @@ class _Checkpointer:
         self._thread = threading.Thread(
             target=self._run, name="agentcore-sqlite-checkpoint", daemon=True
         )
+        #: Set by the thread, taken by the writer after a commit.
+        self.reset_wanted = False
 
     def start(self) -> None:
         self._thread.start()
@@ -249,7 +264,9 @@ class _Checkpointer:
             while not self._stop.wait(CHECKPOINT_INTERVAL_S):
                 # A failed checkpoint is retried at the next interval; the WAL only grows.
                 with contextlib.suppress(sqlite3.Error):
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames >= WAL_RESET_FRAMES:
+                        self.reset_wanted = True
         finally:
             conn.close()
 
@@ -282,6 +299,8 @@ class SqliteDatabase:
         self._checkpointer: _Checkpointer | None = None
         #: Transactions committed since this object was made (tests, benchmarks).
         self.commits = 0
+        #: WAL files emptied by the writer (:class:`_Checkpointer`).
+        self.wal_resets = 0
 
     async def open(self) -> None:
         """Connect. Statements are unbounded until :meth:`serve` (migrations run between)."""
@@ -406,6 +425,13 @@ class SqliteDatabase:
             _rollback(writer.conn)
             raise StoreUnavailable(f"sqlite: commit failed: {exc}") from exc
         self.commits += 1
+        checkpointer = self._checkpointer
+        if checkpointer is not None and checkpointer.reset_wanted:
+            checkpointer.reset_wanted = False
+            # Busy (the thread is checkpointing): the thread asks again.
+            with contextlib.suppress(AgentCoreError, sqlite3.Error):
+                writer.run("fetch", "PRAGMA wal_checkpoint(TRUNCATE)", ())
+                self.wal_resets += 1
 
     def _commit(self) -> None:
         """End of a loop turn: commit the batch, unless a block is still inside it
