@@ -262,11 +262,11 @@ async def test_a_write_lock_held_too_long_is_reported(tmp_path: Path) -> None:
         await db.close()
 
 
-async def test_the_wal_is_emptied_under_a_steady_stream_of_commits(
+async def test_the_wal_starts_over_under_a_steady_stream_of_commits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Passive checkpoints alone never let SQLite start the WAL over while commits
-    keep coming (it grew without bound); the writer empties it once it is large."""
+    keep coming (it grew without bound); the writer restarts it once it is large."""
     monkeypatch.setattr(sqlite_module, "CHECKPOINT_INTERVAL_S", 0.02)
     monkeypatch.setattr(sqlite_module, "WAL_RESET_FRAMES", 32)
     db = await opened(tmp_path / "wal.db")
@@ -289,7 +289,7 @@ async def test_the_wal_is_emptied_under_a_steady_stream_of_commits(
     assert db.wal_resets >= 3
     assert inserted > 3 * 32  # more than three resets' worth of pages went through it
     assert 0 < largest < 400 * 4096  # bounded: tens of frames, not the whole history
-    assert rows[0][0] == inserted  # emptying the WAL lost nothing
+    assert rows[0][0] == inserted  # restarting the WAL lost nothing
 
 
 async def test_an_in_memory_database_answers_reads_on_its_one_connection() -> None:
