@@ -35,9 +35,10 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture
-async def gateway(clock: ManualClock) -> AsyncIterator[Gateway]:
-    app = create_app(make_config(), clock=clock)
+@pytest.fixture(params=["sqlite://:memory:", "memory://"], ids=["sqlite", "memory"])
+async def gateway(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[Gateway]:
+    """An in-process gateway on SQLite in memory, and again on the memory backend."""
+    app = create_app(make_config(database={"url": request.param}), clock=clock)
     await app.startup()
     try:
         yield app

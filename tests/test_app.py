@@ -41,7 +41,7 @@ METHODS = [
 # -- health --------------------------------------------------------------------------
 
 
-async def test_health(client: httpx.AsyncClient) -> None:
+async def test_health(gateway: Gateway, client: httpx.AsyncClient) -> None:
     response = await client.get("/api/v1/health")
 
     assert response.status_code == 200
@@ -52,7 +52,7 @@ async def test_health(client: httpx.AsyncClient) -> None:
     assert isinstance(data["uptime_s"], float | int) and data["uptime_s"] >= 0
     database = data["dependencies"]["database"]
     assert database["status"] == "up"
-    assert database["backend"] == "sqlite"
+    assert database["backend"] == gateway.config.database_url.partition(":")[0]
     assert database["latency_ms"] >= 0
 
 

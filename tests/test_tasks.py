@@ -14,7 +14,7 @@ from agentcore.app import Gateway
 from agentcore.clock import ManualClock
 from agentcore.errors import Forbidden, InvalidTransition
 from agentcore.models import TERMINAL, AgentCard, Task, TaskDefinition, TaskStatus
-from agentcore.tasks.repository import SqlTasks
+from agentcore.tasks.repository import TaskRepository
 from agentcore.tasks.service import TRANSITIONS
 from tests.support import collect, gateway_client, make_config
 
@@ -460,16 +460,17 @@ async def test_a_stale_read_loses_and_is_refused_after_rereading(
     compare-and-set refuses our write, and the re-read reports the cancellation."""
     task = await running_task(gateway)
     await gateway.tasks.cancel(task.task_id)
-    read = SqlTasks.get
+    tasks_class = type(gateway.repos.tasks)
+    read = tasks_class.get
     reads: list[TaskStatus] = []
 
-    async def stale_first(self: SqlTasks, task_id: str) -> Task | None:
+    async def stale_first(self: TaskRepository, task_id: str) -> Task | None:
         found = task if not reads else await read(self, task_id)
         assert found is not None
         reads.append(found.status)
         return found
 
-    monkeypatch.setattr(SqlTasks, "get", stale_first)
+    monkeypatch.setattr(tasks_class, "get", stale_first)
 
     with pytest.raises(InvalidTransition) as refused:
         await gateway.tasks.complete(task.task_id, result="late", artifacts=[])
@@ -486,11 +487,11 @@ async def test_endless_contention_is_reported(
     task = await running_task(gateway)
     attempts: list[Task] = []
 
-    async def always_lose(self: SqlTasks, updated: Task) -> bool:
+    async def always_lose(self: TaskRepository, updated: Task) -> bool:
         attempts.append(updated)
         return False
 
-    monkeypatch.setattr(SqlTasks, "update", always_lose)
+    monkeypatch.setattr(type(gateway.repos.tasks), "update", always_lose)
 
     with pytest.raises(InvalidTransition, match="concurrently"):
         await gateway.tasks.update(task.task_id, progress=1.0, step=None)
