@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 
 import msgspec
 import pytest
@@ -10,7 +11,9 @@ import pytest
 from agentcore.app import Gateway
 from agentcore.clock import ManualClock
 from agentcore.errors import AgentNotFound, StoreUnavailable
+from agentcore.events.log import Change
 from agentcore.models import AgentCard, AgentQuery, AgentStatus, TaskDefinition, TaskStatus
+from agentcore.registry.service import EXPIRE_BATCH
 from tests.support import collect
 
 A = AgentStatus
@@ -67,6 +70,41 @@ async def test_ttl_boundary(gateway: Gateway, clock: ManualClock) -> None:
     assert await gateway.registry.sweep() == []
     clock.advance(0.5)
     assert await gateway.registry.sweep() == ["a"]
+
+
+async def test_a_mass_expiry_runs_in_small_changes_and_releases_every_task(
+    gateway: Gateway, clock: ManualClock
+) -> None:
+    """Forty agents expire at once, each holding tasks: every agent goes inactive and
+    every task is released (then re-offered to the one live agent), in changes of
+    EXPIRE_BATCH agents, so the loop is not held by one giant transaction."""
+    for n in range(40):
+        await add_agent(gateway, f"w{n:02}", "x")
+    tasks = [
+        await gateway.tasks.create(TaskDefinition(required_capabilities=["x"])) for _ in range(80)
+    ]
+    assert all(t.status is TaskStatus.ASSIGNED for t in tasks)
+    clock.advance(ttl(gateway) + 1)
+    await add_agent(gateway, "survivor", "x")
+    changes = 0
+    original = gateway.events.change
+
+    def counted() -> AbstractAsyncContextManager[Change]:
+        nonlocal changes
+        changes += 1
+        return original()
+
+    gateway.events.change = counted  # type: ignore[method-assign,assignment]
+    try:
+        swept = await gateway.registry.sweep()
+    finally:
+        gateway.events.change = original  # type: ignore[method-assign]
+
+    assert sorted(swept) == [f"w{n:02}" for n in range(40)]
+    assert changes >= 40 // EXPIRE_BATCH + 1
+    for task in tasks:
+        stored = await gateway.tasks.get(task.task_id)
+        assert (stored.status, stored.agent_id) == (TaskStatus.ASSIGNED, "survivor")
 
 
 async def test_sweep_counts_unflushed_heartbeats(gateway: Gateway, clock: ManualClock) -> None:

@@ -230,7 +230,7 @@ async def test_expire_marks_stale_active_agents_inactive(repos: Repositories) ->
     await repos.agents.put(
         make_agent("gone", last_seen=1.0, status=AgentStatus.INACTIVE), replace=False
     )
-    assert await repos.agents.expire(cutoff=50.0, now=100.0) == [("stale", "default")]
+    assert await repos.agents.expire(cutoff=50.0, now=100.0, limit=100) == [("stale", "default")]
     stale = await repos.agents.get("stale")
     assert stale is not None
     assert (stale.status, stale.updated_at, stale.last_seen) == (
@@ -243,17 +243,36 @@ async def test_expire_marks_stale_active_agents_inactive(repos: Repositories) ->
     # An expired agent is no longer found as active, nor picked.
     assert await find(repos, **LIVE, capabilities=["x"]) == []
     assert await repos.agents.least_loaded(["x"], "default") is None
-    assert sorted(await repos.agents.expire(cutoff=95.0, now=101.0)) == [
+    assert sorted(await repos.agents.expire(cutoff=95.0, now=101.0, limit=100)) == [
         ("edge", "default"),
         ("fresh", "default"),
     ]
-    assert await repos.agents.expire(cutoff=1000.0, now=102.0) == []
+    assert await repos.agents.expire(cutoff=1000.0, now=102.0, limit=100) == []
 
 
 async def test_expire_returns_each_agents_tenant(repos: Repositories) -> None:
     await repos.agents.put(make_agent("a", last_seen=1.0, tenant="t1"), replace=False)
     await repos.agents.put(make_agent("b", last_seen=1.0, tenant="t2"), replace=False)
-    assert sorted(await repos.agents.expire(cutoff=50.0, now=100.0)) == [("a", "t1"), ("b", "t2")]
+    assert sorted(await repos.agents.expire(cutoff=50.0, now=100.0, limit=100)) == [
+        ("a", "t1"),
+        ("b", "t2"),
+    ]
+
+
+async def test_expire_takes_at_most_its_limit_longest_silent_first(repos: Repositories) -> None:
+    for n, seen in enumerate([40.0, 10.0, 30.0, 20.0, 90.0]):
+        await repos.agents.put(make_agent(f"a{n}", last_seen=seen), replace=False)
+
+    assert sorted(await repos.agents.expire(cutoff=50.0, now=100.0, limit=2)) == [
+        ("a1", "default"),
+        ("a3", "default"),
+    ]
+    assert sorted(await repos.agents.expire(cutoff=50.0, now=100.0, limit=2)) == [
+        ("a0", "default"),
+        ("a2", "default"),
+    ]
+    assert await repos.agents.expire(cutoff=50.0, now=100.0, limit=2) == []
+    assert await repos.agents.count() == {"active": 1, "inactive": 4}
 
 
 async def test_count_by_status(repos: Repositories) -> None:
@@ -262,7 +281,7 @@ async def test_count_by_status(repos: Repositories) -> None:
     await repos.agents.put(make_agent("b"), replace=False)
     await repos.agents.put(make_agent("c", status=AgentStatus.INACTIVE), replace=False)
     assert await repos.agents.count() == {"active": 2, "inactive": 1}
-    await repos.agents.expire(cutoff=1000.0, now=200.0)
+    await repos.agents.expire(cutoff=1000.0, now=200.0, limit=100)
     assert await repos.agents.count() == {"inactive": 3}
     await repos.agents.touch([("a", 300.0)])
     await repos.agents.put(make_agent("b", status=AgentStatus.ACTIVE), replace=True)

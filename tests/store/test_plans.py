@@ -44,6 +44,9 @@ TASK_SHAPES = {
     "all": TaskQuery(tenant="t"),
     "by status and agent": TaskQuery(status=ASSIGNED, agent_id="a", tenant="t"),
     "by status and time": TaskQuery(status=ASSIGNED, created_after=1.0, tenant="t"),
+    "an agent's assigned tasks (release)": TaskQuery(
+        status=ASSIGNED, agent_id="a", tenant="t", limit=1000
+    ),
     "by status after a cursor": TaskQuery(
         status=ASSIGNED, tenant="t", after=cursor.encode(1.0, "t1")
     ),
@@ -53,6 +56,11 @@ INTERNAL_SHAPES: dict[str, tuple[str, list[Any]]] = {
         "SELECT body FROM tasks WHERE status = $1 ORDER BY priority DESC, created_at, id "
         "LIMIT 200 OFFSET 0",
         ["pending"],
+    ),
+    "expiry sweep": (
+        "SELECT id FROM agents WHERE status = $1 AND last_seen < $2 ORDER BY last_seen "
+        "LIMIT 16 OFFSET 0",
+        ["active", 5.0],
     ),
     "deadline sweep": (
         "SELECT body FROM tasks WHERE deadline IS NOT NULL AND deadline < $1 "

@@ -47,8 +47,9 @@ class AgentRepository(Protocol):
     async def touch(self, beats: Sequence[tuple[str, float]]) -> None:
         """Batch heartbeat: set ``last_seen`` (epoch s) and reactivate inactive agents."""
 
-    async def expire(self, cutoff: float, now: float) -> list[tuple[str, str]]:
-        """Mark active agents last seen before ``cutoff`` inactive; return (id, tenant) of each."""
+    async def expire(self, cutoff: float, now: float, limit: int) -> list[tuple[str, str]]:
+        """Mark up to ``limit`` active agents last seen before ``cutoff`` inactive (the
+        longest silent first); return (id, tenant) of each, in no particular order."""
 
     async def count(self) -> dict[str, int]:
         """Number of agents by status."""
@@ -291,10 +292,12 @@ class SqlAgents:
                 [(agent_id, float(ts), inactive, active) for agent_id, ts in beats],
             )
 
-    async def expire(self, cutoff: float, now: float) -> list[tuple[str, str]]:
+    async def expire(self, cutoff: float, now: float, limit: int) -> list[tuple[str, str]]:
+        # The candidates walk agents_status_last_seen and stop at the limit.
         rows = await self._db.fetch(
-            "UPDATE agents SET status = $3, updated_at = $2 "
-            "WHERE status = $4 AND last_seen < $1 RETURNING id, tenant",
+            "UPDATE agents SET status = $3, updated_at = $2 WHERE id IN "
+            "(SELECT id FROM agents WHERE status = $4 AND last_seen < $1 "
+            f"ORDER BY last_seen {page(limit)}) RETURNING id, tenant",
             float(cutoff),
             float(now),
             str(AgentStatus.INACTIVE),
@@ -428,13 +431,16 @@ class MemoryAgents:
                 )
             self._set(agent_id, msgspec.structs.replace(agent, last_seen=float(ts)))
 
-    async def expire(self, cutoff: float, now: float) -> list[tuple[str, str]]:
+    async def expire(self, cutoff: float, now: float, limit: int) -> list[tuple[str, str]]:
         self._db.check()
-        expired = [
-            agent
-            for agent in self._table.agents.values()
-            if agent.status == AgentStatus.ACTIVE and agent.last_seen < cutoff
-        ]
+        expired = sorted(
+            (
+                agent
+                for agent in self._table.agents.values()
+                if agent.status == AgentStatus.ACTIVE and agent.last_seen < cutoff
+            ),
+            key=lambda agent: agent.last_seen,
+        )[:limit]
         for agent in expired:
             self._set(
                 agent.agent_id,

@@ -11,6 +11,7 @@ and its next ping brings it back (written at once, not batched).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -23,9 +24,12 @@ from agentcore.events.log import Change, EventLog
 from agentcore.models import DEFAULT_TENANT, Agent, AgentCard, AgentQuery, AgentStatus
 from agentcore.registry.repository import AgentRepository
 
+#: Agents expired (with their tasks released) per change of a sweep.
+EXPIRE_BATCH = 16
+
 AgentHook = Callable[[str], Awaitable[None]]
 #: Called inside the change that takes an agent away (its tasks are released in it).
-LeaveHook = Callable[[Change, str], Awaitable[int]]
+LeaveHook = Callable[[Change, str, str], Awaitable[int]]
 ReleasedHook = Callable[[], Awaitable[object]]
 
 
@@ -63,8 +67,8 @@ class Registry:
     def _emit(change: Change, event_type: str, agent_id: str, tenant: str, **data: object) -> None:
         change.emit(event_type, {"agent_id": agent_id, **data}, tenant=tenant, source="registry")
 
-    async def _left(self, change: Change, agent_id: str) -> int:
-        return 0 if self.on_leave is None else await self.on_leave(change, agent_id)
+    async def _left(self, change: Change, agent_id: str, tenant: str) -> int:
+        return 0 if self.on_leave is None else await self.on_leave(change, agent_id, tenant)
 
     async def register(
         self, card: AgentCard, *, override: bool = False, tenant: str = DEFAULT_TENANT
@@ -168,7 +172,7 @@ class Registry:
             if not await change.repos.agents.delete(agent_id):
                 raise AgentNotFound(f"agent {agent_id!r} not found")
             self._emit(change, "agent.unregistered", agent_id, agent.tenant)
-            released = await self._left(change, agent_id)
+            released = await self._left(change, agent_id, agent.tenant)
         self._beats.pop(agent_id, None)
         self._active_until.pop(agent_id, None)
         if released and self.on_released is not None:
@@ -189,17 +193,30 @@ class Registry:
         return len(beats)
 
     async def sweep(self) -> list[str]:
-        """Flush, then mark agents silent for longer than the TTL inactive."""
+        """Flush, then mark agents silent for longer than the TTL inactive.
+
+        :data:`EXPIRE_BATCH` agents per change, each with the release of its
+        tasks: atomic per agent, and a mass expiry (a load test's users
+        leaving at once, each holding hundreds of tasks) lets the loop serve
+        requests between two changes instead of stalling in one.
+        """
         await self.flush()
         now = self._clock()
+        cutoff = now - self._config.heartbeat_ttl_s
         released = 0
-        async with self._events.change() as change:
-            expired = await change.repos.agents.expire(now - self._config.heartbeat_ttl_s, now)
-            for agent_id, tenant in expired:
-                self._emit(change, "agent.inactive", agent_id, tenant)
-                released += await self._left(change, agent_id)
-        for agent_id, _ in expired:
-            self._active_until.pop(agent_id, None)
+        swept: list[str] = []
+        while True:
+            async with self._events.change() as change:
+                expired = await change.repos.agents.expire(cutoff, now, EXPIRE_BATCH)
+                for agent_id, tenant in expired:
+                    self._emit(change, "agent.inactive", agent_id, tenant)
+                    released += await self._left(change, agent_id, tenant)
+            for agent_id, _ in expired:
+                self._active_until.pop(agent_id, None)
+                swept.append(agent_id)
+            if len(expired) < EXPIRE_BATCH:
+                break
+            await asyncio.sleep(0)
         if released and self.on_released is not None:
             await self.on_released()
-        return [agent_id for agent_id, _ in expired]
+        return swept

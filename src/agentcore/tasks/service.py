@@ -192,11 +192,19 @@ class TaskService:
     async def on_agent_available(self, agent_id: str) -> None:
         await self.assign_pending()
 
-    async def release(self, change: Change, agent_id: str) -> int:
+    async def release(self, change: Change, agent_id: str, tenant: str) -> int:
         """Inside ``change``: put the agent's assigned (not yet started) tasks back to
-        pending; returns how many. The caller runs :meth:`assign_pending` after the commit."""
+        pending; returns how many. The caller runs :meth:`assign_pending` after the commit.
+
+        The tenant makes the query walk ``tasks_tenant_agent_id`` (the agent's own
+        tasks); without it every release scanned the whole table."""
         tasks = await change.repos.tasks.query(
-            TaskQuery(agent_id=agent_id, status=S.ASSIGNED, limit=self._config.max_page_size)
+            TaskQuery(
+                agent_id=agent_id,
+                status=S.ASSIGNED,
+                tenant=tenant,
+                limit=self._config.max_page_size,
+            )
         )
         released = 0
         for task in tasks:
