@@ -640,6 +640,17 @@ async def _load_tasks(url: str, count: int, agents: int) -> dict[str, Any]:
         store: Any = open_repositories(url, statement_timeout_s=3600)
         db = getattr(store, "database", None)
         insert_one, count_tasks = store.tasks.insert, store.tasks.count
+        if db is not None and db.dialect == "sqlite":
+            # Connected and migrated but not serving: a chunk is then a plain
+            # transaction, not a savepoint of a group commit, whose in-memory
+            # statement journal made each of its 10,000 inserts slower than the last.
+            from agentcore.store.schema import migrate
+
+            async def open_unserved() -> None:
+                await db.open()
+                await migrate(db)
+
+            store.open = open_unserved
     except ImportError:
         from agentcore.store import open_store
 

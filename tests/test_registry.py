@@ -100,8 +100,12 @@ async def test_a_mass_expiry_runs_in_small_changes_and_releases_every_task(
     finally:
         gateway.events.change = original  # type: ignore[method-assign]
 
-    assert sorted(swept) == [f"w{n:02}" for n in range(40)]
-    assert changes >= 40 // EXPIRE_BATCH + 1
+    # The gateway's own periodic sweep may take a batch meanwhile: every agent is
+    # expired once, by one of them.
+    assert set(swept) <= {f"w{n:02}" for n in range(40)}
+    for n in range(40):
+        assert await stored_status(gateway, f"w{n:02}") is A.INACTIVE
+    assert changes >= len(swept) // EXPIRE_BATCH + 1
     for task in tasks:
         stored = await gateway.tasks.get(task.task_id)
         assert (stored.status, stored.agent_id) == (TaskStatus.ASSIGNED, "survivor")

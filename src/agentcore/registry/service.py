@@ -25,7 +25,7 @@ from agentcore.models import DEFAULT_TENANT, Agent, AgentCard, AgentQuery, Agent
 from agentcore.registry.repository import AgentRepository
 
 #: Agents expired (with their tasks released) per change of a sweep.
-EXPIRE_BATCH = 16
+EXPIRE_BATCH = 4
 
 AgentHook = Callable[[str], Awaitable[None]]
 #: Called inside the change that takes an agent away (its tasks are released in it).

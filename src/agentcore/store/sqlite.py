@@ -79,9 +79,6 @@ _COMMON_PRAGMAS = (
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=OFF",
     f"PRAGMA cache_size=-{CACHE_KIB}",
-    # The statement journal of each block's savepoint (and any sort) in memory: as
-    # files, each group commit created, wrote and unlinked one in /var/tmp.
-    "PRAGMA temp_store=MEMORY",
 )
 _READER_PRAGMAS = (
     "PRAGMA busy_timeout=5000",
