@@ -16,7 +16,6 @@ are stored through an :class:`ApiKeyRepository`: :class:`SqlApiKeys` (table
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import re
@@ -29,7 +28,7 @@ import msgspec
 from agentcore.errors import ConfigError, Unauthorized
 from agentcore.models import DEFAULT_TENANT
 from agentcore.store.database import Driver
-from agentcore.store.memory import AUTOCOMMIT, Journal, MemoryDatabase
+from agentcore.store.memory import AUTOCOMMIT, Journal, MemoryDatabase, put
 from agentcore.store.sql import Args, json_text
 
 PREFIX = "ak_"
@@ -209,15 +208,7 @@ class MemoryApiKeys:
         self._table = db.table(ApiKeyTable)
 
     def _set(self, key: ApiKey) -> None:
-        previous = self._table.keys.get(key.id)
-        self._table.keys[key.id] = key
-        self._journal.record(functools.partial(self._restore, key.id, previous))
-
-    def _restore(self, key_id: str, key: ApiKey | None) -> None:
-        if key is None:
-            self._table.keys.pop(key_id, None)
-        else:
-            self._table.keys[key_id] = key
+        put(self._journal, self._table.keys, key.id, key)
 
     async def put(self, key: ApiKey) -> bool:
         self._db.check()

@@ -7,14 +7,13 @@ upsert each; :class:`MemoryUsage` in a dict. Either way concurrent adders
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Protocol
 
 import msgspec
 
 from agentcore.store.database import Driver
-from agentcore.store.memory import AUTOCOMMIT, Journal, MemoryDatabase
+from agentcore.store.memory import AUTOCOMMIT, Journal, MemoryDatabase, put
 from agentcore.store.sql import Args, atomic, where
 
 
@@ -128,28 +127,21 @@ class MemoryUsage:
         self._journal = journal
         self._table = db.table(UsageTable)
 
-    def _restore(self, key: _Key, row: LlmUsage | None) -> None:
-        if row is None:
-            self._table.rows.pop(key, None)
-        else:
-            self._table.rows[key] = row
-
     async def add(self, rows: Sequence[LlmUsage]) -> None:
         self._db.check()
         for r in rows:
             key = (r.day, r.tenant, r.agent_id, r.provider, r.model)
-            previous = self._table.rows.get(key)
-            self._journal.record(functools.partial(self._restore, key, previous))
-            stored = previous or LlmUsage(
+            stored = self._table.rows.get(key) or LlmUsage(
                 day=r.day, tenant=r.tenant, agent_id=r.agent_id, provider=r.provider, model=r.model
             )
-            self._table.rows[key] = msgspec.structs.replace(
+            added = msgspec.structs.replace(
                 stored,
                 requests=stored.requests + r.requests,
                 prompt_tokens=stored.prompt_tokens + r.prompt_tokens,
                 completion_tokens=stored.completion_tokens + r.completion_tokens,
                 cost=stored.cost + float(r.cost),
             )
+            put(self._journal, self._table.rows, key, added)
 
     async def rows(self, day: str, tenant: str | None = None) -> list[LlmUsage]:
         self._db.check()

@@ -26,7 +26,7 @@ from agentcore.models import (
     AgentStatus,
 )
 from agentcore.store.database import Driver
-from agentcore.store.memory import AUTOCOMMIT, Journal, MemoryDatabase
+from agentcore.store.memory import AUTOCOMMIT, Journal, MemoryDatabase, put
 from agentcore.store.sql import GLOB_TO_LIKE, Args, atomic, counts, json_text, page, where
 
 
@@ -371,19 +371,7 @@ class MemoryAgents:
 
     def _set(self, agent_id: str, agent: Agent | None) -> None:
         """Store (None: remove) ``agent_id``, journalling the previous value."""
-        agents = self._table.agents
-        previous = agents.get(agent_id)
-        if agent is None:
-            agents.pop(agent_id, None)
-        else:
-            agents[agent_id] = agent
-        self._journal.record(lambda: self._restore(agent_id, previous))
-
-    def _restore(self, agent_id: str, agent: Agent | None) -> None:
-        if agent is None:
-            self._table.agents.pop(agent_id, None)
-        else:
-            self._table.agents[agent_id] = agent
+        put(self._journal, self._table.agents, agent_id, agent)
 
     async def put(self, agent: Agent, *, replace: bool) -> bool:
         self._db.check()

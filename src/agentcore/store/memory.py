@@ -19,6 +19,7 @@ write to the same rows. The SQL backends are the ones for concurrent writers.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -26,6 +27,8 @@ from typing import TypeVar
 from agentcore.errors import StoreUnavailable
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class Journal:
@@ -55,6 +58,20 @@ class _Autocommit(Journal):
 
 #: The journal of writes outside a unit of work.
 AUTOCOMMIT: Journal = _Autocommit()
+
+
+def put(journal: Journal, rows: dict[K, V], key: K, value: V | None) -> None:
+    """Set ``rows[key]`` to ``value`` (None: remove it), recording in ``journal`` how to
+    put back what was there."""
+    journal.record(functools.partial(_assign, rows, key, rows.get(key)))
+    _assign(rows, key, value)
+
+
+def _assign(rows: dict[K, V], key: K, value: V | None) -> None:
+    if value is None:
+        rows.pop(key, None)
+    else:
+        rows[key] = value
 
 
 class MemoryDatabase:
