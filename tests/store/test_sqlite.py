@@ -122,6 +122,60 @@ async def test_a_block_that_raises_is_rolled_back_and_frees_the_writer(
     assert probe_ids(observer) == [2]
 
 
+async def test_a_block_that_raises_before_writing_leaves_its_batch_alone(
+    db: SqliteDatabase, observer: sqlite3.Connection
+) -> None:
+    async def writes() -> None:
+        await db.execute("INSERT INTO probe (id) VALUES (1)")
+
+    async def refuses() -> None:
+        async with db.transaction() as tx:
+            await tx.fetch("SELECT id FROM probe")
+            await tx.execute("UPDATE probe SET note = 'x' WHERE id = 99")  # no row: no change
+            raise RuntimeError("checked, found wanting, wrote nothing")
+
+    commits = db.commits
+    outcomes = await asyncio.gather(writes(), refuses(), writes_two(db), return_exceptions=True)
+
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], RuntimeError)
+    assert db.commits == commits + 1  # the three blocks shared one transaction
+    assert probe_ids(observer) == [1, 2]
+
+
+async def writes_two(db: SqliteDatabase) -> None:
+    await db.execute("INSERT INTO probe (id) VALUES (2)")
+
+
+async def test_a_block_that_raises_after_writing_fails_its_whole_batch(
+    db: SqliteDatabase, observer: sqlite3.Connection
+) -> None:
+    async def writes() -> None:
+        await db.execute("INSERT INTO probe (id) VALUES (1)")
+
+    async def fails_halfway() -> None:
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO probe (id) VALUES (2)")
+            raise RuntimeError("a fault between two statements")
+
+    outcomes = await asyncio.gather(writes(), fails_halfway(), return_exceptions=True)
+
+    assert isinstance(outcomes[0], StoreUnavailable)  # never acknowledged
+    assert isinstance(outcomes[1], RuntimeError)
+    assert probe_ids(observer) == []
+    await db.execute("INSERT INTO probe (id) VALUES (3)")  # the writer is free again
+    assert probe_ids(observer) == [3]
+
+
+async def test_reads_between_transactions_see_every_commit(
+    db: SqliteDatabase, observer: sqlite3.Connection
+) -> None:
+    await db.execute("INSERT INTO probe (id) VALUES (1)")
+    assert await db.fetch("SELECT id FROM probe") == [(1,)]
+    observer.execute("INSERT INTO probe (id) VALUES (2)")  # another process
+    assert await db.fetch("SELECT id FROM probe ORDER BY id") == [(1,), (2,)]
+
+
 async def test_a_cancelled_block_is_rolled_back(
     db: SqliteDatabase, observer: sqlite3.Connection
 ) -> None:

@@ -8,11 +8,14 @@ directly, between two loop steps, and never hands work to a thread
 
 Connections
     A file database has two: the writer, the only one that writes, and a
-    reader (``PRAGMA query_only``) for plain ``SELECT`` statements. In WAL mode
-    the reader sees exactly what has been committed: never the inside of an
-    open transaction, always every transaction acknowledged before. An
-    in-memory database cannot be shared between connections, so it has only
-    the writer, which then answers reads too.
+    reader (``PRAGMA query_only``) for plain ``SELECT`` statements while the
+    writer has a transaction open. In WAL mode the reader sees exactly what
+    has been committed: never the inside of an open transaction, always every
+    transaction acknowledged before. Between transactions the writer answers
+    reads itself: SQLite drops a connection's whole page cache when another
+    one has committed, so the reader starts cold after every commit and the
+    writer does not. An in-memory database cannot be shared between
+    connections, so it has only the writer.
 
 Transactions
     ``transaction()`` holds the writer (an :class:`asyncio.Lock`) while its
@@ -25,10 +28,19 @@ Group commit
     A commit writes every page the transaction changed to the WAL, one system
     call each, which costs more than the statements of a typical state change.
     So once serving, the blocks of one loop turn share a transaction: the
-    first one begins it (``BEGIN IMMEDIATE``), each runs inside a savepoint
-    (a block that raises is rolled back to it alone), and a callback at the
-    end of the turn commits them together. No block returns before that
-    ``COMMIT`` has succeeded; if it fails, every block of the batch fails.
+    first one begins it (``BEGIN IMMEDIATE``) and a callback at the end of the
+    turn commits them together. No block returns before that ``COMMIT`` has
+    succeeded; if it fails, every block of the batch fails.
+
+    A block that raises before it changed a row leaves the batch as it was. A
+    block that raises after it wrote takes the whole batch down: it is rolled
+    back and every block in it fails (:class:`~agentcore.errors.StoreUnavailable`,
+    a retryable error). Blocks raise after writing only on faults; the state
+    changes check before they write. A savepoint per block would spare the
+    others, but SQLite copies every page a block changes into the savepoint's
+    journal, and with statement journals nested in it the journal's upkeep
+    grew with the block (quadratic): measured, that cost more than the
+    statements.
     WAL with ``synchronous=NORMAL`` keeps every committed transaction when
     the process is killed (only an OS crash or a power loss can lose the last
     ones), so "acknowledged" means durable. Checkpoints (copying the WAL back
@@ -79,6 +91,10 @@ _COMMON_PRAGMAS = (
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=OFF",
     f"PRAGMA cache_size=-{CACHE_KIB}",
+    # Statement journals (a write that fires triggers keeps one) in memory: as
+    # files they cost a system call per page. Without a savepoint around them each
+    # one starts empty, so memory stays bounded by the largest statement.
+    "PRAGMA temp_store=MEMORY",
 )
 _READER_PRAGMAS = (
     "PRAGMA busy_timeout=5000",
@@ -360,12 +376,14 @@ class SqliteDatabase:
     async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
         query = _numbered(sql)
         if _is_select(query):
+            if self._batch is None and not self._lock.locked():
+                # No transaction open: the writer sees what is committed, from a warm
+                # cache (the reader drops its whole cache after every commit).
+                rows: list[Sequence[Any]] = self._live().run("fetch", query, args)
+                return rows
             reader = self._reader
             if reader is not None:
-                rows: list[Sequence[Any]] = reader.run("fetch", query, args)
-                return rows
-            if not self._lock.locked():  # in-memory: reads share the writer, between blocks
-                rows = self._live().run("fetch", query, args)
+                rows = reader.run("fetch", query, args)
                 return rows
         async with self.transaction() as tx:
             return await tx.fetch(sql, *args)
@@ -399,18 +417,13 @@ class SqliteDatabase:
                 batch = self._batch = _Batch(asyncio.get_running_loop())
                 batch.loop.call_soon(self._commit)  # once this loop turn's work is done
             conn = writer.conn
-            conn.execute("SAVEPOINT unit")
+            changed = conn.total_changes
             try:
                 yield _InTransaction(writer)
             except BaseException:
-                if not (conn.in_transaction and _undo(conn)):
-                    self._lose(batch, writer)  # SQLite gave the whole transaction up
+                if conn.total_changes != changed or not conn.in_transaction:
+                    self._lose(batch, writer)
                 raise
-            try:
-                conn.execute("RELEASE unit")
-            except Exception as exc:
-                self._lose(batch, writer)
-                raise StoreUnavailable(f"sqlite: {exc}") from exc
             batch.units += 1
             if batch.units >= MAX_BATCH_UNITS:
                 self._commit_batch(writer)
@@ -490,7 +503,7 @@ class SqliteDatabase:
             delay = min(delay * 2, 0.05)
 
 
-def _undo(conn: sqlite3.Connection, savepoint: str = "unit") -> bool:
+def _undo(conn: sqlite3.Connection, savepoint: str) -> bool:
     """Roll ``savepoint`` back; False when even that failed."""
     try:
         conn.execute(f"ROLLBACK TO {savepoint}")
