@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
-from agentcore.app import Gateway
+from agentcore.app import Gateway, create_app
 from agentcore.clock import ManualClock
 from agentcore.errors import AgentNotFound, StoreUnavailable
 from agentcore.events.log import Change
 from agentcore.models import AgentCard, AgentQuery, AgentStatus, TaskDefinition, TaskStatus
 from agentcore.registry.service import EXPIRE_BATCH
-from tests.support import collect
+from tests.support import collect, make_config
 
 A = AgentStatus
 
@@ -309,3 +312,71 @@ async def test_inactive_event_carries_the_agents_tenant(
 
     [event] = await collect(subscription)
     assert (event.type, event.tenant) == ("agent.inactive", "acme")
+
+
+# -- kept answers ------------------------------------------------------------------------
+
+
+async def test_every_change_through_this_worker_shows_in_the_next_answer(
+    gateway: Gateway, clock: ManualClock
+) -> None:
+    await add_agent(gateway, "a", "x")
+    assert await discover(gateway, "x") == ["a"]  # kept from here on
+
+    await add_agent(gateway, "b", "x")
+    assert await discover(gateway, "x") == ["a", "b"]
+    await gateway.registry.unregister("a")
+    assert await discover(gateway, "x") == ["b"]
+
+    clock.advance(ttl(gateway) + 1)
+    await gateway.registry.sweep()
+    assert await discover(gateway, "x") == []
+    await gateway.registry.ping("b")  # back from inactive: written at once
+    assert await discover(gateway, "x") == ["b"]
+
+    clock.advance(1)
+    await gateway.registry.ping("b")
+    await gateway.registry.flush()
+    listed = await gateway.registry.query(AgentQuery(capabilities=["x"]))
+    assert [a.last_seen for a in listed] == [clock.now]
+
+
+@contextlib.asynccontextmanager
+async def two_workers(
+    tmp_path: Path, clock: ManualClock, **sections: dict[str, Any]
+) -> AsyncIterator[tuple[Gateway, Gateway]]:
+    """Two gateways on one SQLite file, as two workers of one deployment."""
+    config = make_config(database={"url": f"sqlite:///{tmp_path / 'shared.db'}"}, **sections)
+    first, second = create_app(config, clock=clock), create_app(config, clock=clock)
+    await first.startup()
+    await second.startup()
+    try:
+        yield first, second
+    finally:
+        await second.shutdown()
+        await first.shutdown()
+
+
+async def test_another_workers_change_shows_within_the_query_cache_time(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    async with two_workers(tmp_path, clock) as (first, second):
+        kept_for = second.config.registry.query_cache_s
+        await add_agent(first, "a", "x")
+        assert await discover(second, "x") == ["a"]
+
+        await add_agent(first, "b", "x")  # not through the second worker
+        clock.advance(kept_for * 0.5)
+        assert await discover(second, "x") == ["a"]  # its kept answer, still young
+        clock.advance(kept_for * 0.5 + 0.001)
+        assert await discover(second, "x") == ["a", "b"]
+
+
+async def test_answers_are_not_kept_when_the_query_cache_is_off(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    async with two_workers(tmp_path, clock, registry={"query_cache_s": 0}) as (first, second):
+        await add_agent(first, "a", "x")
+        assert await discover(second, "x") == ["a"]
+        await add_agent(first, "b", "x")
+        assert await discover(second, "x") == ["a", "b"]

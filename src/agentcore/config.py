@@ -83,6 +83,10 @@ class RegistryConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     #: How long a worker trusts its cached view of an agent's existence on the
     #: ping path before re-reading the store (matters with several workers).
     agent_cache_ttl_s: float = 2.0
+    #: How long a worker reuses a discover or list answer while no change to the
+    #: registry went through it: the most another worker's or instance's change
+    #: shows up late. 0 turns the reuse off.
+    query_cache_s: float = 1.0
 
 
 class TasksConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -453,6 +457,11 @@ def _check(config: Config) -> None:
     positive("registry.heartbeat_ttl_s", config.registry.heartbeat_ttl_s)
     positive("registry.heartbeat_flush_interval_s", config.registry.heartbeat_flush_interval_s)
     positive("registry.sweep_interval_s", config.registry.sweep_interval_s)
+    if not config.registry.query_cache_s >= 0:
+        raise ConfigError(
+            "invalid configuration: registry.query_cache_s: must be >= 0, "
+            f"got {config.registry.query_cache_s}"
+        )
     positive("limits.max_body_bytes", config.limits.max_body_bytes)
     positive("limits.max_batch_size", config.limits.max_batch_size)
     for key in (

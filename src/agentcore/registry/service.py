@@ -7,12 +7,19 @@ memory and a background flush writes all pending heartbeats in one batch every
 of heartbeat timestamps, never an agent. An agent that has not pinged for
 ``heartbeat_ttl_s`` is swept to ``inactive``; discovery and assignment skip it
 and its next ping brings it back (written at once, not batched).
+
+Discover and list answers are kept for ``query_cache_s`` and reused while no
+change to the registry went through this worker: the same discovery asked
+thousands of times a second costs one query per heartbeat flush instead of one
+per request. A change through another worker or instance shows up at most
+``query_cache_s`` late.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 
@@ -24,8 +31,12 @@ from agentcore.events.log import Change, EventLog
 from agentcore.models import DEFAULT_TENANT, Agent, AgentCard, AgentQuery, AgentStatus
 from agentcore.registry.repository import AgentRepository
 
+_encode_query = msgspec.json.Encoder().encode
+
 #: Agents expired (with their tasks released) per change of a sweep.
 EXPIRE_BATCH = 4
+#: Distinct discover and list queries whose answers are kept; past it they start over.
+CACHED_QUERIES = 1024
 
 AgentHook = Callable[[str], Awaitable[None]]
 #: Called inside the change that takes an agent away (its tasks are released in it).
@@ -62,6 +73,10 @@ class Registry:
         self.on_available: AgentHook | None = None
         self.on_leave: LeaveHook | None = None
         self.on_released: ReleasedHook | None = None
+        #: Bumped once each write through this worker has ended (committed or not).
+        self._generation = 0
+        #: Query answers: encoded query -> (generation, expiry, agents).
+        self._answers: dict[bytes, tuple[int, float, list[Agent]]] = {}
 
     @staticmethod
     def _emit(change: Change, event_type: str, agent_id: str, tenant: str, **data: object) -> None:
@@ -88,7 +103,7 @@ class Registry:
             updated_at=now,
             last_seen=now,
         )
-        async with self._events.change() as change:
+        async with self._change() as change:
             if override:
                 existing = await change.repos.agents.get(agent_id)
                 if existing is not None and existing.tenant != tenant:
@@ -123,13 +138,36 @@ class Registry:
         return agent
 
     async def query(self, query: AgentQuery) -> list[Agent]:
-        return await self._agents.query(query)
+        ttl = self._config.query_cache_s
+        if ttl <= 0:
+            return await self._agents.query(query)
+        key = _encode_query(query)
+        now = self._clock()
+        kept = self._answers.get(key)
+        if kept is not None and kept[0] == self._generation and kept[1] > now:
+            return list(kept[2])
+        # Taken before the read: a write that ends while it runs makes the answer stale.
+        generation = self._generation
+        agents = await self._agents.query(query)
+        if len(self._answers) >= CACHED_QUERIES:
+            self._answers.clear()
+        self._answers[key] = (generation, now + ttl, agents)
+        return list(agents)
 
     async def discover(self, query: AgentQuery) -> list[Agent]:
         """Like :meth:`query`, but only active agents unless a status is asked for."""
         if query.status is None:
             query = msgspec.structs.replace(query, status=AgentStatus.ACTIVE)
-        return await self._agents.query(query)
+        return await self.query(query)
+
+    @contextlib.asynccontextmanager
+    async def _change(self) -> AsyncIterator[Change]:
+        """A change of the registry: once it has ended, kept answers are stale."""
+        try:
+            async with self._events.change() as change:
+                yield change
+        finally:
+            self._generation += 1
 
     async def ping(self, agent_id: str, tenant: str = DEFAULT_TENANT) -> PingResult:
         now = self._clock()
@@ -155,7 +193,7 @@ class Registry:
         if agent.tenant != tenant:
             raise AgentNotFound(f"agent {agent_id!r} not found")
         if agent.status is AgentStatus.INACTIVE:
-            async with self._events.change() as change:
+            async with self._change() as change:
                 await change.repos.agents.touch([(agent_id, now)])
                 self._emit(change, "agent.active", agent_id, agent.tenant)
             if self.on_available is not None:
@@ -165,7 +203,7 @@ class Registry:
     async def unregister(self, agent_id: str, tenant: str | None = None) -> None:
         """Delete the agent, emit ``agent.unregistered`` and release its assigned tasks,
         in one change; then offer the released tasks to the other agents."""
-        async with self._events.change() as change:
+        async with self._change() as change:
             agent = await change.repos.agents.get(agent_id)
             if agent is None or (tenant is not None and agent.tenant != tenant):
                 raise AgentNotFound(f"agent {agent_id!r} not found")
@@ -190,6 +228,8 @@ class Registry:
             for agent_id, ts in beats.items():
                 self._beats.setdefault(agent_id, ts)
             raise
+        finally:
+            self._generation += 1  # last_seen moved: kept answers are stale
         return len(beats)
 
     async def sweep(self) -> list[str]:
@@ -206,7 +246,7 @@ class Registry:
         released = 0
         swept: list[str] = []
         while True:
-            async with self._events.change() as change:
+            async with self._change() as change:
                 expired = await change.repos.agents.expire(cutoff, now, EXPIRE_BATCH)
                 for agent_id, tenant in expired:
                     self._emit(change, "agent.inactive", agent_id, tenant)
