@@ -73,6 +73,8 @@ API = "/api/v1"
 HEALTH_CACHE_S = 1.0
 #: Seconds shutdown waits for background tasks before cancelling them.
 SHUTDOWN_GRACE_S = 10.0
+#: Event types whose counters are kept at hand; past it they start over.
+COUNTED_EVENT_TYPES = 256
 #: Errors counted in agentcore_rejected_total, by reason.
 REJECTED: dict[type[AgentCoreError], str] = {
     PayloadTooLarge: "body_too_large",
@@ -492,7 +494,17 @@ class Gateway:
         self.started_at = time.monotonic()
         if self.metrics is not None:
             events = self.metrics.events
-            self.bus.on_publish = lambda event: events.labels(event.type).inc()
+            counters: dict[str, Any] = {}  # .labels() per event cost as much as the rest
+
+            def count(event: Event) -> None:
+                counter = counters.get(event.type)
+                if counter is None:
+                    if len(counters) >= COUNTED_EVENT_TYPES:
+                        counters.clear()
+                    counter = counters[event.type] = events.labels(event.type)
+                counter.inc()
+
+            self.bus.on_publish = count
         self.events.open()
         for job in self._loops():
             task = asyncio.create_task(job)

@@ -84,7 +84,9 @@ class SqlEvents:
             first = int(rows[0][0])
             return [msgspec.structs.replace(e, id=first + i) for i, e in enumerate(events)]
         async with atomic(self._db, self._in_transaction) as tx:
-            rows = await tx.fetch("UPDATE event_seq SET n = n + $1 RETURNING n", count)
+            # Not RETURNING: SQLite runs that as a trigger, with a statement journal.
+            await tx.execute("UPDATE event_seq SET n = n + $1", count)
+            rows = await tx.fetch("SELECT n FROM event_seq")
             first = int(rows[0][0]) - count + 1
             stored = [msgspec.structs.replace(e, id=first + i) for i, e in enumerate(events)]
             await tx.executemany(
