@@ -211,6 +211,29 @@ async def test_blocks_that_wait_inside_do_not_interleave(db: SqliteDatabase) -> 
     assert await db.fetch("SELECT note FROM probe ORDER BY id") == [("a",), ("b",), ("c",)]
 
 
+async def test_a_write_is_answered_in_the_loop_turn_after_its_own(db: SqliteDatabase) -> None:
+    """The commit runs first in the next turn and the block right behind it; not
+    behind everything else that turn brought in (a task creation answered two
+    turns late set the seed mix's p99)."""
+    loop = asyncio.get_running_loop()
+    turns = 0
+    ticking = True
+
+    def tick() -> None:
+        nonlocal turns
+        turns += 1
+        if ticking:
+            loop.call_soon(tick)
+
+    loop.call_soon(tick)
+    await asyncio.sleep(0)
+    before = turns
+    await db.execute("INSERT INTO probe (id) VALUES (1)")
+    ticking = False
+
+    assert turns - before <= 1
+
+
 async def test_a_nested_block_is_a_savepoint(
     db: SqliteDatabase, observer: sqlite3.Connection
 ) -> None:

@@ -233,6 +233,22 @@ class _Batch:
         self.units = 0
 
 
+async def _committed(batch: _Batch) -> None:
+    """Return once ``batch`` has committed; raise what its commit raised.
+
+    The commit was scheduled (``call_soon``) before this block's next step, so
+    one yield usually finds it done. Waiting on the future instead woke the
+    block only after every request that arrived in the meantime: a write
+    answered a full loop turn later than a read.
+    """
+    committed = batch.committed
+    if not committed.done():
+        await asyncio.sleep(0)
+    if not committed.done():  # its commit was put off (a block held the writer)
+        await asyncio.shield(committed)
+    committed.result()
+
+
 def _consume(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()
@@ -430,7 +446,7 @@ class SqliteDatabase:
         if self._commit_wanted:
             self._commit_wanted = False
             batch.loop.call_soon(self._commit)
-        await asyncio.shield(batch.committed)
+        await _committed(batch)
 
     def _commit_or_raise(self, writer: _Connection) -> None:
         try:
