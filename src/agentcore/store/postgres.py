@@ -6,6 +6,7 @@ asyncpg checks parameter types strictly: DOUBLE PRECISION columns need
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -96,9 +97,15 @@ class PostgresDatabase:
         self._max_size = max_size
         self._statement_timeout_ms = max(1, round(statement_timeout_s * 1000))
         self._pool: Any = None  # asyncpg.Pool
+        #: One slot per pooled connection, granted in arrival order. asyncpg's own
+        #: queue lets a newcomer take a connection that was just handed to a waiter,
+        #: which then queues again at the back: under 64 concurrent reads some
+        #: waited over a second (p99 1.0 s, p50 6 ms).
+        self._slots = asyncio.Semaphore(max_size)  # made again by open(), on its loop
 
     async def open(self) -> None:
         """Any refusal while connecting (auth, unknown database) is ``StoreUnavailable`` too."""
+        self._slots = asyncio.Semaphore(self._max_size)
         try:
             self._pool = await asyncpg.create_pool(
                 self._dsn,
@@ -129,18 +136,21 @@ class PostgresDatabase:
             await pool.close()
 
     async def execute(self, sql: str, *args: Any) -> int:
-        return await self._session().execute(sql, *args)
+        async with self._slots:
+            return await self._session().execute(sql, *args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
-        return await self._session().fetch(sql, *args)
+        async with self._slots:
+            return await self._session().fetch(sql, *args)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        await self._session().executemany(sql, rows)
+        async with self._slots:
+            await self._session().executemany(sql, rows)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Driver]:
         with _translated():
-            async with self._live_pool().acquire() as conn, conn.transaction():
+            async with self._slots, self._live_pool().acquire() as conn, conn.transaction():
                 yield _Session(conn)
 
     def _session(self) -> _Session:
