@@ -214,3 +214,30 @@ async def test_without_webhooks_the_cursor_skips_to_the_head(
 
 def _fields(hook: Webhook) -> dict[str, Any]:
     return {f: getattr(hook, f) for f in hook.__struct_fields__}
+
+
+async def test_without_webhooks_later_rounds_do_not_read_the_events(
+    processes: tuple[Process, Process],
+) -> None:
+    a, _ = processes
+    batches = 0
+    next_events = a.webhooks.next_events
+
+    async def counted(limit: int) -> Any:
+        nonlocal batches
+        batches += 1
+        return await next_events(limit)
+
+    a.webhooks.next_events = counted  # type: ignore[method-assign]
+    await a.publish("x")
+    assert await a.dispatcher.run_once() == 1  # reads them, finds no webhook
+    ids = await a.publish(*["x"] * 30)
+    assert await a.dispatcher.run_once() == 30
+    assert await a.webhooks.cursor() == ids[-1]
+    assert batches == 1
+
+    hook = await a.register("x")
+    after = await a.publish("x", "y")
+    assert await a.dispatch_all() == 2
+    assert await a.queued() == {(hook.id, after[0])}  # only what came after it
+    assert batches >= 2

@@ -32,6 +32,7 @@ sends the same bytes under the same ``webhook-id``.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 import msgspec
 
@@ -101,6 +102,9 @@ class WebhookDispatcher:
         self._fresh: list[Webhook] = []
         #: Outbox rows queued by the last round.
         self.queued = 0
+        #: The last round found no active webhook: the next one looks at the version
+        #: first, and reads events only once there is one.
+        self._idle = False
 
     async def run_once(self) -> int:
         """Match the next batch of events; returns how many were consumed."""
@@ -114,10 +118,15 @@ class WebhookDispatcher:
     async def _round(self) -> int | None:
         """Consumed events, or None when the cursor or the webhooks moved meanwhile."""
         self._take_fresh()  # before the events are read: these were committed before them
+        if self._idle:
+            skipped = await self._skip_unread()
+            if skipped is not False:
+                return skipped
         batch = await self._store.next_events(self._batch_size)
         if batch is None:
             return 0
         cursor, events, version = batch.cursor, batch.events, batch.version
+        self._idle = not version.active
         if not version.active:  # nothing can match: skip to the head
             head = max(version.head, events[-1].id)
             moved = await self._store.advance(cursor, head, version.changes)
@@ -128,6 +137,25 @@ class WebhookDispatcher:
             return None
         self.queued += len(deliveries)
         return len(events)
+
+    async def _skip_unread(self) -> int | Literal[False] | None:
+        """Without an active webhook, move the cursor to the head without reading the
+        events (a batch of them per commit, for nothing, in the default setup).
+        False: there is a webhook now, read the events.
+
+        The version is read before the cursor: the events up to its head were
+        committed before any webhook it does not count, so none of them is owed
+        to one; a change to the webhooks since makes the move fail (None).
+        """
+        version = await self._store.version()
+        if version.active:
+            self._idle = False
+            return False
+        cursor = await self._store.cursor()
+        if version.head <= cursor:
+            return 0
+        moved = await self._store.advance(cursor, version.head, version.changes)
+        return version.head - cursor if moved else None
 
     def _take_fresh(self) -> None:
         self._fresh.extend(self._store.take_created())
