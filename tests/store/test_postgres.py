@@ -6,40 +6,43 @@ The repository contracts cover what every backend does; this covers the pool.
 from __future__ import annotations
 
 import asyncio
-import itertools
 
 from agentcore.store.postgres import PostgresDatabase
 
 POOL_SIZE = 2
-WORKERS = 16
+USERS = 16
 CALLS = 25
+RUNS = 8
 
 
-async def test_connections_are_granted_in_arrival_order(postgres_url: str) -> None:
-    """asyncpg's pool hands a released connection to a waiter, but a newcomer can
-    take it first and the waiter queues again at the back: under a closed loop
-    of concurrent reads (a load test's users) some waited seconds."""
+async def _longest_wait(postgres_url: str) -> int:
+    """A closed loop of ``USERS`` each making ``CALLS`` reads: the most calls that
+    finished while one call waited for its own answer."""
     db = PostgresDatabase(postgres_url, min_size=POOL_SIZE, max_size=POOL_SIZE)
     await db.open()
-    arrivals = itertools.count()
-    finished: list[int] = []
+    finished = 0
+    waits: list[int] = []
 
     async def user() -> None:
+        nonlocal finished
         for _ in range(CALLS):
-            arrived = next(arrivals)
-            await db.fetch("SELECT $1::int", arrived)
-            finished.append(arrived)
+            before = finished
+            await db.fetch("SELECT 1")
+            waits.append(finished - before)
+            finished += 1
 
     try:
-        await asyncio.gather(*(user() for _ in range(WORKERS)))
+        await asyncio.gather(*(user() for _ in range(USERS)))
     finally:
         await db.close()
+    return max(waits)
 
-    assert sorted(finished) == list(range(WORKERS * CALLS))
-    # How many later arrivals were served before each call: with the pool's
-    # connections granted in order, at most the calls running beside it.
-    overtaken = [
-        sum(1 for later in finished[:position] if later > arrived)
-        for position, arrived in enumerate(finished)
-    ]
-    assert max(overtaken) <= 2 * POOL_SIZE
+
+async def test_calls_are_served_in_about_the_order_they_arrive(postgres_url: str) -> None:
+    """Served in arrival order, a call waits for at most the other users' calls
+    (one each, with a little jitter between the two connections). asyncpg's
+    pool alone let calls wait behind 40 to 67 others here, in a third of the
+    runs; under wrk that was a p99 of a second. Several runs, since the
+    unfairness does not show in every one."""
+    longest = [await _longest_wait(postgres_url) for _ in range(RUNS)]
+    assert max(longest) <= 2 * USERS, longest
