@@ -308,6 +308,19 @@ def test_non_positive_values_are_refused(section: str, key: str) -> None:
     assert f"{section}.{key}" in config_error(overrides={section: {key: 0}})
 
 
+@pytest.mark.parametrize("seconds", [-1, float("nan")])
+def test_a_negative_query_cache_time_is_refused(seconds: float) -> None:
+    message = config_error(overrides={"registry": {"query_cache_s": seconds}})
+    assert "registry.query_cache_s: must be >= 0" in message
+
+
+def test_a_query_cache_time_of_zero_is_accepted() -> None:
+    assert (
+        load_config(environ={}, overrides={"registry": {"query_cache_s": 0}}).registry.query_cache_s
+        == 0
+    )
+
+
 @pytest.mark.parametrize("seconds", [0, -1, 3601, float("nan")])
 def test_statement_timeout_out_of_range_is_refused(seconds: float) -> None:
     assert "database.statement_timeout_s" in config_error(

@@ -451,17 +451,17 @@ def _check(config: Config) -> None:
         if not value > 0:  # also refuses NaN
             raise ConfigError(f"invalid configuration: {key}: must be > 0, got {value}")
 
+    def not_negative(key: str, value: float) -> None:
+        if not value >= 0:  # also refuses NaN
+            raise ConfigError(f"invalid configuration: {key}: must be >= 0, got {value}")
+
     if not 0 < config.server.port < 65536:
         raise ConfigError(f"invalid configuration: server.port: out of range: {config.server.port}")
     positive("server.workers", config.server.workers)
     positive("registry.heartbeat_ttl_s", config.registry.heartbeat_ttl_s)
     positive("registry.heartbeat_flush_interval_s", config.registry.heartbeat_flush_interval_s)
     positive("registry.sweep_interval_s", config.registry.sweep_interval_s)
-    if not config.registry.query_cache_s >= 0:
-        raise ConfigError(
-            "invalid configuration: registry.query_cache_s: must be >= 0, "
-            f"got {config.registry.query_cache_s}"
-        )
+    not_negative("registry.query_cache_s", config.registry.query_cache_s)
     positive("limits.max_body_bytes", config.limits.max_body_bytes)
     positive("limits.max_batch_size", config.limits.max_batch_size)
     for key in (
