@@ -122,12 +122,14 @@ async def test_a_block_that_raises_is_rolled_back_and_frees_the_writer(
     assert probe_ids(observer) == [2]
 
 
+async def insert(db: SqliteDatabase, probe_id: int) -> None:
+    """A block of its own: one row."""
+    await db.execute("INSERT INTO probe (id) VALUES ($1)", probe_id)
+
+
 async def test_a_block_that_raises_before_writing_leaves_its_batch_alone(
     db: SqliteDatabase, observer: sqlite3.Connection
 ) -> None:
-    async def writes() -> None:
-        await db.execute("INSERT INTO probe (id) VALUES (1)")
-
     async def refuses() -> None:
         async with db.transaction() as tx:
             await tx.fetch("SELECT id FROM probe")
@@ -135,7 +137,7 @@ async def test_a_block_that_raises_before_writing_leaves_its_batch_alone(
             raise RuntimeError("checked, found wanting, wrote nothing")
 
     commits = db.commits
-    outcomes = await asyncio.gather(writes(), refuses(), writes_two(db), return_exceptions=True)
+    outcomes = await asyncio.gather(insert(db, 1), refuses(), insert(db, 2), return_exceptions=True)
 
     assert outcomes[0] is None and outcomes[2] is None
     assert isinstance(outcomes[1], RuntimeError)
@@ -143,22 +145,15 @@ async def test_a_block_that_raises_before_writing_leaves_its_batch_alone(
     assert probe_ids(observer) == [1, 2]
 
 
-async def writes_two(db: SqliteDatabase) -> None:
-    await db.execute("INSERT INTO probe (id) VALUES (2)")
-
-
 async def test_a_block_that_raises_after_writing_fails_its_whole_batch(
     db: SqliteDatabase, observer: sqlite3.Connection
 ) -> None:
-    async def writes() -> None:
-        await db.execute("INSERT INTO probe (id) VALUES (1)")
-
     async def fails_halfway() -> None:
         async with db.transaction() as tx:
             await tx.execute("INSERT INTO probe (id) VALUES (2)")
             raise RuntimeError("a fault between two statements")
 
-    outcomes = await asyncio.gather(writes(), fails_halfway(), return_exceptions=True)
+    outcomes = await asyncio.gather(insert(db, 1), fails_halfway(), return_exceptions=True)
 
     assert isinstance(outcomes[0], StoreUnavailable)  # never acknowledged
     assert isinstance(outcomes[1], RuntimeError)
