@@ -32,7 +32,6 @@ sends the same bytes under the same ``webhook-id``.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
 
 import msgspec
 
@@ -119,18 +118,20 @@ class WebhookDispatcher:
         """Consumed events, or None when the cursor or the webhooks moved meanwhile."""
         self._take_fresh()  # before the events are read: these were committed before them
         if self._idle:
-            skipped = await self._skip_unread()
-            if skipped is not False:
-                return skipped
+            # Without an active webhook the events are not read at all (in the default
+            # setup, a batch of them per commit for nothing). The version is read
+            # before the cursor: the events up to its head were committed before any
+            # webhook it does not count, so none of them is owed to one.
+            idle = await self._store.version()
+            if not idle.active:
+                return await self._skip(await self._store.cursor(), idle.head, idle.changes)
         batch = await self._store.next_events(self._batch_size)
         if batch is None:
             return 0
         cursor, events, version = batch.cursor, batch.events, batch.version
         self._idle = not version.active
         if not version.active:  # nothing can match: skip to the head
-            head = max(version.head, events[-1].id)
-            moved = await self._store.advance(cursor, head, version.changes)
-            return head - cursor if moved else None
+            return await self._skip(cursor, max(version.head, events[-1].id), version.changes)
         hooks = await self._refresh(version.active, version.changes)
         deliveries = self.plan(events, hooks)
         if not await self._store.advance(cursor, events[-1].id, hooks.changes, deliveries):
@@ -138,24 +139,13 @@ class WebhookDispatcher:
         self.queued += len(deliveries)
         return len(events)
 
-    async def _skip_unread(self) -> int | Literal[False] | None:
-        """Without an active webhook, move the cursor to the head without reading the
-        events (a batch of them per commit, for nothing, in the default setup).
-        False: there is a webhook now, read the events.
-
-        The version is read before the cursor: the events up to its head were
-        committed before any webhook it does not count, so none of them is owed
-        to one; a change to the webhooks since makes the move fail (None).
-        """
-        version = await self._store.version()
-        if version.active:
-            self._idle = False
-            return False
-        cursor = await self._store.cursor()
-        if version.head <= cursor:
+    async def _skip(self, cursor: int, head: int, changes: int) -> int | None:
+        """Move the cursor to ``head``: how many events it passed, or None when the
+        cursor or the webhooks moved meanwhile."""
+        if head <= cursor:
             return 0
-        moved = await self._store.advance(cursor, version.head, version.changes)
-        return version.head - cursor if moved else None
+        moved = await self._store.advance(cursor, head, changes)
+        return head - cursor if moved else None
 
     def _take_fresh(self) -> None:
         self._fresh.extend(self._store.take_created())
