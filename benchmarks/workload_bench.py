@@ -646,8 +646,11 @@ async def _load_tasks(url: str, count: int, agents: int) -> dict[str, Any]:
         insert_one, count_tasks = store.tasks.insert, store.tasks.count
         if db is not None and db.dialect == "sqlite":
             # Connected and migrated but not serving: a chunk is then a plain
-            # transaction, not a savepoint of a group commit, whose in-memory
-            # statement journal made each of its 10,000 inserts slower than the last.
+            # transaction of its own (no group commit, no checkpointer thread). Chosen
+            # when a served chunk was a savepoint whose in-memory statement journal
+            # made each of its 10,000 inserts slower than the last (measured at
+            # 971d245); served blocks have no savepoint since 4956e06, and this path
+            # was not measured against serving again.
             from agentcore.store.schema import migrate
 
             async def open_unserved() -> None:
