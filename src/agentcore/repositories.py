@@ -16,17 +16,24 @@ the backend from a URL.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 from agentcore.apikeys import ApiKeyRepository, MemoryApiKeys, SqlApiKeys
-from agentcore.events.repository import EventRepository, MemoryEvents, SqlEvents
+from agentcore.events.base import Event
+from agentcore.events.repository import (
+    EventRepository,
+    MemoryEvents,
+    SqlEvents,
+    fused_append,
+    fused_stored,
+)
 from agentcore.llm.usage import MemoryUsage, SqlUsage, UsageRepository
 from agentcore.registry.repository import AgentRepository, AgentRows, MemoryAgents, SqlAgents
 from agentcore.store.database import Database, Driver, parse_url
 from agentcore.store.memory import MemoryDatabase
-from agentcore.store.postgres import PostgresDatabase
+from agentcore.store.postgres import PostgresDatabase, PostgresUnit
 from agentcore.store.schema import migrate
 from agentcore.store.sqlite import SqliteDatabase
 from agentcore.tasks.repository import MemoryTasks, SqlTasks, TaskRepository
@@ -55,6 +62,14 @@ class Repositories(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[Repositories]:
         """The repositories bound to one unit of work: whatever the block writes through
         them commits together, or not at all when the block raises."""
+
+    async def last_write(
+        self, write: Callable[[Repositories], Awaitable[bool]], events: Sequence[Event]
+    ) -> tuple[bool, list[Event] | None]:
+        """Run a unit of work's last write, ``write(self)``: whether it changed a row,
+        and ``events`` stored with their ids when the write appended them too (one
+        statement, committed: PostgreSQL, in a unit that has written nothing yet);
+        None leaves the append to the end of the unit."""
 
 
 class SqlRepositories:
@@ -87,14 +102,20 @@ class SqlRepositories:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Repositories]:
-        async with self.database.transaction() as tx:
+        async with self.database.unit() as tx:
             yield _SqlUnit(self, tx)
+
+    async def last_write(
+        self, write: Callable[[Repositories], Awaitable[bool]], events: Sequence[Event]
+    ) -> tuple[bool, list[Event] | None]:
+        return await write(self), None
 
 
 class _SqlUnit(SqlRepositories):
     """The repositories of one SQL transaction."""
 
     def __init__(self, root: SqlRepositories, tx: Driver) -> None:
+        self._tx = tx
         self.database = root.database
         self._rows = root._rows
         self.agents = SqlAgents(tx, self._rows, in_transaction=True)
@@ -103,6 +124,18 @@ class _SqlUnit(SqlRepositories):
         self.events = SqlEvents(tx, in_transaction=True)
         self.llm_usage = SqlUsage(tx, in_transaction=True)
         self.webhooks = root.webhooks
+
+    async def last_write(
+        self, write: Callable[[Repositories], Awaitable[bool]], events: Sequence[Event]
+    ) -> tuple[bool, list[Event] | None]:
+        tx = self._tx
+        if not isinstance(tx, PostgresUnit) or tx.begun:
+            return await write(self), None
+        tx.fuse_next_write(fused_append(events))
+        changed = await write(self)
+        if tx.fused is None:
+            raise RuntimeError("a unit's last write wrote nothing to fuse its events with")
+        return changed, fused_stored(events, tx.fused) if changed else []
 
 
 class MemoryRepositories:
@@ -126,6 +159,11 @@ class MemoryRepositories:
 
     async def check(self) -> None:
         self.database.check()
+
+    async def last_write(
+        self, write: Callable[[Repositories], Awaitable[bool]], events: Sequence[Event]
+    ) -> tuple[bool, list[Event] | None]:
+        return await write(self), None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Repositories]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import cast
 
+import msgspec
 import pytest
 
 from agentcore.clock import ManualClock
@@ -206,3 +209,50 @@ async def test_publishers_do_not_wait_for_the_fan_out(repos: Repositories) -> No
     await asyncio.wait_for(writer, 5)  # closing lets the fan-out send what is queued
 
     assert fanout.sent == [first.id, *(e.id for e in rest)]  # in commit order
+
+
+class AnsweredLater:
+    """Repositories whose appends take their ids at once and answer when the test
+    says: as PostgreSQL's one-statement changes, whose answers can arrive in any order."""
+
+    def __init__(self) -> None:
+        self.events = self  # the unit's event repository
+        self.last = 0
+        self.answers: list[asyncio.Event] = []
+        self.sent: asyncio.Queue[int] = asyncio.Queue()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AnsweredLater]:
+        yield self
+
+    async def append(self, events: Sequence[Event]) -> list[Event]:
+        first = self.last + 1
+        self.last += len(events)
+        gate = asyncio.Event()
+        self.answers.append(gate)
+        self.sent.put_nowait(first)
+        await gate.wait()
+        return [msgspec.structs.replace(e, id=first + i) for i, e in enumerate(events)]
+
+
+async def test_changes_are_handed_off_in_id_order_whichever_commit_answers_first() -> None:
+    """A change whose commit has answered waits for the changes sent before it ended
+    (they may hold smaller ids), then all go out in id order."""
+    repos = AnsweredLater()
+    runner = Running(cast(Repositories, repos), ManualClock())
+    sub = runner.hub.subscribe()
+    async with runner as log:
+        first = asyncio.create_task(log.publish("a", {}))
+        second = asyncio.create_task(log.publish("b", {}))
+        assert [await repos.sent.get(), await repos.sent.get()] == [1, 2]
+        repos.answers[1].set()  # "b" answers first
+        assert (await second).id == 2
+        assert sub.pending() == 0  # "a" is in flight and holds a smaller id
+        third = asyncio.create_task(log.publish("c", {}))  # sent after "b" ended
+        assert await repos.sent.get() == 3
+        repos.answers[2].set()
+        assert (await third).id == 3
+        assert sub.pending() == 0
+        repos.answers[0].set()
+        assert (await first).id == 1
+    assert [(e.id, e.type) for e in await collect(sub)] == [(1, "a"), (2, "b"), (3, "c")]

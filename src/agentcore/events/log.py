@@ -11,12 +11,19 @@ committed one, which webhooks and streams promise at least once.
 After the commit, and only then, the committed events go to this process's
 hub and, through the :class:`~agentcore.events.base.Fanout` when there is
 one, to every other worker and instance. The store assigns gap-free ids that
-increase in commit order (appenders queue on the log's counter row), and
-each change takes a ticket as its append returns: committed changes are
-handed off in ticket order, so this process's subscribers see ids in order
-even when the commits themselves end in another order.
-:meth:`EventLog.publish` is a change with one event and no rows (the
+increase in commit order (appenders queue on the log's counter row). A
+change that has ended is handed off once every change of this process whose
+append was sent before it ended has ended too, in id order: a change in
+flight then may hold smaller ids (the answer to its commit not yet read),
+one sent later cannot. So this process's subscribers see ids in order even
+when the answers to the commits arrive in another order.
+:meth:`EventLog.publish` appends one event that changes no rows (the
 integration API's ``events.publish``).
+
+A change whose last statement is a single write (a task created, a task's
+transition) names it with :meth:`Change.last_write`; on PostgreSQL the unit
+of work then sends that write and the events' append as one statement, which
+is also its commit (``store/postgres.py``).
 
 The fan-out's queue is bounded (:data:`FANOUT_QUEUE_BATCHES`); when Redis
 falls that far behind, committing changes wait for it.
@@ -30,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -51,11 +58,14 @@ FANOUT_QUEUE_BATCHES = 1_000
 class Change:
     """One state change in progress: the repositories of its unit of work, and its events."""
 
-    __slots__ = ("_clock", "events", "repos", "stored")
+    __slots__ = ("_clock", "_log", "_ticket", "events", "repos", "stored")
 
-    def __init__(self, repos: Repositories, clock: Clock) -> None:
+    def __init__(self, repos: Repositories, clock: Clock, log: EventLog) -> None:
         self.repos = repos
         self._clock = clock
+        self._log = log
+        #: The hand-off ticket, once the append has been sent (-1 before).
+        self._ticket = -1
         #: Events to append when the change commits, in order.
         self.events: list[Event] = []
         #: The same events as committed, with their ids (once the block has ended).
@@ -73,6 +83,24 @@ class Change:
             Event(type=event_type, timestamp=self._clock(), source=source, tenant=tenant, data=data)
         )
 
+    async def last_write(self, write: Callable[[Repositories], Awaitable[bool]]) -> bool:
+        """Run the change's last write, ``write(repos)`` (true when it changed a row),
+        after every event of the change is emitted; a write that changed nothing
+        drops them. Nothing may follow in the block.
+
+        Where the database can, the write and the events' append go as one
+        statement (PostgreSQL, when the change has written nothing before).
+        """
+        if not self.events:
+            return await write(self.repos)
+        self._ticket = self._log.sending()
+        changed, stored = await self.repos.last_write(write, self.events)
+        if not changed:
+            self.events = []
+        elif stored is not None:
+            self.events, self.stored = [], stored
+        return changed
+
 
 class EventLog:
     def __init__(
@@ -89,11 +117,11 @@ class EventLog:
         self._config = config
         self._clock = clock
         self.fanout = fanout
-        #: Hand-off in append order: tickets issued, the next to hand off, and the
-        #: changes that ended out of turn (None: rolled back, nothing to hand off).
-        self._issued = 0
-        self._next = 0
-        self._ended: dict[int, list[Event] | None] = {}
+        #: Hand-off in id order: tickets issued to appends as they are sent, those
+        #: not yet ended, and ended changes with the tickets issued by their end.
+        self._sent = 0
+        self._in_flight: set[int] = set()
+        self._ended: list[tuple[int, list[Event]]] = []
         self._handing_off = False
         #: Committed batches for the fan-out task; None ends it.
         self._outbox: asyncio.Queue[list[Event] | None] = asyncio.Queue(FANOUT_QUEUE_BATCHES)
@@ -107,23 +135,34 @@ class EventLog:
         """
         if self._closed:
             raise StoreUnavailable("the event log is not running")
-        ticket = -1
+        change: Change | None = None
         try:
             async with self._repos.transaction() as unit:
-                change = Change(unit, self._clock)
+                change = Change(unit, self._clock, self)
                 yield change
                 if change.events:
+                    if change._ticket < 0:
+                        change._ticket = self.sending()
                     change.stored = await unit.events.append(change.events)
-                    ticket = self._issued
-                    self._issued += 1
         except BaseException:
-            if ticket >= 0:  # appended, then rolled back (or its commit's outcome unknown)
-                self._ended[ticket] = None
-                await self._hand_off()
+            if change is not None and change._ticket >= 0:
+                await self._end(change._ticket, None)  # rolled back, or its outcome unknown
             raise
-        if ticket >= 0:
-            self._ended[ticket] = change.stored
-            await self._hand_off()
+        if change._ticket >= 0:
+            await self._end(change._ticket, change.stored)
+
+    def sending(self) -> int:
+        """A ticket for an append about to be sent; the change ends it."""
+        ticket = self._sent
+        self._sent += 1
+        self._in_flight.add(ticket)
+        return ticket
+
+    async def _end(self, ticket: int, stored: list[Event] | None) -> None:
+        self._in_flight.discard(ticket)
+        if stored:
+            self._ended.append((self._sent, stored))
+        await self._hand_off()
 
     async def publish(
         self,
@@ -133,26 +172,41 @@ class EventLog:
         tenant: str = DEFAULT_TENANT,
         source: str = "gateway",
     ) -> Event:
-        """Append one event; returns once it is durable, with its id."""
-        async with self.change() as change:
-            change.emit(event_type, data, tenant=tenant, source=source)
-        return change.stored[0]
+        """Append one event; returns once it is durable, with its id. No rows change
+        with it, so the append is the whole change (one statement on PostgreSQL)."""
+        if self._closed:
+            raise StoreUnavailable("the event log is not running")
+        event = Event(
+            type=event_type, timestamp=self._clock(), source=source, tenant=tenant, data=data
+        )
+        ticket = self.sending()
+        try:
+            stored = await self._events.append([event])
+        except BaseException:
+            await self._end(ticket, None)
+            raise
+        await self._end(ticket, stored)
+        return stored[0]
 
     async def _hand_off(self) -> None:
-        """Hand off every ended change whose turn has come; one caller at a time does it."""
+        """Hand off, in id order, every ended change that no change in flight may
+        precede (one sent before it ended); one caller at a time does it."""
         if self._handing_off:
             return
         self._handing_off = True
         try:
-            while self._next in self._ended:
-                stored = self._ended.pop(self._next)
-                self._next += 1
-                if not stored:
-                    continue
-                for event in stored:
-                    self.hub.publish(event)
-                if self.fanout is not None:
-                    await self._outbox.put(stored)
+            while self._ended:
+                oldest = min(self._in_flight, default=self._sent)
+                ready = [entry for entry in self._ended if entry[0] <= oldest]
+                if not ready:
+                    break
+                self._ended = [entry for entry in self._ended if entry[0] > oldest]
+                ready.sort(key=lambda entry: entry[1][0].id)
+                for _, stored in ready:
+                    for event in stored:
+                        self.hub.publish(event)
+                    if self.fanout is not None:
+                        await self._outbox.put(stored)
         finally:
             self._handing_off = False
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from agentcore.events.base import Event
-from agentcore.store.database import Driver
+from agentcore.store.database import Driver, Fuse
 from agentcore.store.memory import AUTOCOMMIT, Journal, MemoryDatabase
 from agentcore.store.sql import Args, atomic, json_text, page, where
 
@@ -46,6 +46,17 @@ _APPEND_POSTGRESQL = (
     "WITH ORDINALITY AS x(type, ts, source, tenant, data, ord)) "
     "SELECT n - $1 + 1 FROM s"
 )
+#: A write (``{write}``, parameters from ``$1``) and, when it changed a row, the
+#: append of its events (parameters from ``${k}``): one statement on PostgreSQL.
+_FUSED_POSTGRESQL = (
+    "WITH w AS ({write} RETURNING 1), "
+    "s AS (UPDATE event_seq SET n = n + ${k} WHERE EXISTS (SELECT 1 FROM w) RETURNING n), "
+    f"i AS (INSERT INTO events ({COLUMNS}) "
+    "SELECT s.n - ${k} + x.ord, x.type, x.ts, x.source, x.tenant, x.data FROM s, "
+    "unnest(${k1}::text[], ${k2}::float8[], ${k3}::text[], ${k4}::text[], ${k5}::text[]) "
+    "WITH ORDINALITY AS x(type, ts, source, tenant, data, ord)) "
+    "SELECT (SELECT COUNT(*) FROM w), (SELECT n FROM s)"
+)
 #: Event ids deleted per transaction by :meth:`SqlEvents.trim`.
 TRIM_STEP = 5_000
 
@@ -61,6 +72,36 @@ def _event(row: Sequence[object]) -> Event:
     )
 
 
+def _columns(events: Sequence[Event]) -> list[list[Any]]:
+    return [
+        [e.type for e in events],
+        [float(e.timestamp) for e in events],
+        [e.source for e in events],
+        [e.tenant for e in events],
+        [json_text(e.data) for e in events],
+    ]
+
+
+def fused_append(events: Sequence[Event]) -> Fuse:
+    """PostgreSQL: a write (an INSERT or UPDATE without RETURNING) and the append of
+    ``events`` as one statement; its row is the write's count and the last event id."""
+
+    def fuse(sql: str, args: Sequence[Any]) -> tuple[str, list[Any]]:
+        k = len(args) + 1
+        text = _FUSED_POSTGRESQL.format(
+            write=sql, k=k, k1=k + 1, k2=k + 2, k3=k + 3, k4=k + 4, k5=k + 5
+        )
+        return text, [*args, len(events), *_columns(events)]
+
+    return fuse
+
+
+def fused_stored(events: Sequence[Event], row: Sequence[Any]) -> list[Event]:
+    """The events of :func:`fused_append` with their ids, from the statement's row."""
+    first = int(row[1]) - len(events) + 1
+    return [msgspec.structs.replace(e, id=first + i) for i, e in enumerate(events)]
+
+
 class SqlEvents:
     def __init__(self, db: Driver, *, in_transaction: bool = False) -> None:
         self._db = db
@@ -72,15 +113,7 @@ class SqlEvents:
         count = len(events)
         if self._db.dialect == "postgresql":
             # One round trip: the counter and every row in one statement.
-            rows = await self._db.fetch(
-                _APPEND_POSTGRESQL,
-                count,
-                [e.type for e in events],
-                [float(e.timestamp) for e in events],
-                [e.source for e in events],
-                [e.tenant for e in events],
-                [json_text(e.data) for e in events],
-            )
+            rows = await self._db.fetch(_APPEND_POSTGRESQL, count, *_columns(events))
             first = int(rows[0][0])
             return [msgspec.structs.replace(e, id=first + i) for i, e in enumerate(events)]
         async with atomic(self._db, self._in_transaction) as tx:

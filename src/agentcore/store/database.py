@@ -43,6 +43,13 @@ class Driver(Protocol):
         """
 
 
+class Fuse(Protocol):
+    """Makes one statement of a write (its SQL and arguments) and the events it causes;
+    the statement's one row starts with the write's row count."""
+
+    def __call__(self, sql: str, args: Sequence[Any]) -> tuple[str, list[Any]]: ...
+
+
 @runtime_checkable
 class Database(Driver, Protocol):
     async def open(self) -> None:
@@ -50,6 +57,10 @@ class Database(Driver, Protocol):
 
     def serve(self) -> None:
         """Migrated and about to serve: statement time limits apply from now on."""
+
+    def unit(self) -> AbstractAsyncContextManager[Driver]:
+        """A unit of work's transaction, which a driver may begin at its first write
+        (PostgreSQL: reads before it run outside, as READ COMMITTED allows)."""
 
     async def close(self) -> None:
         """Idempotent; afterwards every call raises ``StoreUnavailable``."""

@@ -2,19 +2,26 @@
 
 asyncpg checks parameter types strictly: DOUBLE PRECISION columns need
 ``float`` (an ``int`` is refused), which :mod:`agentcore.store.sql` ensures.
+
+A unit of work (:meth:`PostgresDatabase.unit`) begins its transaction at its
+first write, and a unit whose only write is its last one sends that write
+and the events it causes as one statement, which commits on its own: a
+task's creation or transition is a read and one statement, not BEGIN, a
+read, two writes and COMMIT (asyncpg cannot pipeline them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
 import asyncpg
 
 from agentcore.errors import QueryTimeout, StoreUnavailable
-from agentcore.store.database import Driver
+from agentcore.store.database import Driver, Fuse
 
 _UNAVAILABLE = (
     OSError,  # includes TimeoutError
@@ -79,6 +86,76 @@ class _Session:
         with _translated():
             async with self._target.transaction():
                 yield self
+
+
+#: A SELECT that takes row locks must run inside the transaction.
+_LOCKING = re.compile(r"\bFOR\s+(UPDATE|NO\s+KEY\s+UPDATE|SHARE|KEY\s+SHARE)\b", re.IGNORECASE)
+
+
+class PostgresUnit:
+    """A unit of work's statements: the transaction begins at the first write.
+
+    Under READ COMMITTED each statement reads its own snapshot, so a plain read
+    before the first write sees what it would see inside the transaction; it
+    runs on any pooled connection, and a unit that only reads holds none. A
+    read that locks rows (``FOR UPDATE``, ``FOR SHARE``) begins the transaction.
+    """
+
+    dialect = "postgresql"
+
+    def __init__(self, db: PostgresDatabase, stack: AsyncExitStack) -> None:
+        self._db = db
+        self._stack = stack
+        self._session: _Session | None = None
+        self._fuse: Fuse | None = None
+        #: The fused statement's row, once it has run; nothing may be written after it.
+        self.fused: Sequence[Any] | None = None
+
+    @property
+    def begun(self) -> bool:
+        return self._session is not None
+
+    def fuse_next_write(self, fuse: Fuse) -> None:
+        """Send the next write as ``fuse`` makes it, on its own: it commits by itself.
+        Only for a unit that has not begun; its row is :attr:`fused` afterwards."""
+        if self._session is not None:
+            raise RuntimeError("a write has run in this unit already: nothing to fuse with")
+        self._fuse = fuse
+
+    async def _begun(self) -> _Session:
+        if self.fused is not None:
+            raise RuntimeError("the unit's last write has committed: nothing may follow it")
+        if self._session is None:
+            self._session = await self._stack.enter_async_context(self._db.connection())
+        return self._session
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        fuse, self._fuse = self._fuse, None
+        if fuse is not None:
+            fused_sql, fused_args = fuse(sql, args)
+            rows = await self._db.fetch(fused_sql, *fused_args)
+            self.fused = rows[0]
+            return int(rows[0][0])
+        return await (await self._begun()).execute(sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        if self._session is None and sql.startswith("SELECT") and not _LOCKING.search(sql):
+            return await self._db.fetch(sql, *args)
+        if self._fuse is not None:
+            raise RuntimeError("a fused write is an execute, not a fetch")
+        return await (await self._begun()).fetch(sql, *args)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        if self._fuse is not None:
+            raise RuntimeError("a fused write is one statement, not executemany")
+        await (await self._begun()).executemany(sql, rows)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Driver]:
+        """A nested block: a savepoint in the (now begun) transaction."""
+        session = await self._begun()
+        async with session.transaction() as tx:
+            yield tx
 
 
 class PostgresDatabase:
@@ -149,9 +226,23 @@ class PostgresDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Driver]:
+        async with self.connection() as session:
+            yield session
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[_Session]:
+        """One pooled connection from BEGIN to COMMIT."""
         with _translated():
             async with self._slots, self._live_pool().acquire() as conn, conn.transaction():
                 yield _Session(conn)
+
+    @asynccontextmanager
+    async def unit(self) -> AsyncIterator[PostgresUnit]:
+        """A unit of work: a transaction that begins at its first write (:class:`PostgresUnit`)."""
+        self._live_pool()
+        with _translated():
+            async with AsyncExitStack() as stack:
+                yield PostgresUnit(self, stack)
 
     def _session(self) -> _Session:
         return _Session(self._live_pool())

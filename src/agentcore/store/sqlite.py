@@ -72,7 +72,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -411,6 +411,10 @@ class SqliteDatabase:
                 await tx.executemany(sql, params)
 
     # -- transactions -------------------------------------------------------------------
+
+    def unit(self) -> AbstractAsyncContextManager[Driver]:
+        """A unit of work: a transaction, group-committed with its neighbours."""
+        return self.transaction()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Driver]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -127,27 +127,33 @@ class TaskService:
             repos = change.repos
             agent_id = await repos.agents.least_loaded(task.required_capabilities, tenant)
             stored = task if agent_id is None else self._assigned(task, agent_id)
-            if not await repos.tasks.insert(stored):
-                raise TaskAlreadyExists(
-                    f"task {task.task_id!r} already exists", data={"task_id": task.task_id}
-                )
             self._emit(change, "task.created", task, type=task.type, priority=task.priority)
             if stored is not task:
                 self._emit(change, "task.assigned", stored)
+            if not await change.last_write(lambda r: r.tasks.insert(stored)):
+                raise TaskAlreadyExists(
+                    f"task {task.task_id!r} already exists", data={"task_id": task.task_id}
+                )
         return stored
 
     def _assigned(self, task: Task, agent_id: str) -> Task:
         deadline = self._clock() + task.timeout_seconds if task.timeout_seconds else None
         return self._next(task, S.ASSIGNED, agent_id=agent_id, deadline=deadline)
 
-    async def _try_assign(self, change: Change, task: Task) -> Task | None:
-        """Inside ``change``: assign the pending ``task`` to the least-loaded capable agent."""
+    async def _try_assign(self, change: Change, task: Task, *, last: bool = False) -> Task | None:
+        """Inside ``change``: assign the pending ``task`` to the least-loaded capable agent
+        (``last``: as the change's last write)."""
         agent_id = await change.repos.agents.least_loaded(task.required_capabilities, task.tenant)
         if agent_id is None:
             return None
         updated = self._assigned(task, agent_id)
+        if last:
+            self._emit(change, "task.assigned", updated)
+            if not await change.last_write(lambda r: r.tasks.update(updated)):
+                return None  # someone else assigned or cancelled it meanwhile
+            return updated
         if not await change.repos.tasks.update(updated):
-            return None  # someone else assigned or cancelled it meanwhile
+            return None
         self._emit(change, "task.assigned", updated)
         return updated
 
@@ -177,7 +183,7 @@ class TaskService:
                     current = await change.repos.tasks.get(task.task_id)
                     if current is None or current.status is not S.PENDING:
                         continue
-                    if await self._try_assign(change, current) is not None:
+                    if await self._try_assign(change, current, last=True) is not None:
                         assigned += 1
             again = self._again
         return assigned
@@ -228,10 +234,14 @@ class TaskService:
         acting_agent: str | None,
         build: Callable[[Task], Task],
         tenant: str | None,
-        event: Callable[[Change, Task], Awaitable[Task]],
+        emit: Callable[[Change, Task], None],
     ) -> Task:
         """Read, check, write and emit in one change; a concurrent writer (another
-        process) makes the compare-and-set fail, and the change is tried again."""
+        process) makes the compare-and-set fail, and the change is tried again.
+
+        The write is the change's last, unless it put the task back to pending
+        (a failure with retries left): then the task is offered to an agent in
+        the same change."""
         for _ in range(CAS_ATTEMPTS):
             async with self._events.change() as change:
                 task = _visible(await change.repos.tasks.get(task_id), task_id, tenant)
@@ -240,15 +250,27 @@ class TaskService:
                         f"task {task_id!r} is not assigned to agent {acting_agent!r}",
                         data={"task_id": task_id, "agent_id": task.agent_id},
                     )
-                updated = build(task)
-                if await change.repos.tasks.update(updated):
-                    return await event(change, updated)
+                written = await self._write(change, build(task), emit)
+                if written is not None:
+                    return written
         raise InvalidTransition(f"task {task_id!r} is changing concurrently; retry")
 
-    def _emitting(self, event_type: str, **data: Any) -> Callable[[Change, Task], Awaitable[Task]]:
-        async def emit(change: Change, task: Task) -> Task:
+    async def _write(
+        self, change: Change, updated: Task, emit: Callable[[Change, Task], None]
+    ) -> Task | None:
+        """Inside ``change``: write ``updated`` and its events; None when the
+        compare-and-set found the task changed meanwhile."""
+        if updated.status is S.PENDING:
+            if not await change.repos.tasks.update(updated):
+                return None
+            emit(change, updated)
+            return await self._try_assign(change, updated) or updated
+        emit(change, updated)
+        return updated if await change.last_write(lambda r: r.tasks.update(updated)) else None
+
+    def _emitting(self, event_type: str, **data: Any) -> Callable[[Change, Task], None]:
+        def emit(change: Change, task: Task) -> None:
             self._emit(change, event_type, task, **data)
-            return task
 
         return emit
 
@@ -287,9 +309,8 @@ class TaskService:
                 step=t.step if step is None else step,
             )
 
-        async def emit(change: Change, task: Task) -> Task:
+        def emit(change: Change, task: Task) -> None:
             self._emit(change, "task.progress", task, progress=task.progress, step=task.step)
-            return task
 
         return await self._transition(task_id, agent_id, build, tenant, emit)
 
@@ -345,12 +366,11 @@ class TaskService:
                 )
             return self._next(t, S.FAILED, error=error, completed_at=now, deadline=None)
 
-        async def emit(change: Change, task: Task) -> Task:
+        def emit(change: Change, task: Task) -> None:
             if task.status is S.PENDING:
                 self._emit(change, "task.retrying", task, retries=task.retries, error=error)
-                return await self._try_assign(change, task) or task
-            self._emit(change, "task.failed", task, error=error)
-            return task
+            else:
+                self._emit(change, "task.failed", task, error=error)
 
         return await self._transition(task_id, agent_id, build, tenant, emit)
 
