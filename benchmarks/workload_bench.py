@@ -120,6 +120,8 @@ from http_bench import (
 BACKENDS = ("sqlite", "postgresql")
 SCALES = ("1k", "100k")
 ROUTES = ("ping", "mix", "discover", "query")
+#: Routes measured only when asked for (``--routes``): ``task.create`` alone.
+EXTRA_ROUTES = ("create",)
 #: The seed's HTTP mix (tests/load/http_load_test.py): kind and weight.
 MIX = (("health", 10), ("ping", 8), ("discover", 5), ("create", 3), ("query", 2))
 
@@ -1033,7 +1035,7 @@ def start_server(
     server.log_path = (args.log_dir or workdir) / f"{setup.name}.log"
     ping_ids = [agent_id(n) for n in range(min(args.ping_agents, setup.agents))]
     server.scripts = {
-        route: write_lua(workdir, route, ping_ids, f"{setup.name}-") for route in ROUTES
+        route: write_lua(workdir, route, ping_ids, f"{setup.name}-") for route in args.route_list
     }
     progress(
         f"{setup.name}: starting on port {port} ({setup.agents:,} agents, {setup.tasks:,} tasks)"
@@ -1068,8 +1070,8 @@ def check_and_warm_up(
             "measuring anyway, its rows will be invalid"
         )
     if args.warmup:
-        progress(f"{setup.name}: warming up {args.warmup * len(ROUTES)} s")
-        for route in ROUTES:
+        progress(f"{setup.name}: warming up {args.warmup * len(args.route_list)} s")
+        for route in args.route_list:
             warm = wrk.run(server.base + "/", server.scripts[route], args.warmup)
             server.created += parse_sent(warm.stdout).get("create", 0)
     server.sample_memory()
@@ -1288,7 +1290,7 @@ def comparisons(
     for setup in setups:
         if not setup.revision:
             continue
-        for route in ROUTES:
+        for route in dict.fromkeys(route for _, route in rows):
             a, b = rows.get((setup.current, route)), rows.get((setup.name, route))
             value: float | None = None
             rounds: list[float] = []
@@ -1510,6 +1512,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated subset of sqlite,postgresql (default both)",
     )
     parser.add_argument(
+        "--routes",
+        default=",".join(ROUTES),
+        help="comma-separated subset of ping,mix,discover,query,create (task.create alone); "
+        "default ping,mix,discover,query (the goals need ping and mix)",
+    )
+    parser.add_argument(
         "--scales",
         default=",".join(SCALES),
         help="comma-separated subset of 1k (--agents-small, --tasks-small) and "
@@ -1644,6 +1652,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             setattr(args, name, value)
     args.backend_list = _choices(parser, "--backends", args.backends, BACKENDS)
     args.scale_list = _choices(parser, "--scales", args.scales, SCALES)
+    args.route_list = _choices(parser, "--routes", args.routes, ROUTES + EXTRA_ROUTES)
     if (
         min(
             args.duration,
@@ -1780,7 +1789,11 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="agentcore-workload-bench-") as tmp:
             workdir = Path(tmp)
             wrk = Wrk(wrk_path, wrk_pin, args.threads, args.connections)
-            budget = len(setups) * len(ROUTES) * (args.rounds * (args.duration + 1) + args.warmup)
+            budget = (
+                len(setups)
+                * len(args.route_list)
+                * (args.rounds * (args.duration + 1) + args.warmup)
+            )
             progress(
                 f"{len(setups)} servers, {args.rounds} rounds: about {budget} s of "
                 "measurement after the seeding"
@@ -1829,7 +1842,7 @@ def run(args: argparse.Namespace) -> int:
                     f"round {n} of {args.rounds}: {args.duration} s per server and route{note}"
                 )
                 for server in running:
-                    for route in ROUTES:
+                    for route in args.route_list:
                         row = measure(server, route, wrk, args.duration)
                         per_round.setdefault((server.name, route), []).append(row)
             for server in running:
@@ -1851,7 +1864,7 @@ def run(args: argparse.Namespace) -> int:
 
     rows: list[Row] = []
     for server in servers:
-        for route in ROUTES:
+        for route in args.route_list:
             found = per_round.get((server.name, route))
             if found:
                 row = merge_rows(found)
