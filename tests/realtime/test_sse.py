@@ -157,6 +157,27 @@ async def test_bad_stream_requests_are_400(server: ServerProcess) -> None:
             assert response.json()["error"]["type"] == "invalid_request"
 
 
+async def test_a_cursor_beyond_64_bits_is_400(server: ServerProcess) -> None:
+    """Event ids are 64-bit: a larger cursor, in the query or ``Last-Event-ID``, is 400
+    JSON, not a stream that ends mid-chunk when the store cannot take it."""
+    async with api(server) as http:
+        for query, headers in (
+            ("since=99999999999999999999999", {}),
+            (f"since={2**63}", {}),
+            ("since=-1", {}),
+            ("", {"Last-Event-ID": "99999999999999999999999"}),
+            ("since=0", {"Last-Event-ID": "-5"}),
+        ):
+            response = await http.get(f"{STREAM}?{query}", headers=headers)
+            assert response.status_code == 400, (query, headers)
+            assert response.headers["content-type"] == "application/json"
+            error = response.json()["error"]
+            assert error["type"] == "invalid_request" and "since" in error["message"]
+    async with stream(server, last_event_id=2**63 - 1) as events:  # the largest id is a cursor
+        assert events.subscribed["since"] == 2**63 - 1
+        assert await events.next(wait_s=2) == {"comment": "heartbeat"}
+
+
 async def test_streams_do_not_count_as_requests_in_flight(server: ServerProcess) -> None:
     async with stream(server), stream(server), api(server) as http:
         metrics = (await http.get("/metrics")).text

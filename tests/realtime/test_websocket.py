@@ -247,6 +247,24 @@ async def test_bad_messages_get_errors_and_the_connection_stays(server: ServerPr
         await client.expect("pong")
 
 
+async def test_a_cursor_beyond_64_bits_is_an_error_and_the_connection_stays(
+    server: ServerProcess,
+) -> None:
+    """Event ids are 64-bit: a larger ``since`` is refused as the message's error, not
+    answered ``subscribed`` and then dropped without a close frame by the store."""
+    async with ws(server) as client:
+        for since in (2**63, 99999999999999999999999, -1):
+            await client.send(type="subscribe", since=since, id="big")
+            error = await client.expect("error")
+            assert error["id"] == "big" and error["error"]["code"] == -32600, error
+            assert "since" in error["error"]["message"]
+        await client.send(type="ping", id=1)
+        assert (await client.expect("pong"))["id"] == 1
+        largest = await client.subscribe(since=2**63 - 1)  # the largest id is a cursor
+        assert largest["since"] == 2**63 - 1
+        await client.quiet()
+
+
 @pytest.mark.parametrize("asgi_server", ["granian", "uvicorn"])
 async def test_an_oversize_message_is_closed_with_1009(tmp_path: Path, asgi_server: str) -> None:
     server = start(tmp_path, "--server", asgi_server, AGENTCORE_REALTIME__MAX_MESSAGE_BYTES="4096")

@@ -32,6 +32,9 @@ from agentcore.models import Id
 Topic = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.*?\[\]!-]+$")]
 #: Events one replay query returns; the replay pages through the log in steps of this size.
 REPLAY_PAGE = 500
+#: Largest cursor: event ids are signed 64-bit integers in every store, and a larger
+#: one would fail in the store's query after the stream had opened.
+MAX_CURSOR = 2**63 - 1
 
 
 class Subscribe(
@@ -45,7 +48,7 @@ class Subscribe(
         default_factory=lambda: ["*"]
     )
     #: Resume after this event id (the client's cursor); None: live from now.
-    since: Annotated[int, Meta(ge=0)] | None = None
+    since: Annotated[int, Meta(ge=0, le=MAX_CURSOR)] | None = None
     task_id: Id | None = None
     agent_id: Id | None = None
 
