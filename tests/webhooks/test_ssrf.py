@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
 
 import pytest
 
 from agentcore.errors import UnsafeUrl
-from agentcore.webhooks.ssrf import AddressPolicy, Unresolvable, parse_url
+from agentcore.webhooks.ssrf import AddressPolicy, Unresolvable, embedded_ipv4, parse_url
 
 
 @pytest.mark.parametrize(
@@ -36,6 +38,87 @@ def test_non_public_addresses_are_refused(address: str) -> None:
 @pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"])
 def test_public_addresses_pass(address: str) -> None:
     assert AddressPolicy().permits(ipaddress.ip_address(address))
+
+
+#: IPv6 forms that carry an IPv4 address: (form, refused example, carried IPv4, public example).
+EMBEDDED = [
+    ("IPv4-mapped", "::ffff:7f00:1", "127.0.0.1", "::ffff:808:808"),
+    ("IPv4-translated", "::ffff:0:7f00:1", "127.0.0.1", "::ffff:0:808:808"),
+    ("IPv4-translated", "::ffff:0:a9fe:a9fe", "169.254.169.254", "::ffff:0:5db8:d822"),
+    ("IPv4-compatible", "::127.0.0.1", "127.0.0.1", "::8.8.8.8"),
+    ("IPv4-compatible", "::a00:1", "10.0.0.1", "::5db8:d822"),
+    ("NAT64", "64:ff9b::a9fe:a9fe", "169.254.169.254", "64:ff9b::808:808"),
+    ("NAT64", "64:ff9b::a00:1", "10.0.0.1", "64:ff9b::5db8:d822"),
+    ("NAT64", "64:ff9b::a83f:8110", "168.63.129.16", "64:ff9b::101:101"),
+    # Local-use NAT64: the /48 position is loopback although the /96 one is public.
+    ("NAT64 local-use", "64:ff9b:1:7f00:0:100:808:808", "127.0.0.1", "64:ff9b:1:808:8:808:808:808"),
+    ("NAT64 local-use", "64:ff9b:1::a9fe:a9fe", "169.254.169.254", "64:ff9b:1:808:8:808:808:808"),
+    ("6to4", "2002:7f00:1::", "127.0.0.1", "2002:808:808::1"),
+    ("6to4", "2002:a9fe:a9fe::1", "169.254.169.254", "2002:5db8:d822::"),
+    # Teredo: server 8.8.8.8, client obfuscated (~0xf5fffffe = 10.0.0.1 / ~0xfefefefe = 1.1.1.1).
+    ("Teredo client", "2001:0:808:808::f5ff:fffe", "10.0.0.1", "2001:0:808:808::fefe:fefe"),
+    ("Teredo server", "2001:0:7f00:1::fefe:fefe", "127.0.0.1", "2001:0:808:808::fefe:fefe"),
+]
+
+
+@pytest.mark.parametrize(("form", "refused", "carried", "public"), EMBEDDED)
+def test_ipv6_forms_carrying_ipv4_are_judged_by_the_ipv4(
+    form: str, refused: str, carried: str, public: str
+) -> None:
+    refused_address = ipaddress.IPv6Address(refused)
+    carries = embedded_ipv4(refused_address) or ()
+    assert ipaddress.IPv4Address(carried) in carries, form
+    assert not AddressPolicy().permits(refused_address), form
+    assert AddressPolicy().permits(ipaddress.IPv6Address(public)), form
+    # The same rules: allowing the IPv4 addresses opens the IPv6 form that carries them.
+    assert AddressPolicy([f"{a}/32" for a in carries]).permits(refused_address), form
+
+
+@pytest.mark.parametrize("address", ["fec0::1", "fec0:1::2", "feff::1"])
+def test_site_local_ipv6_is_refused(address: str) -> None:
+    assert not AddressPolicy().permits(ipaddress.ip_address(address))
+
+
+def test_plain_ipv6_carries_no_ipv4() -> None:
+    assert embedded_ipv4(ipaddress.IPv6Address("2606:4700:4700::1111")) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[64:ff9b::a9fe:a9fe]/hook",
+        "http://[64:ff9b::a00:1]/hook",
+        "http://[::127.0.0.1]/hook",
+        "http://[::ffff:0:7f00:1]/hook",
+        "http://[2002:7f00:1::]/hook",
+        "http://[fec0::1]/hook",
+    ],
+)
+async def test_registration_refuses_ipv6_literals_that_reach_internal_ipv4(url: str) -> None:
+    with pytest.raises(UnsafeUrl):
+        await AddressPolicy().check_registration(url)
+
+
+@pytest.mark.parametrize("answer", ["64:ff9b::a9fe:a9fe", "2002:7f00:1::", "fec0::1", "10.0.0.1"])
+async def test_resolved_addresses_get_the_same_check(
+    monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    # A name whose DNS answer is an embedded form is refused like the literal, at
+    # registration and at delivery time (resolve): one public answer does not hide it.
+    async def getaddrinfo(host: str, port: int, **kwargs: object) -> list[tuple[object, ...]]:
+        family = socket.AF_INET6 if ":" in answer else socket.AF_INET
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port)),
+            (family, socket.SOCK_STREAM, 6, "", (answer, port)),
+        ]
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    policy = AddressPolicy()
+    with pytest.raises(UnsafeUrl, match="non-public"):
+        await policy.resolve(parse_url("https://hooks.example.net/x"))
+    with pytest.raises(UnsafeUrl, match="non-public"):
+        await policy.check_registration("https://hooks.example.net/x")
 
 
 def test_allowed_networks_open_exactly_what_they_name() -> None:

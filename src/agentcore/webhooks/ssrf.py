@@ -3,8 +3,19 @@
 A webhook URL is a request the gateway makes on a caller's behalf from inside
 the network, so by default it may only reach public addresses: loopback,
 private (RFC 1918, unique-local), link-local, shared (CGNAT), multicast,
-reserved and unspecified addresses and the cloud metadata endpoints are
-refused, unless one of ``webhooks.allowed_networks`` contains the address.
+reserved, unspecified and site-local addresses and the cloud metadata
+endpoints are refused, unless one of ``webhooks.allowed_networks`` contains
+the address.
+
+An IPv6 address that carries an IPv4 address reaches that IPv4 host through
+a translator or tunnel, so it is judged by the IPv4 address it carries, with
+the same rules: IPv4-mapped (``::ffff:0:0/96``), IPv4-translated
+(``::ffff:0:0:0/96``), IPv4-compatible (``::/96``), NAT64 (``64:ff9b::/96``,
+and the local-use ``64:ff9b:1::/48``, where the operator's prefix length and
+so the IPv4's position is unknown: every RFC 6052 position must be public),
+6to4 (``2002::/16``) and Teredo (``2001::/32``: its server and its
+de-obfuscated client must both be public). ``[64:ff9b::a9fe:a9fe]`` is
+169.254.169.254 on a NAT64 network.
 
 The host is resolved and *every* address it resolves to is checked, at
 registration and again before each attempt (the answer may have changed:
@@ -37,6 +48,11 @@ REGISTRATION_CACHE_S = 60.0
 REGISTRATION_CACHE_SIZE = 10_000
 #: Metadata services reachable at addresses ``is_global`` calls public (Azure's wire server).
 METADATA = tuple(ipaddress.ip_network(n) for n in ("168.63.129.16/32",))
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_TEREDO = ipaddress.IPv6Network("2001::/32")
 
 
 class Unresolvable(Exception):
@@ -102,10 +118,14 @@ class AddressPolicy:
         return verdict
 
     def _permits(self, address: IPAddress) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         if any(address in network for network in self._allowed):
             return True
+        if isinstance(address, ipaddress.IPv6Address):
+            carried = embedded_ipv4(address)
+            if carried is not None:
+                return all(self._permits(v4) for v4 in carried)
+            if address.is_site_local:  # fec0::/10: deprecated, but still routed inside sites
+                return False
         if any(address in network for network in METADATA):
             return False
         return address.is_global and not address.is_multicast
@@ -169,6 +189,35 @@ class AddressPolicy:
     async def _check_host(self, target: Target) -> None:
         with contextlib.suppress(Unresolvable):
             await self.resolve(target)
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...] | None:
+    """The IPv4 addresses ``address`` reaches through, or None when it carries none.
+
+    Several for Teredo (server and client) and local-use NAT64 (each possible position).
+    """
+    if address.ipv4_mapped is not None:
+        return (address.ipv4_mapped,)
+    value = int(address)
+    if address in _TRANSLATED or address in _NAT64 or address in _COMPATIBLE:
+        return (ipaddress.IPv4Address(value & 0xFFFFFFFF),)
+    if address.sixtofour is not None:
+        return (address.sixtofour,)
+    if address in _TEREDO:
+        assert address.teredo is not None  # 2001::/32 is Teredo
+        return address.teredo
+    if address in _NAT64_LOCAL:
+        # RFC 6052: bits 64-71 (the "u" octet) are skipped; the IPv4 ends where the prefix
+        # (48, 56, 64 or 96 bits) and the octets after it put it.
+        bits = f"{value:0128b}"
+        spots = (
+            bits[48:64] + bits[72:88],
+            bits[56:64] + bits[72:96],
+            bits[72:104],
+            bits[96:128],
+        )
+        return tuple(ipaddress.IPv4Address(int(s, 2)) for s in spots)
+    return None
 
 
 @functools.lru_cache(maxsize=4096)
