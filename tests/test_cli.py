@@ -162,3 +162,41 @@ def test_config_show_output_parses_with_any_unicode_path(
     shown = show(capsys, "--data-dir", "/srv/d\u00e4t\u00e4-\U0001f600")
 
     assert shown["database"]["data_dir"] == "/srv/d\u00e4t\u00e4-\U0001f600"
+
+
+def test_config_show_masks_credentials_inside_every_url(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "agentcore.toml"
+    config.write_text(
+        '[storage]\ns3_endpoint_url = "https://minio:minio-pass@s3.internal:9000"\n'
+        '[[llm.providers]]\nname = "a"\nbase_url = "https://bob:llm-pass@llm.example/v1"\n'
+        '[[llm.providers]]\nname = "b"\nbase_url = "https://llm.example/v1?api_key=sk-llm-key"\n'
+    )
+    monkeypatch.setenv("AGENTCORE_EVENTS__REDIS_URL", "redis://:redis-pass@r:6379/0")
+    monkeypatch.setenv("AGENTCORE_AUTH__JWT_SECRET", "jwt-pass")
+
+    assert (
+        main(
+            [
+                "config",
+                "show",
+                "--config",
+                str(config),
+                "--database-url",
+                "postgresql://u:db-pass@h/db",
+            ]
+        )
+        == 0
+    )
+    out, _ = capsys.readouterr()
+
+    for secret in ("minio-pass", "llm-pass", "sk-llm-key", "redis-pass", "jwt-pass", "db-pass"):
+        assert secret not in out, secret
+    shown = tomllib.loads(out)
+    assert shown["storage"]["s3_endpoint_url"] == "https://minio:***@s3.internal:9000"
+    assert [p["base_url"] for p in shown["llm"]["providers"]] == [
+        "https://bob:***@llm.example/v1",
+        "https://llm.example/v1?api_key=***",
+    ]
+    assert shown["events"]["redis_url"] == "redis://:***@r:6379/0"

@@ -14,6 +14,7 @@ import pytest
 from agentcore.app import create_app
 from agentcore.config import (
     Config,
+    build_config,
     env_overrides,
     load_config,
     mask_url,
@@ -400,10 +401,95 @@ def test_mask_url_hides_the_password_of_a_postgres_url() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["postgresql://app@db.internal:5432/agentcore", "sqlite:///.agentcore/agentcore.db", ""],
+    ["sqlite:///.agentcore/agentcore.db", ""],
 )
 def test_mask_url_leaves_urls_without_a_password_alone(url: str) -> None:
     assert mask_url(url) == url
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("https://user:pa55@llm.example.com/v1", "https://user:***@llm.example.com/v1"),
+        ("https://sk-live-123@llm.example.com/v1", "https://***@llm.example.com/v1"),
+        # A lone user name is masked too: in https URLs it is often a token.
+        ("postgresql://app@db:5432/agentcore", "postgresql://***@db:5432/agentcore"),
+        ("https://u:p@w@h.example/x", "https://u:***@h.example/x"),  # the last @ ends userinfo
+        ("https://h.example/v1?api_key=sk-1", "https://h.example/v1?api_key=***"),
+        ("https://h.example/v1?apikey=a&model=m", "https://h.example/v1?apikey=***&model=m"),
+        ("https://h.example/?key=a&token=b", "https://h.example/?key=***&token=***"),
+        ("https://h.example/?access_token=a", "https://h.example/?access_token=***"),
+        ("https://h.example/?client_secret=a", "https://h.example/?client_secret=***"),
+        ("https://h.example/?password=a&user=u", "https://h.example/?password=***&user=u"),
+        ("https://h.example/?sig=a&se=2030", "https://h.example/?sig=***&se=2030"),
+        ("https://h.example/?signature=a", "https://h.example/?signature=***"),
+        ("https://h.example/?X-Amz-Signature=a", "https://h.example/?X-Amz-Signature=***"),
+        (
+            "https://h.example/?X-Amz-Security-Token=a",
+            "https://h.example/?X-Amz-Security-Token=***",
+        ),
+        ("https://h.example/?auth=a", "https://h.example/?auth=***"),
+        ("https://h.example/?Authorization=Bearer%20x", "https://h.example/?Authorization=***"),
+        (
+            "https://h.example/#access_token=a&state=s",
+            "https://h.example/#access_token=***&state=s",
+        ),
+        ("https://a:b@h.example/?token=t", "https://a:***@h.example/?token=***"),
+        ("redis://:hunter2@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("postgresql://app:s3cret@db/agentcore", "postgresql://app:***@db/agentcore"),
+        ("http://[::1:bad", "***"),  # not parseable: masked whole
+    ],
+)
+def test_mask_url_masks_userinfo_and_secret_looking_parameters(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.openai.com/v1",
+        "https://h.example/v1?model=gpt&region=eu&token=",  # an empty value hides nothing
+        "https://h.example/path;key=value",  # path parameters are the path
+        "http://127.0.0.1:9000",
+    ],
+)
+def test_mask_url_leaves_urls_without_credentials_alone(url: str) -> None:
+    assert mask_url(url) == url
+
+
+def test_masked_dict_masks_every_url_of_the_configuration() -> None:
+    config = build_config(
+        {
+            "database": {"url": "postgresql://app:dbpass@db/agentcore"},
+            "events": {"redis_url": "redis://:redispass@r:6379/0"},
+            "rate_limit": {"redis_url": "redis://u:limitpass@r:6379/0"},
+            "storage": {
+                "s3_endpoint_url": "https://minio:miniopass@s3.internal/?X-Amz-Credential=c"
+            },
+            "llm": {
+                "providers": [
+                    {"name": "a", "base_url": "https://u:llmpass@llm.example/v1"},
+                    {"name": "b", "base_url": "https://llm.example/v1?api_key=sk-llmkey"},
+                ]
+            },
+        }
+    )
+
+    text = repr(to_masked_dict(config))
+
+    for secret in ("dbpass", "redispass", "limitpass", "miniopass", "llmpass", "sk-llmkey", "=c"):
+        assert secret not in text, secret
+    assert to_masked_dict(config)["llm"]["providers"][1]["base_url"] == (
+        "https://llm.example/v1?api_key=***"
+    )
+
+
+def test_a_config_error_does_not_echo_the_credentials_of_a_url() -> None:
+    message = config_error(
+        overrides={"llm": {"providers": [{"name": "a", "base_url": "ftp://u:ftppass@h/?key=k1"}]}}
+    )
+
+    assert "base_url" in message and "ftppass" not in message and "k1" not in message
 
 
 def test_mask_url_keeps_an_ipv6_host_bracketed() -> None:

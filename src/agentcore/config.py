@@ -593,7 +593,7 @@ def _check_llm(config: Config) -> None:
             fail(f"{where}.name", f"must be unique and [A-Za-z0-9_.-]+, got {provider.name!r}")
         names.add(provider.name)
         if urlsplit(provider.base_url).scheme not in ("http", "https"):
-            fail(f"{where}.base_url", f"not an http(s) URL: {provider.base_url!r}")
+            fail(f"{where}.base_url", f"not an http(s) URL: {mask_url(provider.base_url)!r}")
         for key in ("weight", "timeout_s", "connect_timeout_s", "max_connections"):
             if not getattr(provider, key) > 0:
                 fail(f"{where}.{key}", f"must be > 0, got {getattr(provider, key)}")
@@ -643,24 +643,61 @@ def load_config(
     return build_config(file_layer, env_overrides(env), overrides or {})
 
 
+#: Query (and fragment) parameter names whose values are masked: any name containing
+#: one of these, case and ``-``/``_`` ignored (``api_key``, ``X-Amz-Signature``,
+#: ``access_token``, ``sig``, ``authorization``...). Masking a harmless value costs nothing.
+SECRET_PARAMETERS = re.compile(r"key|token|secret|pass|pwd|sig|auth|credential|session|cookie")
+
+
 def mask_url(url: str) -> str:
-    """Replace the password of a URL with ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``url`` safe to print: credentials replaced with ``***``.
+
+    The password of the userinfo (``user:***@``; a lone user name, often a token, becomes
+    ``***@``) and the value of every secret-looking query or fragment parameter
+    (:data:`SECRET_PARAMETERS`). The rest is kept as written; text that is not a
+    parseable URL is masked whole.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    userinfo, at, host = netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    query, fragment = _mask_parameters(parts.query), _mask_parameters(parts.fragment)
+    if (netloc, query, fragment) == (parts.netloc, parts.query, parts.fragment):
         return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def _mask_parameters(text: str) -> str:
+    pairs = []
+    for pair in text.split("&"):
+        name, eq, value = pair.partition("=")
+        secret = SECRET_PARAMETERS.search(name.lower().replace("-", "").replace("_", ""))
+        pairs.append(f"{name}=***" if eq and value and secret else pair)
+    return "&".join(pairs)
+
+
+def _mask_urls(data: Any) -> Any:
+    """Every string in ``data`` (nested dicts and lists) that has a ``scheme://``, masked."""
+    if isinstance(data, dict):
+        return {k: _mask_urls(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_mask_urls(v) for v in data]
+    if isinstance(data, str) and "://" in data:
+        return mask_url(data)
+    return data
 
 
 def to_masked_dict(config: Config) -> dict[str, Any]:
-    """The effective configuration as plain data, secrets masked."""
+    """The effective configuration as plain data, secrets masked: every URL
+    (:func:`mask_url`), and the JWT secret."""
     data: dict[str, Any] = msgspec.to_builtins(config)
-    data["database"]["url"] = mask_url(config.database.url)
-    data["database"]["effective_url"] = mask_url(config.database_url)
-    data["rate_limit"]["redis_url"] = mask_url(config.rate_limit.redis_url)
-    data["events"]["redis_url"] = mask_url(config.events.redis_url)
+    data["database"]["effective_url"] = config.database_url
+    data = _mask_urls(data)
     if config.auth.jwt_secret:
         data["auth"]["jwt_secret"] = "***"
     return data
