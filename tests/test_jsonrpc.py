@@ -353,6 +353,75 @@ async def test_brackets_inside_strings_do_not_count_as_depth(client: httpx.Async
     assert response.status_code == 200
 
 
+REGISTER = b'"agent.register","params":{"agent_card":{"name":"dup","url":"http://x"}}'
+LIST = b'{"jsonrpc":"2.0","method":"agent.list",'
+
+
+@pytest.mark.parametrize(
+    ("body", "name"),
+    [
+        # Without the check the last "method" ran: agent.register, not agent.list.
+        (LIST + b'"method":' + REGISTER + b',"id":1}', "method"),
+        (LIST + b'"\\u006dethod":' + REGISTER + b',"id":1}', "method"),
+        (b'{"jsonrpc":"2.0","method":' + REGISTER + b',"id":1,"id":2}', "id"),
+        (b'{"jsonrpc":"2.0","method":' + REGISTER + b',"params":{},"id":1}', "params"),
+        (b'{"jsonrpc":"2.0","jsonrpc":"2.0","method":' + REGISTER + b',"id":1}', "jsonrpc"),
+    ],
+)
+async def test_a_member_named_twice_is_invalid_request_and_nothing_runs(
+    client: httpx.AsyncClient, body: bytes, name: str
+) -> None:
+    response = await post(client, body)
+
+    message = assert_error(response, 400, -32600, None)
+    assert f"duplicate key `{name}`" in message
+    assert (await rpc(client, "agent.list", {}))["agents"] == []
+
+
+async def test_a_batch_element_with_a_member_named_twice_is_invalid_request(
+    client: httpx.AsyncClient,
+) -> None:
+    body = b"[" + LIST + b'"method":' + REGISTER + b',"id":1}]'
+
+    response = await post(client, body)
+
+    assert response.status_code == 200
+    [item] = response.json()
+    assert item["error"]["code"] == -32600 and "duplicate key `method`" in item["error"]["message"]
+
+
+async def test_member_names_repeated_inside_params_are_not_duplicates(
+    client: httpx.AsyncClient,
+) -> None:
+    card = agent_card("named", description='"method" "id" "params" \\u00e9')
+    card["metadata"] = {"method": "x", "id": 1, "params": {"jsonrpc": "2.0"}}
+
+    response = await post(client, call("agent.register", {"agent_card": card}, 1))
+
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "rpc_id", [b"1e400", b"123456789012345678901234567890", b"-9223372036854775809"]
+)
+async def test_an_id_number_out_of_range_is_invalid_request_with_the_shape(
+    client: httpx.AsyncClient, rpc_id: bytes
+) -> None:
+    response = await post(client, b'{"jsonrpc":"2.0","method":"agent.list","id":' + rpc_id + b"}")
+
+    message = assert_error(response, 400, -32600, None)
+    assert '"jsonrpc": "2.0", "method": string' in message and "$.id" in message
+
+
+async def test_a_64_bit_id_is_echoed() -> None:
+    dispatcher = Dispatcher([])
+    body = b'{"jsonrpc":"2.0","method":"nope","id":9223372036854775807}'
+
+    _, payload = await dispatcher.handle(body, Context())
+
+    assert decode(payload)["id"] == 2**63 - 1
+
+
 # -- methods and params --------------------------------------------------------
 
 

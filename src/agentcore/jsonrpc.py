@@ -12,16 +12,24 @@ Follows https://www.jsonrpc.org/specification exactly, plus an HTTP mapping:
 Params are by name (a JSON object) and are decoded straight into the method's
 msgspec type; a validation failure is -32602 with msgspec's message, which
 names the field (``at `$.agent_card.name```) but never echoes the input.
+
+Valid JSON that is not a request object is -32600 with the expected shape
+(:data:`SHAPE`), never -32700: a member named twice in the request object
+(``"method"`` twice: a proxy may act on the first while msgspec keeps the
+last), and an ``id`` number outside what an id may be (an integer beyond
+64 bits, ``1e400``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
+from msgspec import Meta
 
 from agentcore.errors import (
     AgentCoreError,
@@ -36,7 +44,15 @@ from agentcore.http import safe_message
 log = logging.getLogger("agentcore.jsonrpc")
 
 P = TypeVar("P")
-RpcId = int | float | str | None
+#: An integer id fits in 64 bits (what every client's JSON library round-trips
+#: as a number); a float id must be finite (msgspec refuses ``1e400``).
+RpcId = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | float | str | None
+#: The request object, as every -32600 answer for one explains it.
+SHAPE = (
+    'expected {"jsonrpc": "2.0", "method": string, "params": object (optional), '
+    '"id": string, 64-bit integer, number or null (absent: a notification)}, '
+    "each member at most once"
+)
 
 #: Invalid UTF-8 inside a string: msgspec before 0.23 raised UnicodeDecodeError,
 #: 0.23 raises DecodeError, and only once the string is decoded (a ``Raw`` params
@@ -162,14 +178,28 @@ class Dispatcher:
 
     def _decode(self, buf: bytes) -> Request:
         try:
-            return self._request.decode(buf)
+            request = self._request.decode(buf)
         except msgspec.ValidationError as exc:
             _require_json(buf, exc)
-            raise InvalidRequest(f"invalid request: {safe_message(exc)}") from exc
+            raise InvalidRequest(f"invalid request: {safe_message(exc)}; {SHAPE}") from exc
         except msgspec.DecodeError as exc:
             raise ParseError("parse error: body is not valid JSON") from exc
         except UnicodeDecodeError as exc:
             raise ParseError(INVALID_UTF8) from exc
+        if (  # unrolled: a generator expression would cost more than the counts
+            buf.count(b'"method"') > 1
+            or buf.count(b'"id"') > 1
+            or buf.count(b'"params"') > 1
+            or buf.count(b'"jsonrpc"') > 1
+            or b"\\u00" in buf
+        ):
+            # Each member name counted in the body (tens of nanoseconds each on
+            # a 100-byte ping); only a body naming one twice, or holding a \u00
+            # escape that could spell one, is parsed again to find a duplicate.
+            name = _duplicate_member(buf)
+            if name is not None:
+                raise InvalidRequest(f"invalid request: duplicate key `{name}`; {SHAPE}")
+        return request
 
     async def _handle_batch(self, buf: bytes, context: Context) -> tuple[int, bytes | None]:
         try:
@@ -222,5 +252,38 @@ def _require_json(buf: bytes, exc: Exception) -> None:
     """A typed decode can fail on a type before reaching malformed JSON; prefer -32700."""
     try:
         msgspec.json.decode(buf)
+    except msgspec.ValidationError:
+        # Valid JSON syntax so far, but a number msgspec cannot hold (1e400):
+        # the stdlib parser (only on this rare path) tells whether the rest is JSON.
+        try:
+            json.loads(buf)
+        except (ValueError, RecursionError):
+            raise ParseError("parse error: body is not valid JSON") from exc
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise ParseError("parse error: body is not valid JSON") from exc
+
+
+def _duplicate_member(buf: bytes) -> str | None:
+    """A member named twice in the top-level object of ``buf``, else None.
+
+    The stdlib parser, because msgspec keeps the last of duplicate members
+    without telling; called only when the cheap count in ``_decode`` says a
+    duplicate is possible. Duplicates inside ``params`` are not looked for:
+    params are decoded once, so every check and the handler see the same value.
+    """
+    top: list[tuple[str, Any]] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> None:
+        nonlocal top
+        top = items  # inner objects first: the last call is the request object
+
+    try:
+        json.loads(buf, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None  # msgspec read it; whatever the stdlib minds, the request stands
+    seen: set[str] = set()
+    for name, _ in top:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
