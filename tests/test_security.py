@@ -1,4 +1,5 @@
-"""Security headers on every response, and CORS with an explicit allow-list (none by default)."""
+"""Security headers on every response, CORS with an explicit allow-list (none by default),
+and the Origin check of WebSocket handshakes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import httpx
 import pytest
 
 from agentcore.app import Gateway
-from agentcore.security import SecurityMiddleware
+from agentcore.proxies import TrustedProxies
+from agentcore.security import SecurityMiddleware, canonical_origin
 from agentcore.types import Message, Receive, Scope, Send
 from tests.support import gateway_client, make_config
 
@@ -193,7 +195,79 @@ async def test_websocket_scopes_pass_through_untouched(gateway: Gateway) -> None
         sent.append(message)
 
     middleware = SecurityMiddleware(inner, cors_origins=[APP_ORIGIN], hsts=True)
-    scope: Scope = {"type": "websocket", "path": "/ws", "headers": [(b"origin", b"https://x")]}
+    scope: Scope = {
+        "type": "websocket",
+        "path": "/ws",
+        "headers": [(b"origin", APP_ORIGIN.encode())],
+    }
     await middleware(scope, receive, send)
 
     assert sent == [{"type": "websocket.accept", "headers": []}]
+
+
+@pytest.mark.parametrize(
+    ("origin", "canonical"),
+    [
+        ("http://127.0.0.1:8001", "http://127.0.0.1:8001"),
+        ("HTTPS://GW.Example.com", "https://gw.example.com:443"),
+        ("http://gw.example.com:80", "http://gw.example.com:80"),
+        ("http://[::1]:8001", "http://[::1]:8001"),
+        ("null", None),
+        ("file://", None),
+        ("ws://gw.example.com", None),
+        ("https://gw.example.com/path", None),
+        ("https://user@gw.example.com", None),
+        ("https://gw.example.com:99999", None),
+        ("http://[::1", None),
+        ("", None),
+    ],
+)
+def test_origins_compare_by_scheme_host_and_port(origin: str, canonical: str | None) -> None:
+    assert canonical_origin(origin) == canonical
+
+
+def websocket_scope(*headers: tuple[str, str], peer: str = "127.0.0.1") -> Scope:
+    return {
+        "type": "websocket",
+        "scheme": "ws",
+        "server": ("127.0.0.1", 8001),
+        "client": (peer, 50000),
+        "headers": [(k.encode(), v.encode()) for k, v in headers],
+    }
+
+
+@pytest.mark.parametrize(
+    ("headers", "own"),
+    [
+        ((("host", "127.0.0.1:8001"),), "http://127.0.0.1:8001"),
+        ((("host", "GW.example.com"),), "http://gw.example.com:80"),
+        ((), "http://127.0.0.1:8001"),  # no Host (HTTP/1.0): the bound address
+        ((("host", "a/b"),), None),
+        # Forwarded headers count only from a trusted proxy (see the next test).
+        ((("host", "127.0.0.1:8001"), ("x-forwarded-proto", "https")), "http://127.0.0.1:8001"),
+    ],
+)
+def test_own_origin_is_the_requests_scheme_and_host(
+    headers: tuple[tuple[str, str], ...], own: str | None
+) -> None:
+    middleware = SecurityMiddleware(_refuse)
+    assert middleware.own_origin(websocket_scope(*headers)) == own
+
+
+def test_a_trusted_proxy_forwards_the_scheme_and_host() -> None:
+    middleware = SecurityMiddleware(_refuse, proxies=TrustedProxies(["10.0.0.0/8"]))
+    forwarded = (
+        ("host", "10.0.0.2:8001"),
+        ("x-forwarded-proto", "https, http"),  # the first: what the client spoke
+        ("x-forwarded-host", "gw.example.com"),
+    )
+    assert middleware.own_origin(websocket_scope(*forwarded, peer="10.0.0.1")) == (
+        "https://gw.example.com:443"
+    )
+    assert middleware.own_origin(websocket_scope(*forwarded, peer="192.0.2.1")) == (
+        "http://10.0.0.2:8001"
+    )
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
+    raise AssertionError("not reached")

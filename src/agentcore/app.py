@@ -73,6 +73,8 @@ API = "/api/v1"
 HEALTH_CACHE_S = 1.0
 #: Seconds shutdown waits for background tasks before cancelling them.
 SHUTDOWN_GRACE_S = 10.0
+#: Seconds between sweeps of what crashed uploads left in storage (also run at startup).
+STORAGE_SWEEP_S = 600.0
 #: Event types whose counters are kept at hand; past it they start over.
 COUNTED_EVENT_TYPES = 256
 #: Errors counted in agentcore_rejected_total, by reason.
@@ -143,6 +145,7 @@ class Gateway:
                 )
         self.router = self._routes()
         self.limiter = _build_limiter(config, clock)
+        self.proxies = TrustedProxies(config.server.trusted_proxies)
         self.authenticator = build_authenticator(config.auth, self.repos.api_keys, clock)
         #: Open WebSocket and SSE streams: the event router, keepalive sweeper, shutdown.
         self.streams = Connections(
@@ -165,7 +168,7 @@ class Gateway:
                 self.shedder,
                 self.limiter,
                 config.rate_limit,
-                TrustedProxies(config.server.trusted_proxies),
+                self.proxies,
                 self.metrics,
             )
             if config.rate_limit.enabled
@@ -178,7 +181,10 @@ class Gateway:
             metrics=self.metrics,
         )
         self.security = SecurityMiddleware(
-            self.auth, cors_origins=config.server.cors_allow_origins, hsts=config.server.hsts
+            self.auth,
+            cors_origins=config.server.cors_allow_origins,
+            hsts=config.server.hsts,
+            proxies=self.proxies,
         )
         #: The protection layer as ASGI middleware: security, auth, rate limit, shedding.
         #: WebSockets pass through it; HTTP requests take :meth:`_protected`, the
@@ -491,6 +497,7 @@ class Gateway:
         self._stop.clear()
         await self.repos.open()
         await self.llm.open()
+        await self._sweep_storage()
         self.started_at = time.monotonic()
         if self.metrics is not None:
             events = self.metrics.events
@@ -564,6 +571,7 @@ class Gateway:
             self._receive_fanout(),
             self._every(self.deadlines.resolution_s, self.deadlines.tick),
             self._every(self.config.llm.usage_flush_interval_s, self.llm.flush),
+            self._every(STORAGE_SWEEP_S, self._sweep_storage),
             self._run_webhooks(),
         ]
 
@@ -583,6 +591,11 @@ class Gateway:
             await worker.run(self._stop)
             committed.close()
             waking.cancel()
+
+    async def _sweep_storage(self) -> None:
+        removed = await self.blobs.sweep()
+        if removed:
+            log.info("storage: removed %d temporary files left by interrupted uploads", removed)
 
     async def _receive_fanout(self) -> None:
         """Deliver events committed by other workers and instances until shutdown begins."""

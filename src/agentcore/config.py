@@ -49,9 +49,13 @@ class ServerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     #: Log one line per request (costs throughput; off by default).
     access_log: bool = False
     #: Proxies (IPs or CIDRs) whose X-Forwarded-For is believed. The client IP
-    #: is the socket's peer unless that peer is listed here.
+    #: is the socket's peer unless that peer is listed here. Their
+    #: X-Forwarded-Proto and X-Forwarded-Host are the scheme and host the
+    #: WebSocket Origin check takes as the gateway's own origin.
     trusted_proxies: list[str] = []
-    #: Origins allowed by CORS (exact, e.g. "https://app.example.com"); none by default.
+    #: Origins allowed by CORS (exact, e.g. "https://app.example.com"); none by
+    #: default. Also the only pages, besides the gateway's own origin, that may
+    #: open a WebSocket (a handshake with another Origin is refused with 403).
     cors_allow_origins: list[str] = []
     #: Set Strict-Transport-Security (only when TLS terminates in front of the gateway).
     hsts: bool = False

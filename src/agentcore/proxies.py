@@ -1,9 +1,11 @@
-"""The client address, and when a proxy's X-Forwarded-For may be believed.
+"""The client address, and when a proxy's X-Forwarded-* headers may be believed.
 
 The address is the socket peer. Only when that peer is a configured trusted
 proxy (``server.trusted_proxies``) is ``X-Forwarded-For`` read, right to left,
 skipping trusted hops: the first untrusted address is the client. A forged
-header from anyone else changes nothing.
+header from anyone else changes nothing. The same holds for the scheme and
+host the client addressed (``X-Forwarded-Proto``, ``X-Forwarded-Host``), used
+for the WebSocket ``Origin`` check (``security.py``).
 """
 
 from __future__ import annotations
@@ -42,3 +44,14 @@ class TrustedProxies:
             if not self._is_trusted(hop):
                 return hop
         return peer
+
+    def forwarded(self, scope: Scope, name: bytes) -> str | None:
+        """The first value of header ``name`` (e.g. ``x-forwarded-proto``) when the socket
+        peer is a trusted proxy, else None: what the proxy nearest the client saw."""
+        client = scope.get("client")
+        if not self._networks or not client or not self._is_trusted(str(client[0])):
+            return None
+        for key, value in scope["headers"]:
+            if key == name:
+                return value.decode("latin-1").split(",")[0].strip() or None
+        return None

@@ -326,6 +326,69 @@ async def test_metrics_count_connections_up_and_down(server: ServerProcess) -> N
         assert "agentcore_stream_publish_to_send_seconds_bucket" in text
 
 
+# -- Origin: which web pages may open a socket -------------------------------------------
+
+
+async def handshake(server: ServerProcess, **headers: str) -> int:
+    """The HTTP status of a WebSocket handshake with ``headers``: 101, or the refusal."""
+    try:
+        async with ws(server, headers=headers) as client:
+            await client.send(type="ping")
+            await client.expect("pong")
+    except InvalidStatus as refused:
+        return refused.response.status_code
+    return 101
+
+
+@pytest.mark.parametrize("asgi_server", ["granian", "uvicorn"])
+async def test_a_page_from_another_origin_cannot_open_a_socket(
+    tmp_path: Path, asgi_server: str
+) -> None:
+    """Authentication is off on loopback by default, so the handshake's ``Origin`` is
+    what keeps a page the operator visits from replaying every event (refused
+    before accept: 403). Clients that send no ``Origin`` are not browsers."""
+    server = start(
+        tmp_path,
+        "--server",
+        asgi_server,
+        AGENTCORE_SERVER__CORS_ALLOW_ORIGINS='["https://app.example.com"]',
+    )
+    own = f"http://127.0.0.1:{server.port}"
+    try:
+        assert await handshake(server) == 101
+        assert await handshake(server, Origin=own) == 101
+        assert await handshake(server, Origin="https://app.example.com") == 101  # configured
+        for origin in (
+            "https://evil.example",
+            "null",  # sandboxed frames, file:// pages
+            f"https://127.0.0.1:{server.port}",  # another scheme is another origin
+            f"http://127.0.0.1:{server.port + 1}",
+            f"http://localhost:{server.port}",  # another name is another origin
+            "http://app.example.com",
+            f"{own}.evil.example",
+        ):
+            assert await handshake(server, Origin=origin) == 403, origin
+    finally:
+        server.stop()
+
+
+async def test_the_origin_a_trusted_proxy_forwarded_is_the_sockets_own(tmp_path: Path) -> None:
+    """Behind a TLS proxy the page's origin is the proxy's public one; the
+    proxy's X-Forwarded-Proto and -Host are believed only from a trusted proxy."""
+    trusting = start(tmp_path / "trusting", AGENTCORE_SERVER__TRUSTED_PROXIES='["127.0.0.1"]')
+    other = start(tmp_path / "other")
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example.com"}
+    try:
+        assert await handshake(trusting, Origin="https://gw.example.com", **forwarded) == 101
+        assert await handshake(trusting, Origin="http://gw.example.com", **forwarded) == 403
+        assert await handshake(other, Origin="https://gw.example.com", **forwarded) == 403
+        own = f"http://127.0.0.1:{other.port}"
+        assert await handshake(other, Origin=own, **forwarded) == 101
+    finally:
+        trusting.stop()
+        other.stop()
+
+
 # -- one server with API keys ------------------------------------------------------------
 
 
