@@ -13,7 +13,7 @@ import pytest
 from agentcore.clock import ManualClock
 from agentcore.errors import InvalidKey, InvalidParams, ObjectNotFound, PayloadTooLarge
 from agentcore.storage.base import BlobStore, ObjectInfo, byte_range
-from agentcore.storage.local import LocalBlobStore
+from agentcore.storage.local import STALE_TEMP_S, LocalBlobStore
 
 from .conftest import TEST_PART_BYTES
 
@@ -273,6 +273,38 @@ async def test_local_leaves_no_temporary_files(tmp_path: Path) -> None:
         await put(blobs, "dir/huge", b"x" * 5000, max_bytes=100)
     await put(blobs, "dir/ok", b"x")
     assert files_under(tmp_path) == ["storage/acme/dir/ok.obj"]
+
+
+async def test_local_sweep_removes_stale_temporaries_and_keeps_live_ones(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    root = tmp_path / "storage"
+    blobs = LocalBlobStore(root, clock)
+    await put(blobs, "dir/ok", b"x")
+    crashed = root / "acme" / "gone" / "deep" / ".tmp-0123456789abcdef"
+    crashed.parent.mkdir(parents=True)
+    crashed.write_bytes(b"y" * 1000)
+    old = clock() - STALE_TEMP_S - 1
+    os.utime(crashed, (old, old))
+    live = root / "acme" / "dir" / ".tmp-fedcba9876543210"  # an upload in progress
+    live.write_bytes(b"z")
+    os.utime(live, (clock() - STALE_TEMP_S + 60,) * 2)
+
+    assert await blobs.sweep() == 1
+
+    assert files_under(tmp_path) == [
+        "storage/acme/dir/.tmp-fedcba9876543210",
+        "storage/acme/dir/ok.obj",
+    ]
+    assert sorted(p.name for p in root.iterdir()) == ["acme"]  # emptied directories pruned
+    assert await keys(blobs) == ["dir/ok"]
+    clock.advance(61)
+    assert await blobs.sweep() == 1  # the same file, once it too has been left for too long
+    assert files_under(tmp_path) == ["storage/acme/dir/ok.obj"]
+
+
+async def test_sweep_of_an_empty_store(blobs: BlobStore) -> None:
+    assert await blobs.sweep() == 0
 
 
 def test_byte_range() -> None:

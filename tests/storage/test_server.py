@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from agentcore.storage.local import STALE_TEMP_S
 from tests.support import ServerProcess
 
 pytestmark = pytest.mark.server
@@ -52,3 +56,39 @@ def test_acknowledged_upload_survives_sigkill(
         assert keys == ["crash/test.bin", "form.bin"]
     leftovers = [p.name for p in (data / "storage").rglob(".tmp-*")]
     assert leftovers == []
+
+
+def test_a_crashed_upload_leaves_no_temporary_file_after_a_restart(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    first = server_factory(data_dir=data).start()
+    killed = threading.Event()
+
+    def body() -> Iterator[bytes]:  # one MiB, then the upload hangs until the gateway dies
+        yield os.urandom(MIB)
+        killed.wait(30)
+
+    def upload() -> None:
+        with contextlib.suppress(httpx.HTTPError), httpx.Client(base_url=first.url) as http:
+            http.put(f"{S}/big/file.bin", content=body(), timeout=30)
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    deadline = time.monotonic() + 10
+    while not list((data / "storage").rglob(".tmp-*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert first.signal(signal.SIGKILL) == -signal.SIGKILL
+    killed.set()
+    uploader.join()
+    [crashed] = (data / "storage").rglob(".tmp-*")
+    # The crash was an hour ago; another worker's upload has just begun.
+    old = time.time() - STALE_TEMP_S - 1
+    os.utime(crashed, (old, old))
+    live = data / "storage" / "default" / "other" / ".tmp-0000000000000000"
+    live.parent.mkdir(parents=True)
+    live.write_bytes(b"in progress")
+
+    server_factory(data_dir=data).start()
+
+    assert [p.name for p in (data / "storage").rglob(".tmp-*")] == [live.name]

@@ -90,6 +90,13 @@ class BlobStore(Protocol):
     async def list(self, tenant: str, prefix: str, after: str | None, limit: int) -> Page:
         """Keys starting with ``prefix``, greater than ``after``, in code point order."""
 
+    async def sweep(self) -> int:
+        """Remove what puts cut off by a crash left behind; how many were removed.
+
+        Only leftovers untouched for long enough that no put in progress can own
+        them. Called at startup and then periodically by the gateway.
+        """
+
     async def close(self) -> None:
         """Release clients and threads; called once at shutdown."""
 

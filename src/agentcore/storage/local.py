@@ -13,7 +13,9 @@ the JSON's length (8 bytes, big-endian). Data and metadata therefore change
 together with one ``os.replace``: a reader sees the old object or the new one,
 never a mix. A put writes a temporary file in the same directory, fsyncs it,
 renames it over the key and fsyncs the directory: an acknowledged put
-survives a crash of the process or of the machine.
+survives a crash of the process or of the machine. A put cut off by a crash
+leaves its temporary file behind; :meth:`LocalBlobStore.sweep` removes the
+ones untouched for :data:`STALE_TEMP_S`.
 
 All file work runs in threads (``asyncio.to_thread``); writes are batched to
 ``WRITE_BATCH_BYTES`` so a 100 MiB upload costs about 100 thread hops.
@@ -55,6 +57,11 @@ READ_CHUNK_BYTES = 256 * 1024
 #: Longest encoded file or directory name (most filesystems allow 255 bytes).
 MAX_NAME_BYTES = 250
 _TRAILER = 8
+TEMP_PREFIX = ".tmp-"
+#: Seconds since its last write after which a temporary file is a crashed put's. A put
+#: in progress writes to it at least every WRITE_BATCH_BYTES received and ends within
+#: ``limits.handler_timeout_s`` (30 s by default), so an hour never takes a live one.
+STALE_TEMP_S = 3600.0
 
 
 class LocalBlobStore:
@@ -158,6 +165,10 @@ class LocalBlobStore:
         more = len(keys) > limit
         return Page(objects=objects, next_after=page[-1] if more and page else None)
 
+    async def sweep(self) -> int:
+        """Remove the temporary files left by puts a crash cut off (see :data:`STALE_TEMP_S`)."""
+        return await asyncio.to_thread(_sweep, self.root, self.clock() - STALE_TEMP_S)
+
     async def close(self) -> None:
         pass
 
@@ -168,7 +179,7 @@ class LocalBlobStore:
 def _create_temp(directory: Path) -> tuple[int, str]:
     for _ in range(3):  # a concurrent delete may prune the directory between the two calls
         directory.mkdir(parents=True, exist_ok=True)
-        name = directory / f".tmp-{os.urandom(8).hex()}"
+        name = directory / f"{TEMP_PREFIX}{os.urandom(8).hex()}"
         try:
             return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), str(name)
         except FileNotFoundError:
@@ -257,7 +268,29 @@ def _delete(path: Path, base: Path, key: str) -> None:
         os.unlink(path)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise ObjectNotFound(f"no object {key!r}") from exc
-    directory = path.parent
+    _prune(path.parent, base)
+
+
+def _sweep(root: Path, before: float) -> int:
+    """Unlink every temporary file under ``root`` last written before ``before`` (epoch s),
+    then the directories it leaves empty (up to the tenant's); how many files."""
+    removed = 0
+    for directory, _, files in os.walk(root):  # symlinks are not followed
+        for name in files:
+            if not name.startswith(TEMP_PREFIX):
+                continue
+            path = os.path.join(directory, name)
+            with contextlib.suppress(FileNotFoundError):  # a put finished or discarded it
+                if os.lstat(path).st_mtime < before:
+                    os.unlink(path)
+                    removed += 1
+                    tenant = Path(directory).relative_to(root).parts[:1]
+                    _prune(Path(directory), root.joinpath(*tenant))
+    return removed
+
+
+def _prune(directory: Path, base: Path) -> None:
+    """Remove ``directory`` and its parents while empty, up to ``base`` (kept)."""
     while directory != base and directory.is_relative_to(base):
         try:
             directory.rmdir()  # only when empty

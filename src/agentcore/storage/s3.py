@@ -263,6 +263,11 @@ class S3BlobStore:
         more = bool(listed.get("IsTruncated")) and bool(objects)
         return Page(objects=objects, next_after=objects[-1].key if more else None)
 
+    async def sweep(self) -> int:
+        """Nothing: a crashed multipart upload under ``.uploads/`` is the bucket's to expire
+        (an ``AbortIncompleteMultipartUpload`` lifecycle rule, docs/storage.md)."""
+        return 0
+
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
