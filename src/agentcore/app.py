@@ -75,8 +75,6 @@ HEALTH_CACHE_S = 1.0
 SHUTDOWN_GRACE_S = 10.0
 #: Seconds between sweeps of what crashed uploads left in storage (also run at startup).
 STORAGE_SWEEP_S = 600.0
-#: Seconds between sweeps of what crashed uploads left in storage (also run at startup).
-STORAGE_SWEEP_S = 600.0
 #: Event types whose counters are kept at hand; past it they start over.
 COUNTED_EVENT_TYPES = 256
 #: Errors counted in agentcore_rejected_total, by reason.
@@ -500,7 +498,6 @@ class Gateway:
         await self.repos.open()
         await self.llm.open()
         await self._sweep_storage()
-        await self._sweep_storage()
         self.started_at = time.monotonic()
         if self.metrics is not None:
             events = self.metrics.events
@@ -575,7 +572,6 @@ class Gateway:
             self._every(self.deadlines.resolution_s, self.deadlines.tick),
             self._every(self.config.llm.usage_flush_interval_s, self.llm.flush),
             self._every(STORAGE_SWEEP_S, self._sweep_storage),
-            self._every(STORAGE_SWEEP_S, self._sweep_storage),
             self._run_webhooks(),
         ]
 
@@ -595,11 +591,6 @@ class Gateway:
             await worker.run(self._stop)
             committed.close()
             waking.cancel()
-
-    async def _sweep_storage(self) -> None:
-        removed = await self.blobs.sweep()
-        if removed:
-            log.info("storage: removed %d temporary files left by interrupted uploads", removed)
 
     async def _sweep_storage(self) -> None:
         removed = await self.blobs.sweep()
