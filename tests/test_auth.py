@@ -528,6 +528,10 @@ def test_default_scopes_are_all_but_admin() -> None:
     assert set(apikeys.default_scopes()) == SCOPES - {"admin"}
 
 
+def test_an_agent_keys_default_scopes_leave_out_events_write() -> None:
+    assert set(apikeys.default_scopes("bot-1")) == SCOPES - {"admin", "events:write"}
+
+
 # -- where the gateway may listen -------------------------------------------------------
 
 

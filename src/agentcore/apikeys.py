@@ -53,11 +53,15 @@ class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
     revoked_at: float | None = None
 
 
-def default_scopes() -> list[str]:
-    """Every scope but ``admin``: what ``agentcore keys create`` grants unless told."""
+def default_scopes(agent_id: str | None = None) -> list[str]:
+    """What ``agentcore keys create`` grants unless told: every scope but ``admin``,
+    and for an agent's key (``agent_id``) not ``events:write`` either: an agent
+    reports through its tasks, and a key that leaks from one agent should not
+    be able to publish to the whole tenant."""
     from agentcore.auth import SCOPES  # auth imports this module
 
-    return sorted(SCOPES - {"admin"})
+    withheld = {"admin"} if agent_id is None else {"admin", "events:write"}
+    return sorted(SCOPES - withheld)
 
 
 def check_scopes(scopes: list[str]) -> list[str]:

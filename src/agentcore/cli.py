@@ -129,7 +129,10 @@ def _keys_parser(commands: Any) -> None:
         action="append",
         dest="scopes",
         metavar="SCOPE",
-        help="a scope to grant (repeatable; default: every scope but admin)",
+        help=(
+            "a scope to grant (repeatable; default: every scope but admin, "
+            "and for an --agent-id key not events:write either)"
+        ),
     )
     create.add_argument("--agent-id", help="bind the key to one agent: it may act only as it")
     create.add_argument("--name", default="", help="a label for the key")
@@ -161,7 +164,7 @@ def _keys(args: argparse.Namespace, config: Config) -> int:
     if args.action == "create":
         full, key = apikeys.generate(
             tenant=args.tenant,
-            scopes=args.scopes or apikeys.default_scopes(),
+            scopes=args.scopes or apikeys.default_scopes(args.agent_id),
             now=time.time(),
             name=args.name,
             agent_id=args.agent_id,

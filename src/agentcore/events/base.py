@@ -28,6 +28,20 @@ from agentcore.models import DEFAULT_TENANT
 OverflowPolicy = Literal["drop_oldest", "close"]
 
 
+#: First dotted segments of the event types the gateway itself emits (``agent.*``
+#: from the registry, ``task.*`` from the task service, ``webhook.*`` from delivery;
+#: ``agentcore.*`` kept for later): ``events.publish`` refuses them, so a published
+#: event can never pass for a state change (issue 14).
+SYSTEM_TYPE_PREFIXES = ("agent", "task", "webhook", "agentcore")
+#: The ``source`` of the task service's events: the only ``task.assigned`` a dispatch feed trusts.
+TASKS_SOURCE = "tasks"
+
+
+def is_system_type(event_type: str) -> bool:
+    """Whether ``event_type`` is in a namespace of :data:`SYSTEM_TYPE_PREFIXES` (any case)."""
+    return event_type.partition(".")[0].lower() in SYSTEM_TYPE_PREFIXES
+
+
 class Event(msgspec.Struct, kw_only=True, frozen=True):
     #: Position in the event log: gap-free, increasing; 0 until the log assigns it.
     id: int = 0

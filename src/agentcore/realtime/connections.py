@@ -42,7 +42,7 @@ from agentcore.auth import Identity
 from agentcore.clock import Clock, system_clock
 from agentcore.config import RealtimeConfig
 from agentcore.errors import AgentCoreError
-from agentcore.events.base import Event, EventFilter
+from agentcore.events.base import TASKS_SOURCE, Event, EventFilter
 from agentcore.events.log import EventLog
 from agentcore.events.memory import MemorySubscription
 from agentcore.events.patterns import classify
@@ -435,8 +435,9 @@ class Connections:
     # -- encoding and accounting ---------------------------------------------------
 
     async def encode(self, feed: Feed, event: Event) -> bytes:
-        """The event as a JSON object; ``task.assigned`` on an agent's feed carries the task."""
-        if feed.dispatch and event.type == "task.assigned":
+        """The event as a JSON object; ``task.assigned`` on an agent's feed carries the task
+        (only the task service's own: a published one cannot deliver another agent's task)."""
+        if feed.dispatch and event.type == "task.assigned" and event.source == TASKS_SOURCE:
             task: Any = None
             try:
                 task = await self._tasks.get(str(event.data.get("task_id")), event.tenant)

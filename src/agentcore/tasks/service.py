@@ -30,6 +30,7 @@ from agentcore.clock import Clock
 from agentcore.config import TasksConfig
 from agentcore.entropy import random_hex
 from agentcore.errors import Forbidden, InvalidTransition, TaskAlreadyExists, TaskNotFound
+from agentcore.events.base import TASKS_SOURCE
 from agentcore.events.log import Change, EventLog
 from agentcore.models import (
     DEFAULT_TENANT,
@@ -86,7 +87,7 @@ class TaskService:
                 **data,
             },
             tenant=task.tenant,
-            source="tasks",
+            source=TASKS_SOURCE,
         )
 
     # -- reads ----------------------------------------------------------------
