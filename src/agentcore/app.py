@@ -160,6 +160,8 @@ class Gateway:
             self.streams, self.authenticator, self.dispatcher, config, self.metrics
         )
         self.sse = SseEndpoint(self.streams, config)
+            authenticator=self.authenticator,
+            recheck_s=config.auth.cache_s,
         self.shedder = LoadShedMiddleware(
             self._endpoint, config.limits.max_in_flight, self.metrics, streams={SSE_PATH}
         )

@@ -180,7 +180,9 @@ class AuthConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True
     #: Require credentials for /metrics too.
     protect_metrics: bool = False
     #: Seconds a verified API key is trusted before the store is asked again
-    #: (revocation through another worker takes effect within this time).
+    #: (revocation through another worker takes effect within this time); also
+    #: how often open WebSocket and SSE streams have their credential checked
+    #: again (a revoked key or an expired JWT ends them with 1008).
     cache_s: float = 5.0
 
 

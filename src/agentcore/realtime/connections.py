@@ -12,8 +12,16 @@ the ASGI call itself, blocked on ``receive()``. Nothing else runs for it:
   costs one short-lived task per busy connection; idle ones cost none;
 - one *sweeper* per worker (run by the app every :attr:`Connections.tick_s`)
   sends WebSocket keepalive pings, closes idle WebSockets, writes SSE
-  heartbeats and gives up on connections that cannot take their close:
-  no timer per connection.
+  heartbeats, checks credentials again and gives up on connections that
+  cannot take their close: no timer per connection.
+
+Credentials end while streams stay open (a revoked API key, a JWT past its
+``exp``): the sweeper checks each stream's credential again every
+``auth.cache_s`` (once per distinct credential, through the authenticator and
+its cache) and closes the streams of one that ended with 1008 (SSE: ``event:
+error``). A WebSocket's client messages are checked on arrival as well
+(``websocket.py``). A store that cannot answer keeps the streams open (it
+cannot show a revocation either) and is asked again after ``auth.cache_s``.
 
 Slow consumers: when a connection's queue (``realtime.send_queue_size``) is
 full, the queue is dropped and the stream is closed (WebSocket 1013, SSE
@@ -38,10 +46,10 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
-from agentcore.auth import Identity
+from agentcore.auth import Authenticator, Identity
 from agentcore.clock import Clock, system_clock
 from agentcore.config import RealtimeConfig
-from agentcore.errors import AgentCoreError
+from agentcore.errors import AgentCoreError, Unauthorized
 from agentcore.events.base import TASKS_SOURCE, Event, EventFilter
 from agentcore.events.log import EventLog
 from agentcore.events.memory import MemorySubscription
@@ -104,9 +112,11 @@ class Connection:
         "_lock",
         "_outbox",
         "_send",
+        "checked_at",
         "client",
         "closed",
         "closing_since",
+        "credential",
         "feeds",
         "hub",
         "identity",
@@ -117,10 +127,20 @@ class Connection:
         "task",
     )
 
-    def __init__(self, hub: Connections, identity: Identity, send: Send, client: str) -> None:
+    def __init__(
+        self,
+        hub: Connections,
+        identity: Identity,
+        send: Send,
+        client: str,
+        credential: str | None = None,
+    ) -> None:
         self.hub = hub
         self.identity = identity
         self.client = client
+        #: The API key or JWT the stream authenticated with, checked again while it
+        #: is open; None without authentication.
+        self.credential = credential
         self._send = send
         #: Subscriptions by id.
         self.feeds: dict[str, Feed] = {}
@@ -137,6 +157,8 @@ class Connection:
         self.last_sent = now
         self.last_pinged = now
         self.closing_since = 0.0
+        #: When the credential was last found valid (monotonic seconds).
+        self.checked_at = now
         #: The ASGI call serving the connection: cancelled by :meth:`kill`, and by a
         #: WebSocket closing while it waits in receive() (websocket.py, ``finish``).
         self.task = asyncio.current_task()
@@ -291,9 +313,14 @@ class Connections:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Clock = system_clock,
+        authenticator: Authenticator | None = None,
+        recheck_s: float = 5.0,
     ) -> None:
         self.log = log
         self.config = config
+        self._authenticator = authenticator
+        #: Seconds between checks of an open stream's credential (``auth.cache_s``).
+        self._recheck_s = recheck_s
         self._stored = stored
         self._tasks = tasks
         self._metrics = metrics
@@ -324,6 +351,7 @@ class Connections:
                 config.ping_interval_s / 4,
                 config.idle_timeout_s / 4,
                 config.sse_heartbeat_s / 4,
+                recheck_s / 2 if authenticator is not None and recheck_s > 0 else 1.0,
             ),
         )
         self._gauges = (
@@ -472,11 +500,47 @@ class Connections:
     # -- the sweeper and shutdown ----------------------------------------------------
 
     async def sweep(self) -> None:
-        """One visit to every connection: keepalive pings, idle closes, heartbeats."""
+        """One visit to every connection: keepalive pings, idle closes, heartbeats,
+        and the credentials due to be checked again."""
         now = self.now()
         config = self.config
         for conn in tuple(self._open):
             conn.tick(now, config)
+        if self._authenticator is None:
+            return
+        due: dict[str, list[Connection]] = {}
+        for conn in self._open:
+            if (
+                conn.credential is not None
+                and not conn.closing
+                and now - conn.checked_at >= self._recheck_s
+            ):
+                due.setdefault(conn.credential, []).append(conn)
+        for credential, conns in due.items():
+            try:
+                await self._authenticator.authenticate(credential)
+            except Unauthorized as exc:
+                for conn in conns:
+                    _credential_ended(conn, exc)
+                continue
+            except AgentCoreError as exc:  # the store is unavailable: asked again later
+                log.warning("credential of %d streams not checked: %s", len(conns), exc.message)
+            for conn in conns:
+                conn.checked_at = now
+
+    async def authorize(self, conn: Connection) -> bool:
+        """Check ``conn``'s credential again now (a client message is to be acted on):
+        False, with the stream closing (1008), when it has ended. A store that cannot
+        answer raises its :class:`AgentCoreError` (503)."""
+        if self._authenticator is None or conn.credential is None:
+            return True
+        try:
+            await self._authenticator.authenticate(conn.credential)
+        except Unauthorized as exc:
+            _credential_ended(conn, exc)
+            return False
+        conn.checked_at = self.now()
+        return True
 
     async def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
         """Close every stream and refuse new ones; returns when they are gone (or dropped)."""
@@ -495,6 +559,11 @@ class Connections:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._empty.wait()
+
+
+def _credential_ended(conn: Connection, exc: Unauthorized) -> None:
+    log.info("closing a %s stream of %s: %s", conn.transport, conn.client, exc.message)
+    conn.close(1008, f"credential ended: {exc.message}")
 
 
 def _exact_types(patterns: tuple[str, ...]) -> tuple[str, ...] | None:

@@ -4,10 +4,13 @@ One subscription per request, given in the query: ``topics`` (comma
 separated globs, default ``*``), ``task_id``, ``agent_id`` and ``since``;
 the ``Last-Event-ID`` header (sent by ``EventSource`` when it reconnects)
 wins over ``since``. Authentication, scopes and the tenant are the HTTP
-ones. The stream opens with ``event: subscribed``, then sends each event as
-``id: <id>`` and ``data: <the WebSocket event object>``, a ``: heartbeat``
-comment after ``realtime.sse_heartbeat_s`` of silence, and ends, when the
-server has to end it (shutdown, slow consumer), with a terminal
+ones; the credential is checked again every ``auth.cache_s`` while the
+stream is open, and one that ended (revoked, expired) ends it with ``event:
+error`` code 1008 (``connections.py``). The stream opens with ``event:
+subscribed``, then sends each event as ``id: <id>`` and ``data: <the
+WebSocket event object>``, a ``: heartbeat`` comment after
+``realtime.sse_heartbeat_s`` of silence, and ends, when the server has to
+end it (shutdown, slow consumer, a credential that ended), with a terminal
 ``event: error`` whose data carries the WebSocket close code and reason,
 never silently.
 
@@ -24,7 +27,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from agentcore.auth import ANONYMOUS, IDENTITY, Identity
+from agentcore.auth import ANONYMOUS, IDENTITY, Identity, credential_of
 from agentcore.config import Config, RealtimeConfig
 from agentcore.errors import AgentCoreError, InvalidRequest, Overloaded
 from agentcore.events.base import Event
@@ -93,7 +96,13 @@ class SseEndpoint:
             return
         await send(start(scope, 200, list(HEADERS)))
         client = scope.get("client")
-        conn = SseConnection(self.connections, identity, send, str(client[0]) if client else "")
+        conn = SseConnection(
+            self.connections,
+            identity,
+            send,
+            str(client[0]) if client else "",
+            credential_of(scope) if identity.kind != "anonymous" else None,
+        )
         self.connections.open(conn)
         try:
             await conn.serve(receive, Feed("s1", event_filter, conn), request.since)

@@ -14,7 +14,10 @@ middleware), or, when there are none, ``{"type": "auth", "token": ...}`` as
 the first message within ``realtime.auth_timeout_s``. The connection acts
 with that identity throughout: its tenant bounds every subscription, and
 ``rpc`` calls go through the JSON-RPC dispatcher with the same scopes and
-agent binding as over HTTP.
+agent binding as over HTTP. The credential is checked again before every
+client message is acted on, and every ``auth.cache_s`` while events flow
+(``connections.py``): once it has ended (a revoked key, an expired JWT) the
+connection closes with 1008.
 
 While the connection is idle its ASGI call, which reads client messages,
 is its only task (see ``connections.py``).
@@ -29,7 +32,7 @@ from typing import Any
 
 import msgspec
 
-from agentcore.auth import IDENTITY, Authenticator, Identity
+from agentcore.auth import IDENTITY, Authenticator, Identity, credential_of
 from agentcore.config import Config, RealtimeConfig
 from agentcore.errors import (
     AgentCoreError,
@@ -168,12 +171,16 @@ class WebSocketEndpoint:
             await send({"type": "websocket.close", "code": 1001, "reason": "server shutting down"})
             return
         identity: Identity | None = scope.get(IDENTITY)
+        credential = credential_of(scope) if self.authenticator is not None else None
         if identity is None:
-            identity = await self._authenticate(receive, send)
-            if identity is None:
+            authenticated = await self._authenticate(receive, send)
+            if authenticated is None:
                 return
+            identity, credential = authenticated
         client = scope.get("client")
-        conn = WebSocketConnection(self, identity, send, str(client[0]) if client else "")
+        conn = WebSocketConnection(
+            self, identity, send, str(client[0]) if client else "", credential
+        )
         self.connections.open(conn)
         try:
             await conn.serve(receive)
@@ -185,8 +192,9 @@ class WebSocketEndpoint:
         finally:
             self.connections.release(conn)
 
-    async def _authenticate(self, receive: Receive, send: Send) -> Identity | None:
-        """First-message authentication; closes with 1008 (1011: store down) and returns None."""
+    async def _authenticate(self, receive: Receive, send: Send) -> tuple[Identity, str] | None:
+        """First-message authentication: the identity and its credential; closes with
+        1008 (1011: store down) and returns None."""
         timeout = self.config.auth_timeout_s
         try:
             async with asyncio.timeout(timeout):
@@ -225,7 +233,7 @@ class WebSocketEndpoint:
             "scopes": None if identity.scopes is None else sorted(identity.scopes),
         }
         await send({"type": "websocket.send", "text": _encoder.encode(reply).decode()})
-        return identity
+        return identity, parsed.token
 
 
 async def _close(send: Send, code: int, reason: str) -> None:
@@ -246,9 +254,14 @@ class WebSocketConnection(Connection):
     )
 
     def __init__(
-        self, endpoint: WebSocketEndpoint, identity: Identity, send: Send, client: str
+        self,
+        endpoint: WebSocketEndpoint,
+        identity: Identity,
+        send: Send,
+        client: str,
+        credential: str | None = None,
     ) -> None:
-        super().__init__(endpoint.connections, identity, send, client)
+        super().__init__(endpoint.connections, identity, send, client, credential)
         self.endpoint = endpoint
         self._next_sid = 1
         #: Rate limit state (GCRA theoretical arrival time) and refusals in a row.
@@ -375,6 +388,8 @@ class WebSocketConnection(Connection):
         message: ClientMessage | None = None
         try:
             message = parse(text)
+            if not await self.hub.authorize(self):
+                return  # the credential ended: closing with 1008
             if isinstance(message, Ping):
                 await self.reply({"type": "pong", "id": message.id})
             elif isinstance(message, Pong):
