@@ -24,10 +24,14 @@ below its test.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import re
+import socket
 import string
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +45,7 @@ from agentcore.app import Gateway, create_app
 from agentcore.errors import AgentCoreError, HandlerTimeout, Overloaded, StoreUnavailable
 from agentcore.openapi import method_listing
 from tests.databases import create_pg_database, drop_pg_database
-from tests.support import agent_card, gateway_client, make_config, rpc
+from tests.support import ServerProcess, agent_card, gateway_client, make_config, rpc
 
 JSONRPC = "/api/v1/jsonrpc"
 SEED_AGENT = "fuzz.seed-agent"
@@ -577,3 +581,108 @@ async def test_jsonrpc_batches(
     client: httpx.AsyncClient, seeded: tuple[Any, Any], request: Fuzz
 ) -> None:
     await check(client, request, seeded)
+
+
+# -- request heads on the wire -----------------------------------------------------
+
+#: Small head limits for the head fuzz, so both sides of each are reached cheaply.
+HEAD_LIMITS = {
+    "AGENTCORE_SERVER__MAX_HEAD_BYTES": "4096",
+    "AGENTCORE_SERVER__MAX_HEADERS": "20",
+    "AGENTCORE_SERVER__HEAD_TIMEOUT_S": "2",
+}
+#: Seconds an answer to a whole head may take (the head timeout and a sweep, and slack).
+ANSWER_S = 5.0
+token = st.from_regex(rb"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,40}", fullmatch=True)
+visible = st.binary(max_size=200).map(lambda b: bytes(c | 0x20 for c in b).replace(b"\x7f", b"~"))
+repeated = st.builds(
+    lambda byte, size: byte * size,
+    st.sampled_from([b"a", b" ", b"\t", b"\xff"]),
+    st.integers(0, 9000),
+)
+
+
+@dataclass(frozen=True)
+class Head:
+    """A request head as sent: its bytes, in pieces."""
+
+    pieces: tuple[bytes, ...]
+
+    def __repr__(self) -> str:  # Hypothesis prints failing examples: keep them short
+        data = b"".join(self.pieces)
+        return f"Head({len(data)} bytes in {len(self.pieces)} pieces: {data[:300]!r}...)"
+
+
+@st.composite
+def heads(draw: st.DrawFn) -> Head:
+    start = draw(
+        st.sampled_from(
+            [
+                b"GET /api/v1/health HTTP/1.1\r\n",
+                b"POST /api/v1/jsonrpc HTTP/1.1\r\n",
+                b"GET /api/v1/health HTTP/1.0\r\n",
+            ]
+        )
+    )
+    lines = [b"host: 127.0.0.1\r\n"] if draw(st.booleans()) else []
+    count = draw(st.integers(0, 5) | st.integers(0, 40))
+    # One head in four may be malformed anywhere; the rest are well formed, so
+    # that the limits are reached rather than a 400 for a bad byte.
+    malformed = draw(st.integers(0, 3)) == 0
+    names = token | st.binary(min_size=1, max_size=40) if malformed else token
+    values = visible | repeated | (st.binary(max_size=200) if malformed else repeated)
+    for _ in range(count):
+        lines.append(draw(names) + b": " + draw(values) + b"\r\n")
+    data = start + b"".join(lines) + b"content-length: 0\r\n\r\n"
+    cuts = sorted(draw(st.lists(st.integers(1, len(data) - 1), max_size=3, unique=True)))
+    return Head(tuple(data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)))
+
+
+def first_answer(sock: socket.socket) -> bytes:
+    """The first response's head and body, or what came before the server closed."""
+    deadline = time.monotonic() + ANSWER_S
+    data = b""
+    while True:
+        head, found, body = data.partition(b"\r\n\r\n")
+        if found:
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            if length is None or len(body) >= int(length[1]):
+                return data
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            pytest.fail(f"no complete answer within {ANSWER_S} s: {data[:300]!r}")
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        except TimeoutError:
+            continue
+        if not chunk:
+            return data
+        data += chunk
+
+
+@pytest.fixture
+def head_server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+    return server_factory(env=HEAD_LIMITS).start()
+
+
+@pytest.mark.server
+@settings(FUZZ, max_examples=150)
+@given(head=heads())
+@example(head=Head((b"GET /api/v1/health HTTP/1.1\r\nx: " + b"a" * 5000 + b"\r\n\r\n",)))
+@example(head=Head((b"GET /api/v1/health HTTP/1.1\r\n" + b"x: 1\r\n" * 21 + b"\r\n",)))
+def test_request_heads_never_get_a_5xx_or_a_hang(head_server: ServerProcess, head: Head) -> None:
+    with socket.create_connection(("127.0.0.1", head_server.port), timeout=ANSWER_S) as sock:
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            for piece in head.pieces:
+                sock.sendall(piece)
+        answer = first_answer(sock)
+    assert answer, f"closed without an answer: {head!r}"
+    status_line, _, rest = answer.partition(b"\r\n")
+    status = int(status_line.split()[1])
+    event(f"status {status}")
+    assert status < 500, f"{status} for {head!r}: {answer[:500]!r}"
+    if status in (408, 431):  # the head limits answer in JSON
+        assert is_error_body(json.loads(rest.partition(b"\r\n\r\n")[2]))

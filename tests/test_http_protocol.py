@@ -8,9 +8,18 @@ have done. The real servers in test_server.py and tests/realtime run on it too.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import contextvars
+import json
+import select
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -19,10 +28,12 @@ from uvicorn.server import ServerState
 from agentcore.http_protocol import (
     SWEEPS_PER_TIMEOUT,
     GatewayHttpProtocol,
+    KeepAliveSweeper,
     ServerShared,
     header_line,
     response_head,
 )
+from tests.support import ServerProcess
 
 CHUNK = 64 * 1024
 BODY = b'{"status":"ok"}'
@@ -60,6 +71,9 @@ class RecordingTransport(asyncio.Transport):
 
     def get_write_buffer_size(self) -> int:
         return 0
+
+    def can_write_eof(self) -> bool:
+        return False
 
     def pause_reading(self) -> None:
         pass
@@ -579,3 +593,213 @@ async def test_context_set_by_one_request_is_not_seen_by_the_next() -> None:
 
     assert seen == [None, None]
     assert b"".join(transport.writes).count(BODY) == 2
+
+
+# -- request heads: bounded in size, header count and time ------------------------
+
+
+def limited(
+    max_head_bytes: int = 1024, max_headers: int = 100
+) -> tuple[GatewayHttpProtocol, RecordingTransport]:
+    protocol, transport = connect(GatewayHttpProtocol)
+    assert isinstance(protocol, GatewayHttpProtocol)
+    protocol.max_head_bytes = max_head_bytes
+    protocol.max_headers = max_headers
+    return protocol, transport
+
+
+def refusal_of(transport: RecordingTransport) -> tuple[int, dict[str, Any]]:
+    """The status and JSON error of the one answer written, the connection closed."""
+    assert transport.closing
+    head, _, body = b"".join(transport.writes).partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head and b"connection: close" in head
+    return int(head.split()[1]), json.loads(body)["error"]
+
+
+async def test_a_head_past_the_size_limit_is_refused_as_it_arrives() -> None:
+    protocol, transport = limited(max_head_bytes=1024)
+    feed_now(protocol, b"GET / HTTP/1.1\r\nhost: t\r\nx-big: ")  # 31 bytes
+    for _ in range(2):  # one header line that never ends, 400 bytes a read
+        feed_now(protocol, b"a" * 400)
+    assert not transport.closing  # 831 bytes
+    feed_now(protocol, b"a" * 400)  # 1,231: past the limit, still inside the line
+
+    status, error = refusal_of(transport)
+    assert status == 431
+    assert error["type"] == "headers_too_large" and "1024 bytes" in error["message"]
+    feed_now(protocol, b"a" * 100_000)  # what still comes is dropped unparsed
+    assert len(transport.writes) == 1
+
+
+async def test_a_whole_head_past_the_limit_in_one_read_is_refused_too() -> None:
+    protocol, transport = limited(max_head_bytes=1024)
+    feed_now(protocol, b"GET / HTTP/1.1\r\nhost: t\r\nx-big: %b\r\n\r\n" % (b"a" * 1100))
+    assert refusal_of(transport)[0] == 431
+
+
+async def test_heads_within_the_limit_pass_with_any_body_and_pipelining() -> None:
+    protocol, transport = limited(max_head_bytes=1024)
+    body = b"x" * 5000  # a large read, but the head in it is small
+    post = b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 5000\r\n\r\n" + body
+    near = b"GET / HTTP/1.1\r\nhost: t\r\nx-pad: %b\r\n\r\n" % (b"a" * 950)
+    feed(protocol, post + near)  # pipelined in one read
+    await settle()
+    feed(protocol, near[:500])  # one head in two reads
+    feed(protocol, near[500:])
+    await settle()
+    written = b"".join(transport.writes)
+    assert written.count(b"HTTP/1.1 200 OK") == 3 and body in written
+    assert not transport.closing
+
+
+async def test_more_headers_than_the_limit_are_refused() -> None:
+    ok, ok_transport = limited(max_headers=5)
+    feed(ok, b"GET / HTTP/1.1\r\n" + b"".join(b"x-%d: v\r\n" % n for n in range(5)) + b"\r\n")
+    await settle()
+    assert b"".join(ok_transport.writes).endswith(BODY)
+
+    protocol, transport = limited(max_headers=5)
+    feed_now(
+        protocol, b"GET / HTTP/1.1\r\n" + b"".join(b"x-%d: v\r\n" % n for n in range(6)) + b"\r\n"
+    )
+    status, error = refusal_of(transport)
+    assert status == 431 and "more than 5 headers" in error["message"]
+
+
+async def test_a_head_not_complete_within_the_head_timeout_is_refused() -> None:
+    protocol, transport = connect(GatewayHttpProtocol)
+    idle, idle_transport = connect(GatewayHttpProtocol)
+    assert isinstance(protocol, GatewayHttpProtocol) and isinstance(idle, GatewayHttpProtocol)
+    idle.server_state = protocol.server_state
+    protocol.server_state.connections.update({protocol, idle})
+    sweeper = KeepAliveSweeper(asyncio.get_running_loop(), protocol.server_state, 5.0, 2.0)
+    protocol._sweeper = idle._sweeper = sweeper  # one server, a 2 s head timeout
+    protocol.head_timeout_s = 2.0
+    assert sweeper.interval_s == 0.5 and sweeper.head_sweeps == 4 and sweeper.idle_sweeps == 10
+
+    feed_now(protocol, b"GET / HTTP/1.1\r\n")
+    for _ in range(4):  # a header line every sweep: the connection is never idle
+        sweeper.sweep()
+        feed_now(protocol, b"x-slow: 1\r\n")
+    assert not transport.closing
+    sweeper.sweep()  # more than 2 s since the head began
+
+    status, error = refusal_of(transport)
+    assert status == 408 and error["type"] == "request_timeout"
+    assert "2 s" in error["message"]
+    assert not idle_transport.closing  # no head under way: only the keep-alive applies
+
+
+# -- request heads on a real server -------------------------------------------------
+
+HEALTH_HEAD = b"GET /api/v1/health HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+
+
+def answer(sock: socket.socket, timeout: float = 5.0) -> tuple[int, bytes]:
+    """The status and body of what the server writes until it closes the connection."""
+    sock.settimeout(timeout)
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """Send what the server takes before it stops reading (it may close midway)."""
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+        sock.sendall(data)
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.server
+def test_a_real_server_refuses_large_many_and_slow_heads(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(env={"AGENTCORE_SERVER__HEAD_TIMEOUT_S": "1"}).start()
+    address = ("127.0.0.1", server.port)
+
+    with socket.create_connection(address) as sock:  # within the limits: served
+        send_all(sock, HEALTH_HEAD + b"x-pad: %b\r\nconnection: close\r\n\r\n" % (b"a" * 60_000))
+        assert answer(sock)[0] == 200
+
+    with socket.create_connection(address) as sock:
+        send_all(sock, HEALTH_HEAD + b"x-big: %b\r\n\r\n" % (b"a" * 1_048_576))
+        status, body = answer(sock)  # and then the end: the connection is closed
+        assert status == 431
+        assert json.loads(body)["error"]["message"] == "request head above 65536 bytes"
+
+    with socket.create_connection(address) as sock:
+        send_all(sock, HEALTH_HEAD + b"".join(b"x-%d: v\r\n" % n for n in range(10_000)) + b"\r\n")
+        assert answer(sock)[0] == 431
+
+    with socket.create_connection(address) as sock:  # one header line every 0.3 s
+        started = time.monotonic()
+        sock.sendall(HEALTH_HEAD)
+        for n in range(20):
+            time.sleep(0.3)
+            try:
+                sock.sendall(b"x-slow-%d: 1\r\n" % n)
+            except (ConnectionResetError, BrokenPipeError):
+                break
+            if select.select([sock], [], [], 0)[0]:
+                break
+        status, body = answer(sock)
+        elapsed = time.monotonic() - started
+        assert status == 408 and json.loads(body)["error"]["type"] == "request_timeout"
+        assert 1.0 <= elapsed < 2.5  # the deadline, within a sweep (0.25 s) and the pacing
+
+    assert httpx.get(f"{server.url}/api/v1/health").status_code == 200
+
+
+@pytest.mark.server
+def test_a_60_mb_header_line_is_cut_off_not_buffered(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory().start()
+    assert server.proc is not None
+    before = rss_bytes(server.proc.pid)
+    line = HEALTH_HEAD + b"x-huge: " + b"a" * (60 * 1024 * 1024)
+
+    def attack() -> int:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            send_all(sock, line)
+            return answer(sock, timeout=30)[0]
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        statuses = list(pool.map(lambda _: attack(), range(3)))
+
+    assert statuses == [431, 431, 431]
+    grown = rss_bytes(server.proc.pid) - before
+    assert grown < 20 * 1024 * 1024, f"the server grew by {grown / 2**20:.0f} MiB"
+
+
+@pytest.mark.server
+def test_granian_is_given_the_head_limits(server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory(
+        "--server", "granian", env={"AGENTCORE_SERVER__HEAD_TIMEOUT_S": "1"}
+    ).start()
+    address = ("127.0.0.1", server.port)
+
+    with socket.create_connection(address) as sock:  # above 64 KiB, below Granian's 408 KB
+        send_all(sock, HEALTH_HEAD + b"x-big: %b\r\n\r\n" % (b"a" * 70_000))
+        assert answer(sock)[0] == 431  # hyper's own answer: no body
+
+    with socket.create_connection(address) as sock:  # hyper closes, without an answer
+        started = time.monotonic()
+        sock.sendall(HEALTH_HEAD)
+        sock.settimeout(5)
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            for n in range(20):
+                time.sleep(0.3)
+                sock.sendall(b"x-slow-%d: 1\r\n" % n)
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(100) == b""
+        assert time.monotonic() - started < 3.0  # Granian's default is 30 s

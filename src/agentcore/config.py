@@ -59,6 +59,16 @@ class ServerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     cors_allow_origins: list[str] = []
     #: Set Strict-Transport-Security (only when TLS terminates in front of the gateway).
     hsts: bool = False
+    #: Largest request head (request line and headers) in bytes: a larger one
+    #: is answered 431 and the connection closed, as soon as it is known (uvicorn;
+    #: Granian: its read buffer, at least 8192).
+    max_head_bytes: int = 65_536
+    #: Most header lines in one request head; more: 431 and the connection closed.
+    max_headers: int = 100
+    #: Seconds from the first byte of a request head to its end; a slower head
+    #: is answered 408 and the connection closed (uvicorn: checked by the
+    #: keep-alive sweep, so within a quarter more; Granian: at most 60).
+    head_timeout_s: float = 10.0
 
 
 class DatabaseConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -464,6 +474,9 @@ def _check(config: Config) -> None:
     if not 0 < config.server.port < 65536:
         raise ConfigError(f"invalid configuration: server.port: out of range: {config.server.port}")
     positive("server.workers", config.server.workers)
+    positive("server.max_head_bytes", config.server.max_head_bytes)
+    positive("server.max_headers", config.server.max_headers)
+    positive("server.head_timeout_s", config.server.head_timeout_s)
     positive("registry.heartbeat_ttl_s", config.registry.heartbeat_ttl_s)
     positive("registry.heartbeat_flush_interval_s", config.registry.heartbeat_flush_interval_s)
     positive("registry.sweep_interval_s", config.registry.sweep_interval_s)

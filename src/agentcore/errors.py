@@ -34,7 +34,8 @@ handler only ever ``raise``\\ s.
         ├── TaskAlreadyExists       409  -32008  task.create with an id in use
         ├── Forbidden               403  -32007  missing scope, or acting for another agent
         ├── Unauthorized            401  -32010  missing or invalid credentials
-        ├── RequestTimeout          408  -32031  the body did not arrive in time
+        ├── RequestTimeout          408  -32031  the body (or a request head) came too slowly
+        ├── HeadersTooLarge         431  -32600  request head above the size or header count limit
         ├── RateLimited             429  -32029  over the client's rate limit
         │   └── BudgetExceeded      429  -32064  the tenant's daily LLM budget is used up
         ├── NoModelAvailable        422  -32062  no LLM model meets the requirements (names which)
@@ -193,6 +194,11 @@ class RequestTimeout(ClientError):
     status = 408
     code = -32031
     title = "request_timeout"
+
+
+class HeadersTooLarge(ClientError):
+    status = 431
+    title = "headers_too_large"
 
 
 class RateLimited(ClientError):

@@ -33,7 +33,12 @@ replaces that request path for the common case:
   (:class:`KeepAliveSweeper`, every quarter of uvicorn's ``timeout_keep_alive``)
   instead of a timer per response: a connection is closed after between one
   and one and a quarter timeouts without a request, and, unlike uvicorn, a
-  connection that never sends one is closed too.
+  connection that never sends one is closed too;
+- request heads are bounded, which httptools (llhttp) does not do itself: a
+  head above ``max_head_bytes`` or with more than ``max_headers`` lines is
+  answered 431, one not complete ``head_timeout_s`` after its first byte 408
+  (the same sweep, so no timer per connection either), each with a JSON body,
+  and the connection is closed (:meth:`GatewayHttpProtocol.refuse_head`).
 
 Everything out of the ordinary takes uvicorn's own path, request by request:
 HTTP/1.0, ``HEAD``, ``Expect: 100-continue``, upgrades (WebSockets), a request
@@ -58,6 +63,7 @@ from collections.abc import Coroutine, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 import httptools
+import msgspec
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
@@ -65,6 +71,8 @@ from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
 )
+
+from agentcore.errors import AgentCoreError, HeadersTooLarge, RequestTimeout
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGI3Application, ASGIReceiveEvent, ASGISendEvent
@@ -77,8 +85,18 @@ HEADER_LINES = 4096
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 #: Response bytes waiting for the write batch past which they go to the socket at once.
 FLUSH_BYTES = 64 * 1024
-#: Sweeps per keep-alive timeout; an idle connection closes after this many.
+#: Sweeps per keep-alive timeout (or head timeout, the shorter); an idle connection
+#: closes after this many.
 SWEEPS_PER_TIMEOUT = 4
+#: Defaults of ``server.max_head_bytes``, ``max_headers`` and ``head_timeout_s``
+#: (config.py): the limits under a plain ``uvicorn --http ...GatewayHttpProtocol``.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
+HEAD_TIMEOUT_S = 10.0
+#: Seconds a refused connection's input is still read and dropped before it is
+#: closed: closing with unread input makes the kernel send a reset, which can
+#: destroy the answer before the client reads it.
+LINGER_S = 1.0
 
 log = logging.getLogger("uvicorn.error")
 
@@ -450,12 +468,23 @@ class Cycle:
 
 
 class KeepAliveSweeper:
-    """Closes a server's idle keep-alive connections: one timer per server, not one per response."""
+    """Closes a server's idle keep-alive connections and refuses its overdue request
+    heads: one timer per server, not one per response or connection."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, state: ServerState, timeout_s: float):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        state: ServerState,
+        timeout_s: float,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
+    ):
         self.loop = loop
         self.state = state
-        self.interval_s = timeout_s / SWEEPS_PER_TIMEOUT
+        self.interval_s = min(timeout_s, head_timeout_s) / SWEEPS_PER_TIMEOUT
+        #: Sweeps without a request before an idle connection is closed...
+        self.idle_sweeps = max(round(timeout_s / self.interval_s), 1)
+        #: ...and sweeps a head may stay incomplete (refused at the one after).
+        self.head_sweeps = max(round(head_timeout_s / self.interval_s), 1)
         self._handle: asyncio.TimerHandle | None = None
 
     def ensure(self) -> None:
@@ -513,26 +542,45 @@ class ServerShared:
 
     __slots__ = ("batch", "lines", "loop", "sweeper")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, state: ServerState, timeout_s: float):
+    def __init__(self, loop: asyncio.AbstractEventLoop, sweeper: KeepAliveSweeper):
         self.loop = loop
-        self.sweeper = KeepAliveSweeper(loop, state, timeout_s)
+        self.sweeper = sweeper
         self.batch = WriteBatch(loop)
         #: Checked header lines by ``(name, value)`` (see :func:`response_head`).
         self.lines: dict[tuple[bytes, bytes], bytes] = {}
 
     @classmethod
     def of(
-        cls, loop: asyncio.AbstractEventLoop, state: ServerState, timeout_s: float
+        cls,
+        loop: asyncio.AbstractEventLoop,
+        state: ServerState,
+        timeout_s: float,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
     ) -> ServerShared:
         shared: ServerShared | None = getattr(state, "agentcore_shared", None)
         if shared is None or shared.loop is not loop:
-            shared = cls(loop, state, timeout_s)
+            shared = cls(loop, KeepAliveSweeper(loop, state, timeout_s, head_timeout_s))
             state.agentcore_shared = shared  # type: ignore[attr-defined]
         return shared
 
 
+class _Discard:
+    """The parser of a connection whose head was refused: input is dropped unparsed."""
+
+    def feed_data(self, data: bytes) -> None:
+        pass
+
+
+DISCARD = _Discard()
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, common requests on :class:`Cycle` (module docstring)."""
+    """uvicorn's httptools protocol, common requests on :class:`Cycle` (module docstring).
+
+    The head limits are keyword arguments (``agentcore serve`` passes the
+    ``server.*`` settings with ``functools.partial``); their defaults are the
+    settings' defaults.
+    """
 
     #: A :class:`Cycle`, or uvicorn's own for a request on its path.
     cycle: Any
@@ -543,13 +591,26 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         server_state: ServerState,
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        max_head_bytes: int = MAX_HEAD_BYTES,
+        max_headers: int = MAX_HEADERS,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._lean = not self.access_log and self.limit_concurrency is None and not self.root_path
         self._start: Cycle | None = None
         self._seen = True
         self._idle_sweeps = 0
-        shared = ServerShared.of(self.loop, server_state, self.timeout_keep_alive)
+        self.max_head_bytes = max_head_bytes
+        self.max_headers = max_headers
+        self.head_timeout_s = head_timeout_s
+        #: Sweeps since the head under way began; None while no head is under way.
+        self._head: int | None = None
+        #: Bytes of the head under way received in earlier reads, and the size of
+        #: the read being parsed (0 once a request ended in it: see data_received).
+        self._head_bytes = 0
+        self._fed = 0
+        shared = ServerShared.of(self.loop, server_state, self.timeout_keep_alive, head_timeout_s)
         self._sweeper = shared.sweeper
         self._batch = shared.batch
         self.lines = shared.lines
@@ -612,8 +673,32 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        # uvicorn's, less its keep-alive timer (never armed here), with the head limits.
         self._seen = True
-        super().data_received(data)
+        self._fed = len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            if not isinstance(self.parser, _Discard):  # else refused by a head limit, answered
+                msg = "Invalid HTTP request received."
+                self.logger.warning(msg)
+                self.send_400_response(msg)
+            return
+        if self._head is not None:
+            # A head still incomplete after this read: the read counts whole, so
+            # a head is cut off once its bytes pass the limit, however it is sent
+            # (httptools buffers an unfinished header line itself, unbounded).
+            # The read in which a pipelined head began after the previous
+            # request ended (``_fed`` 0) is not counted: its share is unknown.
+            self._head_bytes += self._fed
+            if self._head_bytes > self.max_head_bytes:
+                self.refuse_head(self._too_large())
+                return
         cycle = self._start
         if cycle is not None:
             self._start = None
@@ -626,8 +711,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
+        self._head = 0
+        self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
+        self._head = None
+        if len(self.headers) > self.max_headers:
+            self._refuse_in_parser(
+                HeadersTooLarge(f"request head with more than {self.max_headers} headers")
+            )
+        fed = self._fed
+        # The reads this head spans bound its size; measured only past the limit.
+        if (fed == 0 or self._head_bytes + fed > self.max_head_bytes) and (
+            self._head_size() > self.max_head_bytes
+        ):
+            self._refuse_in_parser(self._too_large())
         parser = self.parser
         cycle = self.cycle
         method: bytes = parser.get_method()
@@ -697,12 +795,68 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._fed = 0  # a head that follows in this read: see data_received
         cycle = self.cycle
         if type(cycle) is Cycle:
             if not cycle.response_complete:
                 cycle.complete()
         else:
             super().on_message_complete()
+
+    # -- head limits ----------------------------------------------------------------
+
+    def _head_size(self) -> int:
+        """The head's size as parsed: request line, header lines, blank line."""
+        size = len(self.parser.get_method()) + len(self.url) + 14
+        for name, value in self.headers:
+            size += len(name) + len(value) + 4
+        return size
+
+    def _too_large(self) -> AgentCoreError:
+        return HeadersTooLarge(f"request head above {self.max_head_bytes} bytes")
+
+    def _refuse_in_parser(self, exc: AgentCoreError) -> None:
+        """Refuse from a parser callback: the raise stops the parser."""
+        self.refuse_head(exc)
+        raise exc
+
+    def refuse_head(self, exc: AgentCoreError) -> None:
+        """Answer ``exc`` (431 or 408) with its JSON body and close the connection.
+
+        Answers to earlier requests go first; one still being handled is treated
+        as a client gone. Further input is read and dropped for up to
+        :data:`LINGER_S` after the answer (half-closed: the client sees it and
+        the end), so the close does not reset it away.
+        """
+        self._head = None
+        self.parser = DISCARD  # type: ignore[assignment]
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            if type(cycle) is Cycle:
+                cycle.wake()
+            else:
+                cycle.message_event.set()
+        self._start = None
+        self.flush()
+        body = msgspec.json.encode({"error": exc.to_dict()})
+        transport = self.transport
+        transport.write(
+            b"".join(
+                [
+                    STATUS_LINE[exc.status],
+                    b"content-type: application/json\r\n",
+                    b"content-length: %d\r\n" % len(body),
+                    b"connection: close\r\n\r\n",
+                    body,
+                ]
+            )
+        )
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(LINGER_S, transport.close)
+        else:
+            transport.close()
 
     # -- running ------------------------------------------------------------------
 
@@ -724,14 +878,24 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._start_asgi_task(cycle, app)
 
     def idle_tick(self) -> None:
-        """One sweep: close the connection after a keep-alive timeout without a request."""
+        """One sweep: refuse a head under way for longer than the head timeout (408),
+        close the connection after a keep-alive timeout without a request."""
+        sweeper = self._sweeper
+        head = self._head
+        if head is not None:
+            if head >= sweeper.head_sweeps:  # this sweep is the one after the timeout
+                self.refuse_head(
+                    RequestTimeout(f"request head not received within {self.head_timeout_s:g} s")
+                )
+                return
+            self._head = head + 1
         cycle = self.cycle
         if self._seen or (cycle is not None and not cycle.response_complete) or self.pipeline:
             self._seen = False
             self._idle_sweeps = 0
             return
         self._idle_sweeps += 1
-        if self._idle_sweeps >= SWEEPS_PER_TIMEOUT and not self.transport.is_closing():
+        if self._idle_sweeps >= sweeper.idle_sweeps and not self.transport.is_closing():
             self.close()
 
 

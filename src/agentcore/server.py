@@ -42,11 +42,20 @@ message above ``realtime.max_message_bytes`` is closed with 1009 by the app
 (realtime/websocket.py) under either server; uvicorn also refuses it while
 reading (``ws_max_size``), Granian reads it whole first (its own limit is
 16 MiB a frame).
+
+Request heads are bounded under both (``server.max_head_bytes``,
+``max_headers``, ``head_timeout_s``): uvicorn's protocol is the gateway's and
+enforces all three (http_protocol.py); Granian (hyper) is given the size as
+its HTTP/1 read buffer (at least 8192 bytes) and the timeout as its header
+read timeout (at most 60 s), and keeps hyper's own count of 100 headers. Both
+answer 431 past the size or count (Granian with an empty body); on a late
+head uvicorn answers 408, Granian closes the connection without an answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import multiprocessing
@@ -68,6 +77,7 @@ from uvicorn.supervisors import multiprocess
 
 from agentcore.app import Gateway, create_app
 from agentcore.config import Config
+from agentcore.datadir import private_dir
 from agentcore.http_protocol import GatewayHttpProtocol
 
 log = logging.getLogger("agentcore.server")
@@ -152,7 +162,7 @@ def prepare_environment(config: Config) -> None:
 def serve(config: Config) -> None:
     """Serve until SIGTERM or SIGINT; exits non-zero when a worker fails to start."""
     limit = raise_fd_limit()
-    Path(config.database.data_dir).mkdir(parents=True, exist_ok=True)
+    private_dir(config.database.data_dir)  # 0700: the database and keys are in it
     prepare_environment(config)
     connections = max(limit - RESERVED_FDS, 1)
     log.info(
@@ -171,6 +181,7 @@ def serve(config: Config) -> None:
 
 def _serve_granian(config: Config, connections: int) -> None:
     from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
     from granian.log import LogLevels
     from granian.server import Server
 
@@ -194,6 +205,11 @@ def _serve_granian(config: Config, connections: int) -> None:
         backpressure=connections,
         log_level=LogLevels(server.log_level),
         log_access=server.access_log,
+        # Head limits (module docstring): Granian's flag ranges are 8192+ bytes, 1-60000 ms.
+        http1_settings=HTTP1Settings(
+            header_read_timeout=min(max(round(server.head_timeout_s * 1000), 1), 60_000),
+            max_buffer_size=max(server.max_head_bytes, 8192),
+        ),
     ).serve()
     # Granian's parent exits 1 itself when a worker failed (e.g. at startup).
 
@@ -255,8 +271,14 @@ def _serve_uvicorn(config: Config) -> None:
         port=server.port,
         workers=server.workers,
         loop="uvloop",
-        # httptools, each response written to the socket once (see http_protocol.py).
-        http=GatewayHttpProtocol,
+        # httptools, each response written to the socket once, heads bounded
+        # (see http_protocol.py); a partial pickles, for spawned workers.
+        http=functools.partial(  # type: ignore[arg-type]
+            GatewayHttpProtocol,
+            max_head_bytes=server.max_head_bytes,
+            max_headers=server.max_headers,
+            head_timeout_s=server.head_timeout_s,
+        ),
         lifespan="on",
         access_log=server.access_log,
         log_level=server.log_level,
