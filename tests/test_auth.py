@@ -260,25 +260,34 @@ async def test_tenants_see_only_their_agents(gw: Gw) -> None:
         "/api/v1/health",
         "/api/v1/health/ready",
         "/api/v1/health/live",
-        "/metrics",
         "/openapi.json",
         "/.well-known/agent-card.json",
     ],
 )
-async def test_health_documents_and_metrics_stay_open(gw: Gw, path: str) -> None:
+async def test_health_and_documents_stay_open(gw: Gw, path: str) -> None:
     response = await gw.client.get(path)
     assert response.status_code == 200
 
 
-async def test_metrics_can_be_protected(clock: ManualClock) -> None:
-    config = make_config(auth={"mode": "api_key", "protect_metrics": True})
-    async with gateway_client(config, clock) as (app, client):
-        gw = Gw(app, client, clock)
-        assert (await client.get("/metrics")).status_code == 401
-        assert (await client.get("/api/v1/health")).status_code == 200
-        key = await gw.key()
-        response = await client.get("/metrics", headers={"authorization": f"Bearer {key}"})
-        assert response.status_code == 200
+async def test_metrics_need_the_metrics_read_scope(gw: Gw) -> None:
+    """/metrics names every tenant, agent and event type: not for any tenant's key."""
+
+    async def scrape(key: str | None) -> httpx.Response:
+        headers = {} if key is None else {"authorization": f"Bearer {key}"}
+        return await gw.client.get("/metrics", headers=headers)
+
+    assert (await scrape(None)).status_code == 401
+    refused = await scrape(await gw.key(scopes=tuple(apikeys.default_scopes())))
+    assert refused.status_code == 403
+    assert refused.json()["error"]["data"] == {"scope": "metrics:read"}
+    assert (await scrape(await gw.key(scopes=("metrics:read",)))).status_code == 200
+    assert (await scrape(await gw.key(scopes=("admin",)))).status_code == 200
+
+
+async def test_metrics_can_be_left_open(clock: ManualClock) -> None:
+    config = make_config(auth={"mode": "api_key", "protect_metrics": False})
+    async with gateway_client(config, clock) as (_, client):
+        assert (await client.get("/metrics")).status_code == 200
 
 
 # -- JWTs ------------------------------------------------------------------------------
@@ -524,12 +533,13 @@ def test_generate_refuses_bad_input(kwargs: dict[str, Any], message: str) -> Non
         apikeys.generate(**args)
 
 
-def test_default_scopes_are_all_but_admin() -> None:
-    assert set(apikeys.default_scopes()) == SCOPES - {"admin"}
+def test_default_scopes_are_all_but_admin_and_metrics_read() -> None:
+    assert set(apikeys.default_scopes()) == SCOPES - {"admin", "metrics:read"}
 
 
 def test_an_agent_keys_default_scopes_leave_out_events_write() -> None:
-    assert set(apikeys.default_scopes("bot-1")) == SCOPES - {"admin", "events:write"}
+    withheld = {"admin", "metrics:read", "events:write"}
+    assert set(apikeys.default_scopes("bot-1")) == SCOPES - withheld
 
 
 # -- where the gateway may listen -------------------------------------------------------

@@ -92,8 +92,8 @@ def test_default_scopes_tenant_filter_and_revoke(
     first = create(capsys, data, "--tenant", "acme")
     second = create(capsys, data, "--tenant", "globex")
     agent = create(capsys, data, "--tenant", "acme", "--agent-id", "bot-1")
-    assert first["scopes"].split() == sorted(SCOPES - {"admin"})
-    assert agent["scopes"].split() == sorted(SCOPES - {"admin", "events:write"})
+    assert first["scopes"].split() == sorted(SCOPES - {"admin", "metrics:read"})
+    assert agent["scopes"].split() == sorted(SCOPES - {"admin", "metrics:read", "events:write"})
 
     _, out, _ = keys(capsys, data, "list", "--tenant", "globex")
     assert [line.split()[0] for line in out.splitlines()[1:]] == [second["id"]]

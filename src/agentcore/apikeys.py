@@ -54,13 +54,16 @@ class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def default_scopes(agent_id: str | None = None) -> list[str]:
-    """What ``agentcore keys create`` grants unless told: every scope but ``admin``,
-    and for an agent's key (``agent_id``) not ``events:write`` either: an agent
-    reports through its tasks, and a key that leaks from one agent should not
-    be able to publish to the whole tenant."""
+    """What ``agentcore keys create`` grants unless told: every scope but ``admin``
+    and ``metrics:read`` (it reads every tenant's series), and for an agent's key
+    (``agent_id``) not ``events:write`` either: an agent reports through its
+    tasks, and a key that leaks from one agent should not be able to publish to
+    the whole tenant."""
     from agentcore.auth import SCOPES  # auth imports this module
 
-    withheld = {"admin"} if agent_id is None else {"admin", "events:write"}
+    withheld = {"admin", "metrics:read"}
+    if agent_id is not None:
+        withheld.add("events:write")
     return sorted(SCOPES - withheld)
 
 

@@ -75,8 +75,6 @@ HEALTH_CACHE_S = 1.0
 SHUTDOWN_GRACE_S = 10.0
 #: Seconds between sweeps of what crashed uploads left in storage (also run at startup).
 STORAGE_SWEEP_S = 600.0
-#: Event types whose counters are kept at hand; past it they start over.
-COUNTED_EVENT_TYPES = 256
 #: Errors counted in agentcore_rejected_total, by reason.
 REJECTED: dict[type[AgentCoreError], str] = {
     PayloadTooLarge: "body_too_large",
@@ -105,7 +103,11 @@ class Gateway:
             pool_max_size=config.database.pool_max_size,
             statement_timeout_s=config.database.statement_timeout_s,
         )
-        self.metrics = Metrics(metrics_dir) if config.metrics.enabled else None
+        self.metrics = (
+            Metrics(metrics_dir, max_label_values=config.metrics.max_label_values)
+            if config.metrics.enabled
+            else None
+        )
         #: The in-process hub every stream subscribes to; fed by the event log.
         self.bus = MemoryEventBus(config.events.subscriber_queue_size)
         #: Carries committed events to the other workers and instances; None: local only.
@@ -160,8 +162,6 @@ class Gateway:
             self.streams, self.authenticator, self.dispatcher, config, self.metrics
         )
         self.sse = SseEndpoint(self.streams, config)
-            authenticator=self.authenticator,
-            recheck_s=config.auth.cache_s,
         self.shedder = LoadShedMiddleware(
             self._endpoint, config.limits.max_in_flight, self.metrics, streams={SSE_PATH}
         )
@@ -361,6 +361,10 @@ class Gateway:
     async def metrics_endpoint(self, request: Request) -> Response:
         if self.metrics is None:
             raise NotFound("metrics are disabled")
+        # Every tenant's series: an operator's scope. Open (the anonymous identity,
+        # every scope) with authentication off or auth.protect_metrics = false.
+        identity: Identity = request.scope.get(IDENTITY, ANONYMOUS)
+        identity.require("metrics:read")
         if not self._count_in_flight:
             self.metrics.in_flight.set(self.shedder.in_flight)
         body = self.metrics.render(await self.repos.agents.count(), await self.repos.tasks.count())
@@ -502,18 +506,7 @@ class Gateway:
         await self._sweep_storage()
         self.started_at = time.monotonic()
         if self.metrics is not None:
-            events = self.metrics.events
-            counters: dict[str, Any] = {}  # .labels() per event cost as much as the rest
-
-            def count(event: Event) -> None:
-                counter = counters.get(event.type)
-                if counter is None:
-                    if len(counters) >= COUNTED_EVENT_TYPES:
-                        counters.clear()
-                    counter = counters[event.type] = events.labels(event.type)
-                counter.inc()
-
-            self.bus.on_publish = count
+            self.bus.on_publish = self.metrics.count_event
         self.events.open()
         for job in self._loops():
             task = asyncio.create_task(job)

@@ -7,10 +7,11 @@ JSON-RPC context. Missing or bad credentials get 401 with a JSON body and
 ``WWW-Authenticate: Bearer``; a missing scope is refused later, per method,
 with 403. A WebSocket without credential headers passes with no identity,
 and its endpoint demands an ``auth`` message first (docs/realtime.md); with
-bad ones it is refused at the handshake. Health, the well-known documents,
-/openapi.json and (unless ``auth.protect_metrics``) /metrics stay open. With
-``auth.mode = "off"`` every caller is the anonymous identity of the default
-tenant with every scope.
+bad ones it is refused at the handshake. Health, the well-known documents and
+/openapi.json stay open; /metrics (every tenant's names, agent ids and event
+types) needs a credential with ``metrics:read``, unless ``auth.protect_metrics
+= false`` leaves it open. With ``auth.mode = "off"`` every caller is the
+anonymous identity of the default tenant with every scope.
 
 Credentials (:class:`StoreAuthenticator`): ``ak_...`` is an API key
 (``apikeys.py``), checked against the store; in ``jwt`` mode anything else is
@@ -39,9 +40,11 @@ if TYPE_CHECKING:
 
 IDENTITY = "agentcore.identity"
 
-#: Scopes a credential can carry; ``admin`` implies all of them.
+#: Scopes a credential can carry; ``admin`` implies all of them. ``metrics:read``
+#: reads /metrics, which spans every tenant: an operator's scope, not a default one.
 SCOPES = frozenset(
     {
+        "metrics:read",
         "agents:read",
         "agents:write",
         "tasks:read",

@@ -130,8 +130,8 @@ def _keys_parser(commands: Any) -> None:
         dest="scopes",
         metavar="SCOPE",
         help=(
-            "a scope to grant (repeatable; default: every scope but admin, "
-            "and for an --agent-id key not events:write either)"
+            "a scope to grant (repeatable; default: every scope but admin and "
+            "metrics:read, and for an --agent-id key not events:write either)"
         ),
     )
     create.add_argument("--agent-id", help="bind the key to one agent: it may act only as it")

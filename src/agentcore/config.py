@@ -187,8 +187,10 @@ class AuthConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True
     jwt_jwks_file: str = ""
     jwt_audience: str = ""
     jwt_issuer: str = ""
-    #: Require credentials for /metrics too.
-    protect_metrics: bool = False
+    #: With authentication on, /metrics needs a credential with ``metrics:read``
+    #: (or ``admin``): it shows every tenant's names, agent ids and event types.
+    #: ``false`` leaves it open to anyone who can reach the port.
+    protect_metrics: bool = True
     #: Seconds a verified API key is trusted before the store is asked again
     #: (revocation through another worker takes effect within this time); also
     #: how often open WebSocket and SSE streams have their credential checked
@@ -201,6 +203,10 @@ class MetricsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     #: Directory for prometheus-client multiprocess files (several workers);
     #: empty: ``<data_dir>/prometheus``.
     multiproc_dir: str = ""
+    #: Distinct values kept per caller-chosen label (tenant, agent, published
+    #: event type) in each process; later ones are counted as ``other``, so
+    #: callers cannot grow /metrics and memory without bound.
+    max_label_values: int = 200
 
 
 class RealtimeConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -508,6 +514,7 @@ def _check(config: Config) -> None:
     positive("storage.max_page_size", config.storage.max_page_size)
     if config.storage.backend == "s3" and not config.storage.s3_bucket:
         raise ConfigError("invalid configuration: storage.s3_bucket: backend 's3' needs a bucket")
+    positive("metrics.max_label_values", config.metrics.max_label_values)
     positive("limits.max_json_depth", config.limits.max_json_depth)
     positive("limits.max_in_flight", config.limits.max_in_flight)
     positive("limits.read_timeout_s", config.limits.read_timeout_s)

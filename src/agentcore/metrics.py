@@ -10,12 +10,21 @@ about three times as much (docs/performance.md).
 
 Agent and task counts come from the store at scrape time, so they are
 correct across workers and restarts.
+
+Label values a caller chooses (tenants, agent ids, event types, HTTP
+methods) are bounded, so no caller can grow /metrics and the process
+without limit by inventing them: each such label keeps the first
+``metrics.max_label_values`` distinct values it sees and counts every later
+one as ``other`` (:class:`LabelValues`); the gateway's own event types
+(``agent.*``, ``task.*``, ...) always keep their name. Every other label
+(route, status, provider, model, reason) comes from code or configuration.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -35,6 +44,11 @@ from prometheus_client.core import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from agentcore.events.base import is_system_type
+
+if TYPE_CHECKING:
+    from agentcore.events.base import Event
+
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (
     0.0005,
@@ -52,6 +66,37 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+
+
+#: The value of a bounded label past its cap.
+OTHER = "other"
+#: HTTP methods counted by name; any other (a server may pass any token) is ``OTHER``.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class LabelValues:
+    """The values one caller-chosen label may take: the first ``cap`` distinct
+    values as they are, every later one as :data:`OTHER`.
+
+    A set lookup per use, no lock (one event loop per process). Per process: with
+    several workers each keeps its own first ``cap``, so a scrape can show up to
+    ``workers * cap`` values of the label.
+    """
+
+    __slots__ = ("_cap", "_kept")
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._kept: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        kept = self._kept
+        if value in kept:
+            return value
+        if len(kept) < self._cap:
+            kept.add(value)
+            return value
+        return OTHER
 
 
 class _Counts(Collector):
@@ -148,8 +193,16 @@ class RequestStats(Collector):
 
 
 class Metrics:
-    def __init__(self, multiprocess_dir: str | None = None) -> None:
+    def __init__(self, multiprocess_dir: str | None = None, max_label_values: int = 200) -> None:
         self.multiprocess_dir = multiprocess_dir
+        #: Bounded label values (see the module docstring): tenants and agents of
+        #: the LLM series, the types of published events.
+        self.tenants = LabelValues(max_label_values)
+        self.agents = LabelValues(max_label_values)
+        self._event_types = LabelValues(max_label_values)
+        #: Event type -> its counter child, for the types that keep their name
+        #: (a ``labels()`` call per event cost as much as the rest of counting).
+        self._event_counters: dict[str, Counter] = {}
         disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created samples only add scrape size here
         self.registry = CollectorRegistry()
         # process_resident_memory_bytes, process_cpu_seconds_total, open fds: what
@@ -271,8 +324,8 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
-        # LLM routing (docs/llm.md). Tenant and agent labels: one series per
-        # agent that calls, so keep agents per gateway in the thousands at most.
+        # LLM routing (docs/llm.md). Tenant and agent labels are bounded (``tenants``,
+        # ``agents``); per-agent usage past the cap is in the llm_usage table.
         self.llm_requests = Counter(
             "agentcore_llm_requests_total",
             "LLM calls by tenant, agent, provider, model and outcome (ok, error, timeout, "
@@ -313,8 +366,22 @@ class Metrics:
         )
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
+    def count_event(self, event: Event) -> None:
+        """One event committed to the log (the bus's ``on_publish``): a dict lookup
+        once its type has been seen; published types past the cap count as ``other``."""
+        counter = self._event_counters.get(event.type)
+        if counter is None:
+            kind = event.type
+            label = kind if is_system_type(kind) else self._event_types(kind)
+            counter = self.events.labels(label)
+            if label == kind:  # not OTHER: kept at hand (as bounded as the labels)
+                self._event_counters[kind] = counter
+        counter.inc()
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """One answered HTTP request: ``seconds`` from arrival to the last byte handed over."""
+        if method not in HTTP_METHODS:
+            method = OTHER
         if self._stats is not None:
             self._stats.observe(route, method, status, seconds)
             return

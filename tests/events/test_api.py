@@ -13,7 +13,7 @@ from agentcore.app import Gateway
 from agentcore.clock import ManualClock
 from agentcore.events.api import PUBLISH_PATH
 from agentcore.events.base import Event, EventFilter
-from tests.support import gateway_client, make_config
+from tests.support import agent_card, gateway_client, make_config, rpc
 
 
 @dataclass
@@ -106,3 +106,20 @@ async def test_an_agent_key_made_with_default_scopes_cannot_publish(keyed: Keyed
 
     assert response.status_code == 403
     assert response.json()["error"]["data"] == {"scope": "events:write"}
+
+
+async def test_published_types_past_the_cap_share_the_other_series() -> None:
+    config = make_config(metrics={"max_label_values": 2})
+    async with gateway_client(config) as (_, client):
+        for i in range(10):
+            response = await client.post(PUBLISH_PATH, json={"event_type": f"tenant.kind{i}"})
+            assert response.status_code == 202
+        await rpc(client, "agent.register", {"agent_card": agent_card("a1")})
+        text = (await client.get("/metrics")).text
+
+    counted = {
+        line.split('type="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("agentcore_events_published_total{")
+    }
+    assert counted == {"tenant.kind0", "tenant.kind1", "other", "agent.registered"}

@@ -250,6 +250,28 @@ async def test_accounting_in_metrics_and_store(fake: FakeFactory) -> None:
         assert row.cost == pytest.approx(10e-6)
 
 
+async def test_caller_chosen_agent_ids_and_tenants_share_an_other_series(
+    fake: FakeFactory,
+) -> None:
+    """The issue's flood: chat completions with a new X-AgentCore-Agent-Id each."""
+    _, url = fake()
+    config = make_config(llm={"providers": [provider("p", url)]}, metrics={"max_label_values": 3})
+    chat = {"model": "fake-small", "messages": [{"role": "user", "content": "x"}]}
+    async with gateway_client(config) as (_, client):
+        for i in range(12):
+            headers = {"x-agentcore-agent-id": f"flood-{i}"}
+            response = await client.post("/v1/chat/completions", json=chat, headers=headers)
+            assert response.status_code == 200, response.text
+        for i in range(12):  # with authentication off the body names the tenant
+            tenanted = body(context={"agent_id": "flood-0", "tenant_id": f"t{i}"})
+            assert (await client.post(COMPLETE, json=tenanted)).status_code == 200
+        samples = _samples((await client.get("/metrics")).text)
+
+    names = [dict(labels) for name, labels in samples if name == "agentcore_llm_requests_total"]
+    assert {n["agent"] for n in names} == {"flood-0", "flood-1", "flood-2", "other"}
+    assert {n["tenant"] for n in names} == {"default", "t0", "t1", "other"}
+
+
 async def test_jsonrpc_llm_complete(fake: FakeFactory) -> None:
     _, url = fake()
     async with gateway_client(llm_config(provider("p", url))) as (_, client):

@@ -77,8 +77,9 @@ class Accounting:
         self._local: dict[str, Totals] = {}
         #: Counts being written by a running flush (still not in ``_stored``).
         self._flushing: dict[str, Totals] = {}
-        #: The four counters of each (tenant, agent, provider, model) that completes:
-        #: looked up once (a ``labels()`` call costs microseconds on every completion).
+        #: The four counters of each (tenant, agent, provider, model) label set that
+        #: completes: looked up once (a ``labels()`` call costs microseconds on every
+        #: completion). Keyed by the bounded labels, so it is as bounded as they are.
         self._series: dict[tuple[str, str, str, str], tuple[Counter, Counter, Counter, Counter]]
         self._series = {}
 
@@ -118,7 +119,7 @@ class Accounting:
         now = self._clock()
         retry = int(DAY_S - now % DAY_S) + 1
         if self._metrics is not None:
-            self._metrics.llm_budget_exceeded.labels(tenant).inc()
+            self._metrics.llm_budget_exceeded.labels(self._metrics.tenants(tenant)).inc()
         raise BudgetExceeded(
             f"tenant {tenant!r} has used its daily LLM budget: {over[1]} today; "
             "it resets at 00:00 UTC",
@@ -152,13 +153,16 @@ class Accounting:
         self._local.setdefault(tenant, Totals()).add(1, prompt_tokens + completion_tokens, cost)
         metrics = self._metrics
         if metrics is not None:
-            series = self._series.get(key[1:])
+            # The caller names its agent (and, with authentication off, its tenant):
+            # bounded labels, so invented ids cannot add series without end.
+            labels = (metrics.tenants(tenant), metrics.agents(agent), provider, model)
+            series = self._series.get(labels)
             if series is None:
-                series = self._series[key[1:]] = (
-                    metrics.llm_requests.labels(tenant, agent, provider, model, "ok"),
-                    metrics.llm_tokens.labels(tenant, agent, provider, model, "prompt"),
-                    metrics.llm_tokens.labels(tenant, agent, provider, model, "completion"),
-                    metrics.llm_cost.labels(tenant, agent, provider, model),
+                series = self._series[labels] = (
+                    metrics.llm_requests.labels(*labels, "ok"),
+                    metrics.llm_tokens.labels(*labels, "prompt"),
+                    metrics.llm_tokens.labels(*labels, "completion"),
+                    metrics.llm_cost.labels(*labels),
                 )
             series[0].inc()
             series[1].inc(prompt_tokens)
@@ -167,8 +171,11 @@ class Accounting:
 
     def failed(self, tenant: str, agent: str, provider: str, model: str, outcome: str) -> None:
         """Count a call that ended without a completion (``error``, ``timeout``, ``rejected``)."""
-        if self._metrics is not None:
-            self._metrics.llm_requests.labels(tenant, agent, provider, model, outcome).inc()
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.llm_requests.labels(
+                metrics.tenants(tenant), metrics.agents(agent), provider, model, outcome
+            ).inc()
 
     async def load(self) -> None:
         """Read today's totals (startup)."""

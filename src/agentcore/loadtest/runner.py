@@ -43,6 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from agentcore import apikeys
 from agentcore.loadtest import figures as figures_mod
 from agentcore.loadtest import latency, report, scrape, wrk
 from agentcore.loadtest.sampler import MachineSampler, ProcessSampler, usable_cpus
@@ -209,6 +210,8 @@ def gateway(opts: Options, scenario: Scenario, out: Path, env: dict[str, str]) -
     config = ["--config", opts.gateway_config] if opts.gateway_config else []
     api_key = None
     if scenario.auth:
+        # The default scopes, and metrics:read: the runner scrapes /metrics with this key.
+        scopes = [*apikeys.default_scopes(), "metrics:read"]
         created = subprocess.run(
             [
                 *AGENTCORE,
@@ -216,6 +219,7 @@ def gateway(opts: Options, scenario: Scenario, out: Path, env: dict[str, str]) -
                 "create",
                 "--tenant",
                 "loadtest",
+                *(arg for scope in scopes for arg in ("--scope", scope)),
                 "--data-dir",
                 str(data),
                 *config,
