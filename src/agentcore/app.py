@@ -26,6 +26,7 @@ from agentcore import __version__
 from agentcore.auth import ANONYMOUS, IDENTITY, AuthMiddleware, Identity, build_authenticator
 from agentcore.clock import Clock, system_clock
 from agentcore.config import Config
+from agentcore.datadir import DIR_MODE, tighten
 from agentcore.errors import (
     AgentCoreError,
     HandlerTimeout,
@@ -63,6 +64,7 @@ from agentcore.tasks.service import TaskService
 from agentcore.types import ASGIApp, Receive, Scope, Send
 from agentcore.webhooks.api import add_routes as add_webhook_routes
 from agentcore.webhooks.repository import WebhookRepository
+from agentcore.webhooks.secretbox import SecretBox
 from agentcore.webhooks.ssrf import AddressPolicy
 from agentcore.webhooks.worker import WebhookWorker
 
@@ -102,6 +104,7 @@ class Gateway:
             pool_min_size=config.database.pool_min_size,
             pool_max_size=config.database.pool_max_size,
             statement_timeout_s=config.database.statement_timeout_s,
+            box=SecretBox(config.webhook_secrets_key_file),
         )
         self.metrics = (
             Metrics(metrics_dir, max_label_values=config.metrics.max_label_values)
@@ -501,7 +504,12 @@ class Gateway:
 
     async def startup(self) -> None:
         self._stop.clear()
+        tighten(self.config.database.data_dir, DIR_MODE)  # made by an older version: 0755
         await self.repos.open()
+        if self.webhooks is not None:
+            sealed = await self.webhooks.seal()
+            if sealed:
+                log.info("webhooks: encrypted the clear-text secrets of %d webhooks", sealed)
         await self.llm.open()
         await self._sweep_storage()
         self.started_at = time.monotonic()

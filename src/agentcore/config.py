@@ -291,6 +291,10 @@ class WebhooksConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     disable_after_s: float = 5 * 24 * 3600.0
     #: Seconds the previous secret keeps signing after a rotation.
     secret_grace_s: float = 24 * 3600.0
+    #: File holding the key (32 bytes, base64) that encrypts signing secrets in the
+    #: database (AES-256-GCM); created, mode 0600, when missing. Every process and
+    #: host that signs needs the same file. Empty: ``<data_dir>/webhook-secrets.key``.
+    secrets_key_file: str = ""
     #: Seconds between polls of the event log and the outbox when idle.
     poll_interval_s: float = 0.25
     #: Events matched, and deliveries claimed, per round.
@@ -407,6 +411,13 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         if self.database.url:
             return self.database.url
         return f"sqlite:///{Path(self.database.data_dir) / 'agentcore.db'}"
+
+    @property
+    def webhook_secrets_key_file(self) -> Path:
+        """The effective ``webhooks.secrets_key_file`` (under ``data_dir`` when unset)."""
+        if self.webhooks.secrets_key_file:
+            return Path(self.webhooks.secrets_key_file)
+        return Path(self.database.data_dir) / "webhook-secrets.key"
 
 
 def _parse_env_value(raw: str) -> Any:

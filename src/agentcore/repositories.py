@@ -16,6 +16,7 @@ the backend from a URL.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
@@ -35,9 +36,10 @@ from agentcore.store.database import Database, Driver, parse_url
 from agentcore.store.memory import MemoryDatabase
 from agentcore.store.postgres import PostgresDatabase, PostgresUnit
 from agentcore.store.schema import migrate
-from agentcore.store.sqlite import SqliteDatabase
+from agentcore.store.sqlite import MEMORY, SqliteDatabase
 from agentcore.tasks.repository import MemoryTasks, SqlTasks, TaskRepository
 from agentcore.webhooks.repository import MemoryWebhooks, SqlWebhooks, WebhookRepository
+from agentcore.webhooks.secretbox import KEY_BYTES, SecretBox
 
 __all__ = ["MemoryRepositories", "Repositories", "SqlRepositories", "open_repositories"]
 
@@ -75,7 +77,8 @@ class Repositories(Protocol):
 class SqlRepositories:
     """The repositories on SQLite or PostgreSQL (one SQL text, ``store/database.py``)."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, box: SecretBox | None = None) -> None:
+        """``box`` seals webhook signing secrets at rest (``webhooks/secretbox.py``)."""
         self.database = database
         self._rows = AgentRows()
         self.agents: AgentRepository = SqlAgents(database, self._rows)
@@ -83,7 +86,7 @@ class SqlRepositories:
         self.api_keys: ApiKeyRepository = SqlApiKeys(database)
         self.events: EventRepository = SqlEvents(database)
         self.llm_usage: UsageRepository = SqlUsage(database)
-        self.webhooks: WebhookRepository = SqlWebhooks(database)
+        self.webhooks: WebhookRepository = SqlWebhooks(database, box)
 
     async def open(self) -> None:
         await self.database.open()
@@ -185,19 +188,26 @@ def open_repositories(
     pool_min_size: int = 1,
     pool_max_size: int = 10,
     statement_timeout_s: float = 1.0,
+    box: SecretBox | None = None,
 ) -> Repositories:
     """The repositories of the database at ``url`` (see :func:`parse_url`); the caller
-    awaits ``open()`` to connect. Raises :class:`ConfigError` for a URL it cannot use."""
+    awaits ``open()`` to connect. Raises :class:`ConfigError` for a URL it cannot use.
+
+    ``box`` seals webhook secrets in SQL databases; memory needs none."""
     backend, target = parse_url(url)
     if backend == "memory":
         return MemoryRepositories()
     if backend == "sqlite":
-        return SqlRepositories(SqliteDatabase(target, statement_timeout_s=statement_timeout_s))
+        if target == MEMORY and box is not None:
+            # Nothing is at rest: a key that lives and dies with the database, no file.
+            box = SecretBox.from_key(os.urandom(KEY_BYTES))
+        return SqlRepositories(SqliteDatabase(target, statement_timeout_s=statement_timeout_s), box)
     return SqlRepositories(
         PostgresDatabase(
             target,
             min_size=pool_min_size,
             max_size=pool_max_size,
             statement_timeout_s=statement_timeout_s,
-        )
+        ),
+        box,
     )

@@ -35,10 +35,13 @@ from agentcore.webhooks.repository import (
     WebhookRepository,
     new_webhook_id,
 )
+from agentcore.webhooks.secretbox import SecretBox
 from tests.databases import create_pg_database, drop_pg_database
 from tests.support import make_config
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+#: The key that seals webhook secrets in the repository tests' SQL databases.
+KEY = bytes(range(32))
 
 #: Webhook settings of the in-process tests: loopback allowed, fast retries, no jitter.
 FAST: dict[str, Any] = {
@@ -243,14 +246,16 @@ class Process:
     """One process's view of the database: its webhook and event repositories and its
     dispatcher."""
 
-    def __init__(self, db: Db, clock: ManualClock) -> None:
+    def __init__(self, db: Db, clock: ManualClock, box: SecretBox | None = None) -> None:
+        """``box`` seals secrets in SQL; by default both processes share :data:`KEY`."""
         self.database = db
         self.webhooks: WebhookRepository
         self.events: EventRepository
         if isinstance(db, MemoryDatabase):
             self.webhooks, self.events = MemoryWebhooks(db), MemoryEvents(db)
         else:
-            self.webhooks, self.events = SqlWebhooks(db), SqlEvents(db)
+            self.webhooks = SqlWebhooks(db, box or SecretBox.from_key(KEY))
+            self.events = SqlEvents(db)
         self.dispatcher = WebhookDispatcher(self.webhooks, clock, batch_size=50)
         self.clock = clock
         #: Calls of the webhook reads the dispatcher makes, by method name.

@@ -14,18 +14,25 @@ import msgspec
 import pytest
 from msgspec.structs import replace as changed
 
-from agentcore.errors import StoreUnavailable
+from agentcore.clock import ManualClock
+from agentcore.errors import ConfigError, StoreUnavailable
+from agentcore.store.database import Database
+from agentcore.store.memory import MemoryDatabase
 from agentcore.webhooks.repository import (
     LISTINGS_KEPT,
     Attempt,
     Delivery,
     DeliveryStatus,
+    Secret,
     SqlWebhooks,
     Stats,
     Webhook,
     WebhooksVersion,
 )
-from tests.webhooks.conftest import Process
+from agentcore.webhooks.secretbox import SecretBox
+from tests.webhooks.conftest import KEY, SECRET, Process
+
+OTHER_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
 
 #: What each backend raises for a row whose unique key is taken.
 DUPLICATE = (ValueError, sqlite3.IntegrityError, asyncpg.UniqueViolationError)
@@ -493,3 +500,90 @@ async def test_a_closed_database_is_unavailable(process: Process) -> None:
         await process.webhooks.get(hook.id)
     with pytest.raises(StoreUnavailable):
         await process.webhooks.claim(process.clock(), "w1", 30.0, 10, 5)
+
+
+# -- secrets at rest ------------------------------------------------------------------
+
+
+def sql(process: Process) -> Database:
+    assert not isinstance(process.database, MemoryDatabase)
+    return process.database
+
+
+async def raw_secrets(process: Process, webhook_id: str) -> str:
+    """The ``secrets`` column as stored, read past the repository."""
+    rows = await sql(process).fetch("SELECT secrets FROM webhooks WHERE id = $1", webhook_id)
+    return str(rows[0][0])
+
+
+async def test_secrets_read_back_as_written_by_another_process_after_a_rotation(
+    processes: tuple[Process, Process],
+) -> None:
+    a, b = processes
+    hook = await a.register("order.*")
+    rotated = changed(hook, secrets=[Secret(OTHER_SECRET), Secret(SECRET, 99.0)])
+    assert (await b.webhooks.get(hook.id)) == hook
+    assert await b.webhooks.replace(rotated)
+    stored = await a.webhooks.get(hook.id)
+    assert stored is not None and stored.secrets == rotated.secrets
+    assert [w.secrets for w in await a.webhooks.active()] == [rotated.secrets]
+    assert await a.webhooks.seal() == 0  # nothing in clear text
+
+
+async def test_the_secret_column_holds_no_signing_secret(
+    sql_processes: tuple[Process, Process],
+) -> None:
+    a, _ = sql_processes
+    hook = await a.register("order.*")
+    await a.webhooks.replace(changed(hook, secrets=[Secret(OTHER_SECRET), Secret(SECRET, 9.0)]))
+
+    column = await raw_secrets(a, hook.id)
+
+    assert "whsec_" not in column and SECRET[6:] not in column and OTHER_SECRET[6:] not in column
+    assert column.count('"enc1:') == 2
+
+
+async def test_clear_text_secrets_of_an_older_version_are_read_then_sealed(
+    sql_processes: tuple[Process, Process], clock: ManualClock
+) -> None:
+    sealing, _ = sql_processes
+    older = Process(sealing.database, clock)
+    older.webhooks = SqlWebhooks(sql(sealing))  # no key: writes clear text, as before
+    hook = await older.register("order.*")
+    assert SECRET in await raw_secrets(sealing, hook.id)
+
+    assert await sealing.webhooks.get(hook.id) == hook  # readable before it is sealed
+    assert await sealing.webhooks.seal() == 1
+
+    assert SECRET[6:] not in await raw_secrets(sealing, hook.id)
+    assert await sealing.webhooks.get(hook.id) == hook
+    assert await sealing.webhooks.seal() == 0
+    with pytest.raises(ConfigError, match="no key"):
+        await older.webhooks.get(hook.id)
+
+
+async def test_another_key_is_refused_naming_both_keys(
+    sql_processes: tuple[Process, Process], clock: ManualClock
+) -> None:
+    a, _ = sql_processes
+    hook = await a.register("order.*")
+    stranger = Process(a.database, clock, SecretBox.from_key(b"\x01" * 32))
+    ours = SecretBox.from_key(KEY).key_id
+
+    with pytest.raises(ConfigError, match=f"encrypted with key {ours}.*restore the key file"):
+        await stranger.webhooks.get(hook.id)
+    with pytest.raises(ConfigError, match=f"encrypted with key {ours}"):
+        await stranger.webhooks.seal()
+
+
+async def test_a_sealed_secret_copied_to_another_webhook_does_not_open(
+    sql_processes: tuple[Process, Process],
+) -> None:
+    a, _ = sql_processes
+    first, second = await a.register("a.*"), await a.register("b.*")
+    await sql(a).execute(
+        "UPDATE webhooks SET secrets = $1 WHERE id = $2", await raw_secrets(a, first.id), second.id
+    )
+
+    with pytest.raises(ConfigError, match="altered or copied"):
+        await a.webhooks.get(second.id)

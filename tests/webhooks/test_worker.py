@@ -112,7 +112,8 @@ def database_args(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[li
         return
     name, url = asyncio.run(create_pg_database())
     try:
-        yield ["--database-url", url]
+        # The data directory too: the workers open the webhook secrets with its key file.
+        yield ["--data-dir", str(tmp_path / "data"), "--database-url", url]
     finally:
         asyncio.run(drop_pg_database(name))
 

@@ -76,6 +76,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from agentcore.datadir import FILE_MODE, private_dir, private_file, tighten
 from agentcore.errors import AgentCoreError, QueryTimeout, StoreUnavailable
 from agentcore.store.database import Driver
 
@@ -139,9 +140,25 @@ def _is_select(sql: str) -> bool:
     return sql.lstrip()[:6].upper() == "SELECT"
 
 
+def _private(path: str) -> None:
+    """The database file and its companions readable by this user only (``datadir.py``).
+
+    A missing parent directory is created ``0700``. The file is created ``0600``
+    before SQLite opens it, and SQLite gives the ``-wal``, ``-shm`` and
+    ``-journal`` files it makes the database's mode; files left looser by an
+    older version are tightened.
+    """
+    parent = Path(path).parent
+    if not parent.exists():
+        private_dir(parent)
+    private_file(path)
+    for suffix in ("-wal", "-shm", "-journal"):
+        tighten(path + suffix, FILE_MODE)
+
+
 def _connect(path: str, pragmas: Sequence[str]) -> sqlite3.Connection:
     if path != MEMORY:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _private(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         for pragma in pragmas:

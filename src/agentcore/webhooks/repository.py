@@ -40,11 +40,13 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from agentcore.entropy import random_bytes
+from agentcore.errors import ConfigError
 from agentcore.events.base import Event
 from agentcore.events.repository import EventTable
 from agentcore.store.database import Database
 from agentcore.store.memory import MemoryDatabase
 from agentcore.store.sql import json_text
+from agentcore.webhooks.secretbox import SecretBox, is_sealed
 
 WebhookStatus = Literal["active", "disabled"]
 DeliveryStatus = Literal["pending", "delivering", "succeeded", "dead"]
@@ -204,6 +206,11 @@ class WebhookRepository(Protocol):
 
         At most :data:`CREATED_KEPT`; older ones are dropped.
         """
+
+    async def seal(self) -> int:
+        """Encrypt signing secrets stored in clear text (by an older version) and check
+        that the stored ones open with this process's key; how many webhooks were
+        sealed. Run at startup; :class:`ConfigError` names a wrong key."""
 
     async def active(self, ids: Sequence[str] | None = None) -> list[Webhook]:
         """The active webhooks (of ``ids`` when given), ordered by id."""
@@ -412,7 +419,23 @@ def _opt_float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _webhook_row(w: Webhook) -> tuple[Any, ...]:
+def _sealed(secrets: Sequence[Secret], webhook_id: str, box: SecretBox | None) -> str:
+    """The ``secrets`` column: each secret sealed with ``box`` (clear text without one)."""
+    if box is not None:
+        secrets = [Secret(box.seal(s.secret, webhook_id), s.expires_at) for s in secrets]
+    return json_text(secrets)
+
+
+def _opened(column: str, webhook_id: str, box: SecretBox | None) -> list[Secret]:
+    secrets = _secrets_decoder.decode(column)
+    if box is not None:
+        return [Secret(box.open(s.secret, webhook_id), s.expires_at) for s in secrets]
+    if any(is_sealed(s.secret) for s in secrets):
+        raise ConfigError(f"webhook {webhook_id}'s secret is encrypted and no key was given")
+    return secrets
+
+
+def _webhook_row(w: Webhook, box: SecretBox | None) -> tuple[Any, ...]:
     return (
         w.id,
         w.tenant,
@@ -420,7 +443,7 @@ def _webhook_row(w: Webhook) -> tuple[Any, ...]:
         json_text(w.events),
         w.name,
         w.description,
-        json_text(w.secrets),
+        _sealed(w.secrets, w.id, box),
         json_text(w.headers),
         w.max_attempts,
         _opt_float(w.rate_limit_per_s),
@@ -433,7 +456,7 @@ def _webhook_row(w: Webhook) -> tuple[Any, ...]:
     )
 
 
-def _webhook(row: Sequence[Any]) -> Webhook:
+def _webhook(row: Sequence[Any], box: SecretBox | None) -> Webhook:
     return Webhook(
         id=row[0],
         tenant=row[1],
@@ -441,7 +464,7 @@ def _webhook(row: Sequence[Any]) -> Webhook:
         events=_labels_decoder.decode(row[3]),
         name=row[4],
         description=row[5],
-        secrets=_secrets_decoder.decode(row[6]),
+        secrets=_opened(row[6], row[0], box),
         headers=_headers_decoder.decode(row[7]),
         max_attempts=row[8],
         rate_limit_per_s=row[9],
@@ -524,10 +547,16 @@ class _Listing:
 
 
 class SqlWebhooks:
-    """The webhooks in the gateway's database, shared by every process using it."""
+    """The webhooks in the gateway's database, shared by every process using it.
 
-    def __init__(self, db: Database) -> None:
+    Signing secrets are stored sealed by ``box`` (``secretbox.py``), whose key
+    :meth:`seal` loads; without a box (tests, tools that never touch webhooks)
+    they are written in clear text and a sealed one cannot be read.
+    """
+
+    def __init__(self, db: Database, box: SecretBox | None = None) -> None:
         self._db = db
+        self._box = box
         #: Created here, for this process's dispatcher (:meth:`take_created`).
         self._created: deque[Webhook] = deque(maxlen=CREATED_KEPT)
         #: Per tenant, least recently listed first.
@@ -539,7 +568,7 @@ class SqlWebhooks:
     async def create(self, webhook: Webhook) -> Webhook:
         """One statement, no explicit transaction: registration is the hot write of the
         webhook API."""
-        row = _webhook_row(webhook)
+        row = _webhook_row(webhook, self._box)
         rows = await self._db.fetch(_INSERT_WEBHOOK, *row[:13], *row[14:])
         stored = msgspec.structs.replace(webhook, after_event_id=int(rows[0][0]))
         self._created.append(stored)
@@ -550,12 +579,37 @@ class SqlWebhooks:
         self._created.clear()
         return created
 
+    async def seal(self) -> int:
+        """Load the box's key, check every stored secret against it, and encrypt those
+        an older version left in clear text; returns how many webhooks it sealed.
+
+        Each row is rewritten only if unchanged since it was read, so a concurrent
+        rotation (or another process sealing too) is never overwritten.
+        :class:`ConfigError` when a secret was sealed with another key.
+        """
+        box = self._box
+        if box is None:
+            return 0
+        box.load()
+        sealed = 0
+        for webhook_id, column in await self._db.fetch("SELECT id, secrets FROM webhooks"):
+            secrets = _opened(column, webhook_id, box)
+            if all(is_sealed(s.secret) for s in _secrets_decoder.decode(column)):
+                continue
+            sealed += await self._db.execute(
+                "UPDATE webhooks SET secrets = $2 WHERE id = $1 AND secrets = $3",
+                webhook_id,
+                _sealed(secrets, webhook_id, box),
+                column,
+            )
+        return sealed
+
     async def active(self, ids: Sequence[str] | None = None) -> list[Webhook]:
         if ids is None:
             rows = await self._db.fetch(
                 f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE status = 'active' ORDER BY id"
             )
-            return [_webhook(row) for row in rows]
+            return [_webhook(row, self._box) for row in rows]
         found: list[Webhook] = []
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
@@ -564,7 +618,7 @@ class SqlWebhooks:
                 f"AND id IN ({_placeholders(1, len(chunk))})",
                 *chunk,
             )
-            found.extend(_webhook(row) for row in rows)
+            found.extend(_webhook(row, self._box) for row in rows)
         return sorted(found, key=lambda w: w.id)
 
     async def active_ids(self) -> list[str]:
@@ -577,7 +631,7 @@ class SqlWebhooks:
         )
         if not rows:
             return None
-        webhook = _webhook(rows[0])
+        webhook = _webhook(rows[0], self._box)
         return webhook if tenant is None or webhook.tenant == tenant else None
 
     async def for_tenant(self, tenant: str, status: WebhookStatus | None = None) -> list[Webhook]:
@@ -594,7 +648,7 @@ class SqlWebhooks:
                 tenant,
                 status,
             )
-        return [_webhook(row) for row in rows]
+        return [_webhook(row, self._box) for row in rows]
 
     async def page(
         self, tenant: str, status: WebhookStatus | None, limit: int, offset: int
@@ -644,11 +698,11 @@ class SqlWebhooks:
             *wanted,
         )
         version = (int(rows[0][0]), int(rows[0][1] or 0))
-        found = {row[2]: _webhook(row[2:]) for row in rows if row[2] is not None}
+        found = {row[2]: _webhook(row[2:], self._box) for row in rows if row[2] is not None}
         return version, [found[i] for i in wanted if i in found]
 
     async def replace(self, webhook: Webhook) -> bool:
-        row = _webhook_row(webhook)
+        row = _webhook_row(webhook, self._box)
         async with self._db.transaction() as tx:
             if not await tx.execute(
                 "UPDATE webhooks SET url = $3, events = $4, name = $5, description = $6, "
@@ -697,7 +751,7 @@ class SqlWebhooks:
             )
             if rows:
                 await tx.execute(_COUNT_CHANGE)
-        return _webhook(rows[0]) if rows else None
+        return _webhook(rows[0], self._box) if rows else None
 
     async def succeeded(self, webhook_id: str) -> None:
         await self._db.execute(
@@ -1078,6 +1132,10 @@ class MemoryWebhooks:
         created = list(self._created)
         self._created.clear()
         return created
+
+    async def seal(self) -> int:
+        """Nothing to seal: these rows never leave this process's memory."""
+        return 0
 
     async def active(self, ids: Sequence[str] | None = None) -> list[Webhook]:
         self._db.check()

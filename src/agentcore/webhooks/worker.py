@@ -25,6 +25,7 @@ from agentcore.repositories import MemoryRepositories, open_repositories
 from agentcore.webhooks.delivery import DeliveryWorker, wait_any
 from agentcore.webhooks.dispatcher import WebhookDispatcher
 from agentcore.webhooks.repository import WebhookRepository
+from agentcore.webhooks.secretbox import SecretBox
 from agentcore.webhooks.sender import HttpSender, Sender
 from agentcore.webhooks.ssrf import AddressPolicy
 
@@ -98,6 +99,7 @@ async def run_standalone(config: Config, stop: asyncio.Event | None = None) -> N
         pool_min_size=config.database.pool_min_size,
         pool_max_size=config.database.pool_max_size,
         statement_timeout_s=config.database.statement_timeout_s,
+        box=SecretBox(config.webhook_secrets_key_file),
     )
     if isinstance(repos, MemoryRepositories):
         raise ConfigError(
@@ -109,6 +111,7 @@ async def run_standalone(config: Config, stop: asyncio.Event | None = None) -> N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await repos.open()
+    await repos.webhooks.seal()  # loads the key: a wrong one stops the worker here
     # webhook.disabled events go through a log of our own (streams replay them from the log).
     events = EventLog(repos, MemoryEventBus(), config.events, system_clock)
     events.open()
