@@ -20,10 +20,15 @@ one. The JSON-RPC tests run on SQLite and on PostgreSQL (a throwaway database;
 skipped when the server is unreachable, unless CI requires it), since each
 store refuses different things. A 5xx found here is kept as an ``@example``
 below its test.
+
+WebSocket ``subscribe`` messages (odd cursors, patterns, ids, types and
+sizes) go to a real server: each is answered (``subscribed`` or a client
+``error``) and the connection stays open, never dropped without a close frame.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -37,9 +42,11 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from agentcore.app import Gateway, create_app
 from agentcore.errors import AgentCoreError, HandlerTimeout, Overloaded, StoreUnavailable
@@ -686,3 +693,102 @@ def test_request_heads_never_get_a_5xx_or_a_hang(head_server: ServerProcess, hea
     assert status < 500, f"{status} for {head!r}: {answer[:500]!r}"
     if status in (408, 431):  # the head limits answer in JSON
         assert is_error_body(json.loads(rest.partition(b"\r\n\r\n")[2]))
+
+
+# -- WebSocket subscribe messages ---------------------------------------------------
+
+#: Largest subscribe message sent: under the server's limit, so that every message
+#: is the gateway's to answer (the size limit is uvicorn's: tests/realtime).
+WS_MESSAGE_BYTES = 200_000
+#: A message limit above every message sent, and a message rate never reached.
+WS_LIMITS = {
+    "AGENTCORE_REALTIME__MAX_MESSAGE_BYTES": str(WS_MESSAGE_BYTES + 1),
+    "AGENTCORE_REALTIME__CLIENT_MESSAGES_PER_S": "100000",
+    "AGENTCORE_REALTIME__CLIENT_MESSAGES_BURST": "100000",
+}
+#: Seconds the answers to one example's messages may take.
+WS_ANSWER_S = 5.0
+
+
+def mostly(valid: SearchStrategy[Any], odd: SearchStrategy[Any]) -> SearchStrategy[Any]:
+    """``valid`` seven times in eight: each field of a message is mostly valid, so
+    that whole messages often are (and reach the store), and sometimes odd."""
+    return st.integers(0, 7).flatmap(lambda n: odd if n == 7 else valid)
+
+
+cursors = mostly(
+    st.integers(min_value=0, max_value=2**63 - 1) | st.sampled_from([0, 1, 2**63 - 1]),
+    st.sampled_from([2**63, 2**64, 10**23, 10**400, -1, -(2**63) - 1]) | st.integers() | leaves,
+)
+patterns = st.text(alphabet="abtask.*?[]!-_", min_size=1, max_size=20)
+topic_lists = mostly(
+    st.lists(patterns, min_size=1, max_size=4),
+    st.lists(patterns | edgy_text(0, 200), max_size=40) | st.lists(leaves, max_size=3) | leaves,
+)
+ids = mostly(
+    st.sampled_from(ID_POOL) | st.from_regex(r"[A-Za-z0-9._:@/-]{1,128}", fullmatch=True),
+    edgy_text(0, 200) | leaves,
+)
+
+
+@st.composite
+def subscribe_messages(draw: st.DrawFn) -> str:
+    """A ``subscribe`` message, odd in any of its fields (or its type), as JSON text."""
+    message = draw(
+        st.fixed_dictionaries(
+            {"type": mostly(st.just("subscribe"), st.sampled_from(["unsubscribe", "S"]) | leaves)},
+            optional={
+                "id": mostly(st.integers() | st.text(max_size=10), leaves),
+                "since": cursors,
+                "topics": topic_lists,
+                "task_id": ids,
+                "agent_id": ids,
+            },
+        )
+    )
+    # ASCII escapes keep lone surrogates expressible in a text frame.
+    text = dump(message, ensure_ascii=True)
+    assume(len(text) <= WS_MESSAGE_BYTES)
+    return text
+
+
+@pytest.fixture
+def ws_server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+    return server_factory(env=WS_LIMITS).start()
+
+
+@pytest.mark.server
+@settings(FUZZ, max_examples=150)
+@given(messages=st.lists(subscribe_messages(), min_size=1, max_size=4))
+# A since above 2^63-1 was answered "subscribed", then the store's OverflowError
+# dropped the connection without a close frame.
+@example(messages=['{"type":"subscribe","since":99999999999999999999999}'])
+@example(messages=['{"type":"subscribe","since":' + "9" * 400 + "}"])
+async def test_websocket_subscribe_messages_get_an_answer_and_keep_the_connection(
+    ws_server: ServerProcess, messages: list[str]
+) -> None:
+    """Each message is answered ``subscribed`` or with a client ``error``, and the
+    connection stays open: it then still answers a ping."""
+    url = f"ws://127.0.0.1:{ws_server.port}/api/v1/ws/events"
+    async with connect(url, compression=None, ping_interval=None, max_size=None) as conn:
+        answered = 0
+        try:
+            for text in messages:
+                await conn.send(text)
+            await conn.send('{"type":"ping","id":"fuzz-end"}')
+            async with asyncio.timeout(WS_ANSWER_S):
+                while True:
+                    reply = json.loads(await conn.recv())
+                    if reply == {"type": "pong", "id": "fuzz-end"}:
+                        break
+                    event(f"answer {reply['type']}")
+                    if reply["type"] == "error":
+                        assert is_error_body(reply), reply
+                        assert reply["error"]["code"] not in SERVER_ERROR_CODES, reply
+                    else:
+                        assert reply["type"] in ("subscribed", "unsubscribed", "event", "ping")
+                    answered += reply["type"] in ("subscribed", "unsubscribed", "error")
+        except ConnectionClosed:
+            close = conn.protocol.close_rcvd
+            pytest.fail(f"closed ({close or 'without a close frame'}) after {messages!r}")
+    assert answered == len(messages), f"{answered} answers to {messages!r}"
