@@ -70,7 +70,7 @@ def wait_ready(port: int, path: str, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is not None:
             raise SystemExit(f"process on port {port} exited early")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+            s.sendall(f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n".encode())
             if s.recv(100).startswith(b"HTTP/1.1 200"):
                 return
         time.sleep(0.1)
@@ -166,7 +166,8 @@ async def paced(
 ) -> tuple[list[float], list[float], int]:
     """(client latencies s, gateway;dur ms, errors) at ``rate`` requests/s."""
     request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        b"content-type: application/json\r\n"
         b"content-length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
     )
     latencies: list[float] = []

@@ -36,8 +36,16 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+#: The host names in-process clients use (httpx; schemathesis: testserver), which a
+#: gateway with authentication off answers only when listed (DNS rebinding).
+TEST_HOSTS = ["gateway", "gw", "testserver"]
+
+
 def make_config(**sections: dict[str, Any]) -> Config:
-    base: dict[str, Any] = {"database": {"url": "sqlite://:memory:"}}
+    base: dict[str, Any] = {
+        "database": {"url": "sqlite://:memory:"},
+        "server": {"allowed_hosts": TEST_HOSTS},
+    }
     return build_config(base, sections)
 
 

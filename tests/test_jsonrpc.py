@@ -16,12 +16,13 @@ from agentcore.jsonrpc import Context, Dispatcher, Method
 from tests.support import agent_card, gateway_client, make_config, rpc
 
 URL = "/api/v1/jsonrpc"
+JSON = {"content-type": "application/json"}
 
 
 async def post(client: httpx.AsyncClient, body: bytes | Any) -> httpx.Response:
     """POST raw bytes as they are, anything else encoded as JSON."""
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return await client.post(URL, content=content, headers={"content-type": "application/json"})
+    return await client.post(URL, content=content, headers=JSON)
 
 
 def call(method: str, params: Any = None, rpc_id: Any = 1, **extra: Any) -> dict[str, Any]:
@@ -564,7 +565,7 @@ async def test_streamed_body_over_the_limit_is_413_without_content_length(
             sent.append(1)
             yield b" " * 300
 
-    request = small_limits.build_request("POST", URL, content=chunks())
+    request = small_limits.build_request("POST", URL, content=chunks(), headers=JSON)
     assert "content-length" not in request.headers
     assert request.headers["transfer-encoding"] == "chunked"
 
@@ -584,7 +585,7 @@ async def test_streamed_body_under_the_limit_is_read_whole(
         for i in range(0, len(body), 7):
             yield body[i : i + 7]
 
-    response = await small_limits.post(URL, content=chunks())
+    response = await small_limits.post(URL, content=chunks(), headers=JSON)
 
     assert response.status_code == 200
     assert response.json()["result"]["agent_id"] == "streamed"

@@ -23,6 +23,8 @@ from agentcore.types import Message, Receive, Scope, Send
 from tests.support import gateway_client, make_config
 
 JSONRPC = "/api/v1/jsonrpc"
+#: The body type every JSON-RPC POST declares (others are 415, security.py).
+JSON = {"content-type": "application/json"}
 LIST = {"jsonrpc": "2.0", "method": "agent.list", "params": {}, "id": 1}
 
 
@@ -127,8 +129,8 @@ async def scrape(client: httpx.AsyncClient) -> str:
 async def test_body_above_the_limit_is_413() -> None:
     config = make_config(limits={"max_body_bytes": 1000})
     async with gateway_client(config) as (_, client):
-        at_limit = await client.post(JSONRPC, content=padded(1000))
-        above = await client.post(JSONRPC, content=padded(1001))
+        at_limit = await client.post(JSONRPC, content=padded(1000), headers=JSON)
+        above = await client.post(JSONRPC, content=padded(1001), headers=JSON)
         metrics = await scrape(client)
 
     assert at_limit.status_code == 200
@@ -178,9 +180,9 @@ async def test_the_control_class_body_limit_overrides_the_default() -> None:
         limits={"max_body_bytes": 100, "max_body_bytes_by_class": {"control": 10_000}}
     )
     async with gateway_client(tighter) as (_, client):
-        refused = await client.post(JSONRPC, content=padded(600))
+        refused = await client.post(JSONRPC, content=padded(600), headers=JSON)
     async with gateway_client(looser) as (_, client):
-        admitted = await client.post(JSONRPC, content=padded(600))
+        admitted = await client.post(JSONRPC, content=padded(600), headers=JSON)
 
     assert refused.status_code == 413
     assert "500 bytes" in refused.json()["error"]["message"]
@@ -189,8 +191,8 @@ async def test_the_control_class_body_limit_overrides_the_default() -> None:
 
 async def test_default_body_limit_is_one_mebibyte() -> None:
     async with gateway_client(make_config()) as (_, client):
-        at_limit = await client.post(JSONRPC, content=padded(1_048_576))
-        above = await client.post(JSONRPC, content=padded(1_048_577))
+        at_limit = await client.post(JSONRPC, content=padded(1_048_576), headers=JSON)
+        above = await client.post(JSONRPC, content=padded(1_048_577), headers=JSON)
 
     assert (at_limit.status_code, above.status_code) == (200, 413)
 
@@ -199,7 +201,7 @@ async def test_default_body_limit_is_one_mebibyte() -> None:
 
 
 async def test_json_nested_deeper_than_the_limit_is_400(client: httpx.AsyncClient) -> None:
-    response = await client.post(JSONRPC, content=b"[" * 33 + b"]" * 33)
+    response = await client.post(JSONRPC, content=b"[" * 33 + b"]" * 33, headers=JSON)
 
     assert response.status_code == 400
     body = response.json()
@@ -210,8 +212,8 @@ async def test_json_nested_deeper_than_the_limit_is_400(client: httpx.AsyncClien
 
 
 async def test_depth_limit_boundary(client: httpx.AsyncClient) -> None:
-    at_limit = await client.post(JSONRPC, content=nested_params(30))  # depth 32
-    above = await client.post(JSONRPC, content=nested_params(31))  # depth 33
+    at_limit = await client.post(JSONRPC, content=nested_params(30), headers=JSON)  # depth 32
+    above = await client.post(JSONRPC, content=nested_params(31), headers=JSON)  # depth 33
 
     # At the limit the request is read and dispatched: the method is unknown.
     assert (at_limit.status_code, at_limit.json()["error"]["code"]) == (404, -32601)
@@ -221,7 +223,7 @@ async def test_depth_limit_boundary(client: httpx.AsyncClient) -> None:
 async def test_objects_count_towards_depth(client: httpx.AsyncClient) -> None:
     deep = b'{"a":' * 40 + b"1" + b"}" * 40
 
-    response = await client.post(JSONRPC, content=deep)
+    response = await client.post(JSONRPC, content=deep, headers=JSON)
 
     assert response.status_code == 400
     assert "deeper than" in response.json()["error"]["message"]
@@ -236,15 +238,15 @@ async def test_brackets_inside_strings_do_not_count(client: httpx.AsyncClient, t
         text.encode()
     )
 
-    response = await client.post(JSONRPC, content=body)
+    response = await client.post(JSONRPC, content=body, headers=JSON)
 
     assert (response.status_code, response.json()["error"]["code"]) == (404, -32601)
 
 
 async def test_configured_depth_limit() -> None:
     async with gateway_client(make_config(limits={"max_json_depth": 3})) as (_, client):
-        ok = await client.post(JSONRPC, content=nested_params(1))
-        deep = await client.post(JSONRPC, content=nested_params(2))
+        ok = await client.post(JSONRPC, content=nested_params(1), headers=JSON)
+        deep = await client.post(JSONRPC, content=nested_params(2), headers=JSON)
         metrics = await scrape(client)
 
     assert ok.status_code == 404

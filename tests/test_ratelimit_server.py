@@ -149,7 +149,7 @@ class Reply:
 
 REQUEST_BODY = json.dumps(LIST).encode()
 REQUEST = (
-    f"POST {JSONRPC} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+    f"POST {JSONRPC} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     f"Content-Length: {len(REQUEST_BODY)}\r\n\r\n"
 ).encode() + REQUEST_BODY
 

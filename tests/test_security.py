@@ -1,8 +1,12 @@
 """Security headers on every response, CORS with an explicit allow-list (none by default),
-and the Origin check of WebSocket handshakes."""
+the Origin check of WebSocket handshakes, writes a web page could forge, and the Host
+check against DNS rebinding."""
 
 from __future__ import annotations
 
+import json
+import socket
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -10,9 +14,9 @@ import pytest
 
 from agentcore.app import Gateway
 from agentcore.proxies import TrustedProxies
-from agentcore.security import SecurityMiddleware, canonical_origin
+from agentcore.security import SecurityMiddleware, canonical_origin, host_allowed, host_names
 from agentcore.types import Message, Receive, Scope, Send
-from tests.support import gateway_client, make_config
+from tests.support import ServerProcess, gateway_client, make_config
 
 JSONRPC = "/api/v1/jsonrpc"
 LIST = {"jsonrpc": "2.0", "method": "agent.list", "params": {}, "id": 1}
@@ -155,9 +159,10 @@ async def test_simple_request_from_an_allowed_origin_gets_the_allow_origin_heade
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == APP_ORIGIN
     assert allowed.headers["vary"] == "Origin"
-    # Not a preflight: the request is served, but the browser gets no CORS grant.
-    assert other.status_code == 200
+    # A write from an origin not allowed is refused (security.py, forged writes).
+    assert other.status_code == 403
     assert "access-control-allow-origin" not in other.headers
+    assert no_origin.status_code == 200
     assert "access-control-allow-origin" not in no_origin.headers
 
 
@@ -165,7 +170,7 @@ async def test_no_cors_by_default(client: httpx.AsyncClient) -> None:
     simple = await client.post(JSONRPC, json=LIST, headers={"origin": APP_ORIGIN})
     options = await client.request(**preflight(APP_ORIGIN))
 
-    assert simple.status_code == 200
+    assert simple.status_code == 403  # a write from an origin not allowed
     assert options.status_code != 204
     for response in (simple, options):
         assert not any(h in response.headers for h in CORS)
@@ -271,3 +276,153 @@ def test_a_trusted_proxy_forwards_the_scheme_and_host() -> None:
 
 async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
     raise AssertionError("not reached")
+
+
+# -- writes a page could forge, and DNS rebinding -------------------------------------
+
+EVIL = "http://evil.example"
+UPLOAD = "/api/v1/integration/storage/upload"
+RAW = "/api/v1/integration/storage/page.html"
+TASK = {
+    "jsonrpc": "2.0",
+    "method": "task.create",
+    "params": {"task_definition": {"task_id": "forged", "type": "t", "title": "forged"}},
+    "id": 1,
+}
+FORM = (
+    b'--b\r\ncontent-disposition: form-data; name="file"; filename="x.html"\r\n'
+    b"content-type: text/html\r\n\r\n<script>alert(1)</script>\r\n--b--\r\n"
+)
+MULTIPART = {"content-type": "multipart/form-data; boundary=b"}
+
+
+@pytest.mark.server
+def test_a_web_page_cannot_forge_writes_on_a_real_gateway(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory().start()
+    own = server.url
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        body = json.dumps(TASK).encode()
+        # What a page sends without a preflight: a text/plain or untyped body.
+        plain = http.post(JSONRPC, content=body, headers={"content-type": "text/plain"})
+        untyped = http.post(JSONRPC, content=body, headers={"origin": EVIL})
+        form = http.post(UPLOAD, content=FORM, headers={**MULTIPART, "origin": EVIL})
+        # Same forms with a foreign Origin, and what pages could not send anyway.
+        json_evil = http.post(JSONRPC, json=TASK, headers={"origin": EVIL})
+        raw_evil = http.put(RAW, content=b"<b>x</b>", headers={"origin": EVIL})
+        null_origin = http.post(JSONRPC, json=TASK, headers={"origin": "null"})
+        for response in (plain, untyped, form, json_evil, raw_evil, null_origin):
+            assert response.headers["content-type"] == "application/json"
+            assert "error" in response.json()
+        assert (plain.status_code, untyped.status_code) == (415, 415)
+        assert plain.json()["error"]["code"] == -32600  # a JSON-RPC error object, id null
+        assert [r.status_code for r in (form, json_evil, raw_evil, null_origin)] == [403] * 4
+        assert (
+            http.post(
+                JSONRPC, json={**TASK, "method": "task.get", "params": {"task_id": "forged"}}
+            ).json()["error"]["code"]
+            == -32002
+        )  # nothing was created
+        assert http.get(f"{UPLOAD[:-7]}").json()["objects"] == []  # nothing was stored
+
+        # Programs (no Origin) and the gateway's own pages still write.
+        assert http.post(JSONRPC, json=TASK).status_code == 200
+        assert http.post(UPLOAD, content=FORM, headers=MULTIPART).status_code == 201
+        assert (
+            http.put(RAW, content=b"raw", headers={"content-type": "text/html"}).status_code == 201
+        )
+        same = http.post(UPLOAD, content=FORM, headers={**MULTIPART, "origin": own})
+        assert same.status_code == 201
+        charset = {"content-type": "Application/JSON; charset=utf-8", "origin": own}
+        assert (
+            http.post(
+                JSONRPC, content=b'{"jsonrpc":"2.0","method":"agent.list","id":2}', headers=charset
+            ).status_code
+            == 200
+        )
+
+
+@pytest.mark.server
+def test_with_auth_off_only_the_gateways_own_host_names_are_answered(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(env={"AGENTCORE_SERVER__ALLOWED_HOSTS": '["gw.internal"]'}).start()
+    port = server.port
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+
+        def status(host: str) -> int:
+            return http.get("/api/v1/health", headers={"host": host}).status_code
+
+        rebound = http.get("/api/v1/health", headers={"host": f"evil.example:{port}"})
+        assert rebound.status_code == 421
+        assert rebound.json()["error"]["type"] == "misdirected_request"
+        assert http.post(JSONRPC, json=TASK, headers={"host": "evil.example"}).status_code == 421
+        for host in (
+            "127.0.0.1",
+            f"127.0.0.1:{port}",
+            f"LOCALHOST:{port}",
+            "[::1]:9",
+            "gw.internal",
+            f"gw.internal:{port}",
+            "10.1.2.3:80",
+        ):
+            assert status(host) == 200, host
+        for host in ("gw.internal.evil.example", "localhost.evil.example", "evil:gw.internal"):
+            assert status(host) == 421, host
+
+    handshake = (
+        f"GET /ws HTTP/1.1\r\nhost: evil.example:{port}\r\nupgrade: websocket\r\n"
+        "connection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "sec-websocket-version: 13\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(handshake)
+        assert sock.recv(100).startswith(b"HTTP/1.1 403 ")
+
+
+async def test_with_auth_on_any_host_is_answered() -> None:
+    config = make_config(server={"allowed_hosts": []}, auth={"mode": "api_key"})
+    async with gateway_client(config) as (_, client):
+        response = await client.get("/api/v1/health", headers={"host": "evil.example"})
+    assert response.status_code == 200
+
+
+async def test_a_configured_origin_may_write() -> None:
+    config = make_config(server={"cors_allow_origins": [APP_ORIGIN]})
+    async with gateway_client(config) as (_, client):
+        allowed = await client.post(JSONRPC, json=LIST, headers={"origin": APP_ORIGIN})
+        bodiless = await client.post(JSONRPC, headers={"origin": APP_ORIGIN})
+        form = await client.post(
+            JSONRPC,
+            content=b"x=1",
+            headers={"origin": APP_ORIGIN, "content-type": "application/x-www-form-urlencoded"},
+        )
+    assert allowed.status_code == 200
+    assert bodiless.status_code == 400  # past the checks: an empty body is no JSON-RPC call
+    assert form.status_code == 415  # the media rule holds for allowed origins too
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        (b"127.0.0.1", True),
+        (b"127.0.0.1:1", True),
+        (b"LocalHost:8001", True),
+        (b"[::1]", True),
+        (b"[::1]:8001", True),
+        (b"192.0.2.7:8001", True),  # an IP literal cannot be a rebound name
+        (b"[2001:db8::1]:443", True),
+        (b"gw.internal:5", True),
+        (b"evil.example", False),
+        (b"evil.example:8001", False),
+        (b"localhost.evil.example", False),
+        (b"127.0.0.1.nip.io", False),
+        (b"localhost:port", False),
+        (b"", False),
+    ],
+)
+def test_host_names_any_port(host: bytes, allowed: bool) -> None:
+    names = host_names("127.0.0.1", 8001, ["gw.internal"])
+    assert (host in names or host_allowed(host, names)) is allowed
+    assert host_allowed(b"anything", host_names("127.0.0.1", 8001, ["*"]))

@@ -1,9 +1,10 @@
 """The application: ``create_app(config)`` builds the whole gateway, the lifespan runs it.
 
 Request flow, top-down: ``Gateway.__call__`` (ASGI) -> the middleware stack,
-built once (security headers and CORS -> authentication -> rate limiting ->
-load shedding) -> router -> handler (health, metrics, JSON-RPC dispatch ->
-method -> registry / task service -> repositories). Errors are rendered once, here:
+built once (security headers, CORS, forged writes and the Host check ->
+authentication -> rate limiting -> load shedding) -> router -> handler
+(health, metrics, JSON-RPC dispatch -> method -> registry / task service ->
+repositories). Errors are rendered once, here:
 an :class:`AgentCoreError` becomes its status and JSON body; anything else is
 logged and becomes a 500 (a bug).
 
@@ -56,8 +57,9 @@ from agentcore.realtime.websocket import WS_PATH, WebSocketEndpoint
 from agentcore.registry.service import Registry
 from agentcore.repositories import Repositories, open_repositories
 from agentcore.routing import Router
-from agentcore.security import SecurityMiddleware
+from agentcore.security import SecurityMiddleware, host_names
 from agentcore.storage import open_blob_store
+from agentcore.storage.api import PREFIX as STORAGE_PREFIX
 from agentcore.storage.api import add_routes as add_storage_routes
 from agentcore.storage.base import BlobStore
 from agentcore.tasks.service import TaskService
@@ -190,6 +192,12 @@ class Gateway:
             cors_origins=config.server.cors_allow_origins,
             hsts=config.server.hsts,
             proxies=self.proxies,
+            # DNS rebinding matters only when the gateway asks for no credentials.
+            hosts=host_names(config.server.host, config.server.port, config.server.allowed_hosts)
+            if config.auth.mode == "off"
+            else None,
+            raw_uploads=(f"{STORAGE_PREFIX}/",),
+            form_uploads=(f"{STORAGE_PREFIX}/upload",),
         )
         #: The protection layer as ASGI middleware: security, auth, rate limit, shedding.
         #: WebSockets pass through it; HTTP requests take :meth:`_protected`, the

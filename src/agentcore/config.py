@@ -59,6 +59,10 @@ class ServerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     cors_allow_origins: list[str] = []
     #: Set Strict-Transport-Security (only when TLS terminates in front of the gateway).
     hsts: bool = False
+    #: Host names (any port) the gateway answers to with authentication off,
+    #: besides its bound address, loopback names and IP literals: a request
+    #: naming another is refused with 421 (DNS rebinding). ``"*"``: any.
+    allowed_hosts: list[str] = []
     #: Largest request head (request line and headers) in bytes: a larger one
     #: is answered 431 and the connection closed, as soon as it is known (uvicorn;
     #: Granian: its read buffer, at least 8192).

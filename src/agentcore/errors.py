@@ -33,6 +33,7 @@ handler only ever ``raise``\\ s.
         ├── AgentAlreadyExists      409  -32006  register without override_existing
         ├── TaskAlreadyExists       409  -32008  task.create with an id in use
         ├── Forbidden               403  -32007  missing scope, or acting for another agent
+        ├── MisdirectedRequest      421  -32600  a Host this gateway does not answer to (auth off)
         ├── Unauthorized            401  -32010  missing or invalid credentials
         ├── RequestTimeout          408  -32031  the body (or a request head) came too slowly
         ├── HeadersTooLarge         431  -32600  request head above the size or header count limit
@@ -182,6 +183,11 @@ class Forbidden(ClientError):
     status = 403
     code = -32007
     title = "forbidden"
+
+
+class MisdirectedRequest(ClientError):
+    status = 421
+    title = "misdirected_request"
 
 
 class Unauthorized(ClientError):

@@ -14,15 +14,41 @@ or an origin listed in ``server.cors_allow_origins``; any other is refused
 before accept (HTTP 403), so a page the operator visits cannot use the
 socket with the operator's network position or credentials. A handshake
 without ``Origin`` comes from a program, not a page, and passes.
+
+Writes (POST, PUT, PATCH, DELETE) a page could forge. A browser sends a
+cross-origin POST without asking (no CORS preflight) when its body is
+``text/plain``, ``multipart/form-data``, a form, or untyped; the answer is
+hidden from the page but the write is done. So a write with a body must
+declare JSON (``application/json`` or ``*/*+json``), which no page can send
+cross-origin without a preflight, except where an upload takes other media
+(``multipart/form-data`` on the upload path, any type on a raw ``PUT``, a
+method that is preflighted anyway): anything else is 415. And a write that
+carries ``Origin`` (browsers send it on every cross-origin write and on
+same-origin POSTs) is refused with 403 unless that is the gateway's own
+origin or a configured one, which also covers the bodiless and upload forms.
+Programs send no ``Origin`` and are not affected.
+
+DNS rebinding: a page on ``attacker.example`` whose name is made to resolve
+to 127.0.0.1 is same-origin with the gateway in the browser's eyes. With
+authentication off, the ``Host`` header must therefore name the gateway:
+its bound address, a loopback name (``127.0.0.1``, ``localhost``, ``[::1]``),
+any IP literal (a page cannot rebind a name it does not use), or a name in
+``server.allowed_hosts``, with any port; else 421 (WebSocket handshakes: 403).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ipaddress
+from collections.abc import Collection, Sequence
 from urllib.parse import urlsplit
 
 from agentcore.auth import WebSocketClose
-from agentcore.errors import Forbidden
+from agentcore.errors import (
+    AgentCoreError,
+    Forbidden,
+    MisdirectedRequest,
+    UnsupportedMediaType,
+)
 from agentcore.http import RESPONSE_HEADERS, Response, proceed, refusal
 from agentcore.proxies import TrustedProxies
 from agentcore.types import ASGIApp, Receive, Scope, Send
@@ -38,6 +64,48 @@ CORS_HEADERS = b"authorization, content-type, x-api-key, last-event-id"
 #: The web scheme of a request's own origin, by ASGI (or X-Forwarded-Proto) scheme.
 WEB_SCHEMES = {"http": "http", "ws": "http", "https": "https", "wss": "https"}
 DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Methods that change state: checked for forgery (module docstring).
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Content-Type values taken as JSON without parsing them (the usual spellings).
+JSON_TYPES = frozenset(
+    {
+        b"application/json",
+        b"application/json; charset=utf-8",
+        b"application/json;charset=utf-8",
+        b"application/json; charset=UTF-8",
+        b"application/json;charset=UTF-8",
+    }
+)
+#: Host names always answered with authentication off (besides IP literals).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def host_names(bound: str, port: int, allowed: Sequence[str] = ()) -> frozenset[bytes]:
+    """``Host`` values answered with authentication off, each name with and
+    without ``port`` (other ports are checked more slowly, :func:`host_allowed`)."""
+    names = {*LOOPBACK_HOSTS, f"[{bound}]" if ":" in bound else bound, *allowed}
+    return frozenset(
+        form.lower().encode("latin-1") for name in names for form in (name, f"{name}:{port}")
+    )
+
+
+def host_allowed(host: bytes, names: Collection[bytes]) -> bool:
+    """Whether ``host`` (a ``Host`` header) names one of ``names`` on any port,
+    or is an IP literal; ``*`` in ``names`` allows any."""
+    if b"*" in names:
+        return True
+    name = host.lower()
+    if not name.endswith(b"]"):
+        head, colon, port = name.rpartition(b":")
+        if colon and port.isdigit():
+            name = head
+    if name in names:
+        return True
+    try:
+        ipaddress.ip_address(name.decode("latin-1").removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    return True
 
 
 def canonical_origin(origin: str) -> str | None:
@@ -67,14 +135,26 @@ class SecurityMiddleware:
         cors_origins: Sequence[str] = (),
         hsts: bool = False,
         proxies: TrustedProxies | None = None,
+        hosts: Collection[bytes] | None = None,
+        raw_uploads: tuple[str, ...] = (),
+        form_uploads: Collection[str] = (),
     ) -> None:
         self.app = app
         self.headers = [*BASE_HEADERS, *([HSTS] if hsts else [])]
         self.origins = frozenset(o.encode("latin-1") for o in cors_origins)
         self.proxies = proxies or TrustedProxies()
+        #: ``Host`` values answered (:func:`host_names`); None: any (authentication on).
+        self.hosts = None if hosts is None else frozenset(hosts)
+        #: Path prefixes under which a PUT body may be of any type (raw uploads)...
+        self.raw_uploads = raw_uploads
+        #: ...and paths whose POST may be multipart/form-data.
+        self.form_uploads = frozenset(form_uploads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
+            if self.hosts is not None and self.misdirected(scope):
+                await WebSocketClose(1008, "host not allowed")(scope, receive, send)
+                return
             origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
             if origin is not None and not self.origin_allowed(scope, origin):
                 # A close before accept: the server answers the handshake with 403.
@@ -115,6 +195,15 @@ class SecurityMiddleware:
         """For an HTTP request: the response headers to add (in the scope), and
         the answer itself for a CORS preflight, else None (go on)."""
         extra = self.headers
+        if self.hosts is not None and self.misdirected(scope):
+            return refusal(
+                scope,
+                MisdirectedRequest(
+                    "this gateway does not answer to that Host (with authentication off "
+                    "only to its own address, loopback names and server.allowed_hosts)"
+                ),
+                extra,
+            )
         origin = None
         if self.origins:
             origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
@@ -133,7 +222,52 @@ class SecurityMiddleware:
                     )
             elif scope["method"] == "OPTIONS":
                 return refusal(scope, Forbidden("origin not allowed by CORS"), extra)
+        if scope["method"] in WRITES:
+            forged = self.forged(scope)
+            if forged is not None:
+                return refusal(scope, forged, extra)
 
         # Outermost: the list starts here; inner layers extend it, the response sends it.
         scope[RESPONSE_HEADERS] = [*extra]
         return None
+
+    def misdirected(self, scope: Scope) -> bool:
+        """Whether the request's ``Host`` names no one this gateway answers to."""
+        headers = scope["headers"]
+        # Clients send Host first: one comparison, not a scan, on the hot path.
+        if headers and headers[0][0] == b"host":
+            host: bytes | None = headers[0][1]
+        else:
+            host = next((v for k, v in headers if k == b"host"), None)
+        hosts = self.hosts
+        assert hosts is not None
+        return host is not None and host not in hosts and not host_allowed(host, hosts)
+
+    def forged(self, scope: Scope) -> AgentCoreError | None:
+        """Why a write could come from a page that may not write here, or None."""
+        headers = dict(scope["headers"])
+        media = headers.get(b"content-type")
+        if media not in JSON_TYPES and not self._media_allowed(scope, media, headers):
+            return UnsupportedMediaType(
+                "a request body must be JSON (Content-Type: application/json)"
+                + (", or multipart/form-data here" if scope["path"] in self.form_uploads else "")
+            )
+        origin = headers.get(b"origin")
+        if origin is not None and not self.origin_allowed(scope, origin):
+            return Forbidden("writes from this origin are not allowed (server.cors_allow_origins)")
+        return None
+
+    def _media_allowed(
+        self, scope: Scope, media: bytes | None, headers: dict[bytes, bytes]
+    ) -> bool:
+        if scope["method"] == "PUT" and scope["path"].startswith(self.raw_uploads):
+            return True  # raw bytes of any type; PUT is preflighted, Origin checked
+        if media is None:  # no body, nothing to forge but the write itself: Origin decides
+            return b"transfer-encoding" not in headers and headers.get(b"content-length") in (
+                None,
+                b"0",
+            )
+        essence = media.partition(b";")[0].strip().lower()
+        if essence == b"application/json" or essence.endswith(b"+json"):
+            return True
+        return essence == b"multipart/form-data" and scope["path"] in self.form_uploads
