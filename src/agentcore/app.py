@@ -162,6 +162,8 @@ class Gateway:
             config.realtime,
             metrics=self.metrics,
             wall_clock=clock,
+            authenticator=self.authenticator,
+            recheck_s=config.auth.cache_s,
         )
         self.websocket = WebSocketEndpoint(
             self.streams, self.authenticator, self.dispatcher, config, self.metrics
