@@ -44,9 +44,11 @@ from agentcore.http import safe_message
 log = logging.getLogger("agentcore.jsonrpc")
 
 P = TypeVar("P")
-#: An integer id fits in 64 bits (what every client's JSON library round-trips
-#: as a number); a float id must be finite (msgspec refuses ``1e400``).
-RpcId = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | float | str | None
+#: An id number lies in the 64-bit range (what every client's JSON library
+#: round-trips): an integer beyond it is refused, and so is a float, which the
+#: published schema then says too (a huge integer literal is a JSON number).
+_ID_RANGE = Meta(ge=-(2**63), le=2**63 - 1)
+RpcId = Annotated[int, _ID_RANGE] | Annotated[float, _ID_RANGE] | str | None
 #: The request object, as every -32600 answer for one explains it.
 SHAPE = (
     'expected {"jsonrpc": "2.0", "method": string, "params": object (optional), '
