@@ -101,6 +101,7 @@ def test_default_scopes_tenant_filter_and_revoke(
     code, out, _ = keys(capsys, data, "revoke", first["id"])
     assert code == 0
     assert out.startswith(f"revoked {first['id']}; running gateways refuse it within 5 s")
+    assert "close the streams it opened within 10 s" in out
     code, out, _ = keys(capsys, data, "revoke", first["key"])  # the full key works too
     assert code == 0 and "already revoked" in out
     code, _, err = keys(capsys, data, "revoke", "000000000000")

@@ -20,7 +20,8 @@
 
 ``keys`` opens the configured store directly, so it works with the gateway
 stopped or running; a running gateway notices a revocation within
-``auth.cache_s`` seconds (docs/authentication.md).
+``auth.cache_s`` seconds, and closes the key's open streams within twice that
+(docs/authentication.md).
 """
 
 from __future__ import annotations
@@ -221,7 +222,8 @@ def _keys(args: argparse.Namespace, config: Config) -> int:
     if revoked:
         print(
             f"revoked {key_id}; running gateways refuse it within "
-            f"{config.auth.cache_s:g} s (auth.cache_s)"
+            f"{config.auth.cache_s:g} s (auth.cache_s) and close the streams "
+            f"it opened within {2 * config.auth.cache_s:g} s"
         )
     else:
         print(f"{key_id} was already revoked at {_when(found.revoked_at)}")
