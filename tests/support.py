@@ -164,21 +164,29 @@ def ids(items: list[Agent] | list[Task]) -> list[str]:
     return [i.agent_id if isinstance(i, Agent) else i.task_id for i in items]
 
 
-async def stored_loads(repos: Repositories) -> dict[str, int]:
-    """Each registered agent's stored count of assigned and running tasks: the counter
-    ``agents.least_loaded`` orders by (in SQL the ``active_tasks`` column, checked to
-    agree with its copy on the capability rows; in memory the agents' table's loads),
-    not a count of the tasks."""
+async def stored_loads(repos: Repositories, tenant: str = "default") -> dict[str, int]:
+    """Each registered agent's (of ``tenant``) stored count of assigned and running tasks:
+    the counter ``agents.least_loaded`` orders by (in SQL the ``active_tasks`` column,
+    checked to agree with its copy on the capability rows; in memory the agents' table's
+    loads), not a count of the tasks."""
     if isinstance(repos, SqlRepositories):
-        rows = await repos.database.fetch("SELECT id, active_tasks FROM agents ORDER BY id")
+        rows = await repos.database.fetch(
+            "SELECT id, active_tasks FROM agents WHERE tenant = $1 ORDER BY id", tenant
+        )
         loads = {str(row[0]): int(row[1]) for row in rows}
         # The capability rows carry a copy that the pick by capability orders by.
-        labels = await repos.database.fetch("SELECT agent_id, active_tasks FROM agent_capabilities")
+        labels = await repos.database.fetch(
+            "SELECT agent_id, active_tasks FROM agent_capabilities WHERE tenant = $1", tenant
+        )
         assert {(str(r[0]), int(r[1])) for r in labels} <= set(loads.items()), labels
         return loads
     assert isinstance(repos, MemoryRepositories)
     table = repos.database.table(AgentTable)
-    return {agent_id: table.loads.get(agent_id, 0) for agent_id in sorted(table.agents)}
+    return {
+        agent_id: table.loads.get((owner, agent_id), 0)
+        for owner, agent_id in sorted(table.agents)
+        if owner == tenant
+    }
 
 
 # -- real server processes ---------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,7 +13,10 @@ import pytest
 from agentcore.app import Gateway
 from agentcore.clock import ManualClock
 from agentcore.jsonrpc import Context
-from tests.support import RpcError, agent_card, rpc
+from tests.realtime.test_websocket import create_key
+from tests.support import RpcError, ServerProcess, agent_card, rpc
+
+ServerFactory = Callable[..., ServerProcess]
 
 CAPABILITY_OBJECTS = [
     {
@@ -729,6 +734,106 @@ async def test_override_cannot_take_another_tenants_agent(gateway: Gateway) -> N
         {"agent_card": agent_card("shared-id", "evil"), "override_existing": True},
     )
 
-    assert reply.get("error", {}).get("code") == -32006
+    # Tenant b registers an agent of its own under the same id; a's is untouched.
+    assert reply["result"]["agent"]["capabilities"] == ["evil"]
     listed = (await call_as(gateway, "a", "agent.list", {}))["result"]["agents"]
     assert [a["capabilities"] for a in listed] == [["x"]]
+
+
+NOBODY = {"required_capabilities": ["nobody-has-this"]}
+#: Fields that differ between two otherwise identical answers (times).
+VOLATILE = frozenset({"registered_at", "updated_at", "last_seen", "created_at"})
+
+
+def _without_volatile(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_volatile(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_without_volatile(v) for v in value]
+    return value
+
+
+async def answer(
+    client: httpx.AsyncClient, method: str, params: dict[str, Any], *ids: str
+) -> tuple[int, str]:
+    """The HTTP status and JSON-RPC body of a call, times dropped and each of ``ids``
+    replaced by ``ID<n>``: equal answers then mean the caller learnt nothing about them."""
+    response = await client.post(
+        "/api/v1/jsonrpc", json={"jsonrpc": "2.0", "method": method, "params": params, "id": 1}
+    )
+    text = json.dumps(_without_volatile(response.json()), sort_keys=True)
+    for n, value in enumerate(ids):
+        text = text.replace(value, f"ID{n}")
+    return response.status_code, text
+
+
+@pytest.fixture
+def keyed(server_factory: ServerFactory, tmp_path: Path) -> tuple[ServerProcess, dict[str, str]]:
+    """A gateway process in api_key mode, and a key for each of tenants acme and globex."""
+    keys = {tenant: create_key(tmp_path / "data", tenant) for tenant in ("acme", "globex")}
+    return server_factory(env={"AGENTCORE_AUTH__MODE": "api_key"}).start(), keys
+
+
+async def test_ids_are_scoped_by_tenant_and_reveal_nothing_over_http(
+    keyed: tuple[ServerProcess, dict[str, str]],
+) -> None:
+    """Tenant globex takes the agent and task ids acme holds, each tenant sees only its
+    own, and every globex answer is the same for an id acme holds as for a free one."""
+    server, keys = keyed
+    headers = {tenant: {"Authorization": f"Bearer {key}"} for tenant, key in keys.items()}
+    async with (
+        httpx.AsyncClient(base_url=server.url, headers=headers["acme"]) as acme,
+        httpx.AsyncClient(base_url=server.url, headers=headers["globex"]) as globex,
+    ):
+        await rpc(acme, "agent.register", {"agent_card": agent_card("squat1", "x", name="a")})
+        task = {"task_id": "job1", "required_capabilities": ["x"]}
+        assert (await rpc(acme, "task.create", {"task_definition": task}))["agent_id"] == "squat1"
+
+        # Each globex call, once with the ids acme holds and once with free ones.
+        calls: list[tuple[str, dict[str, Any]]] = [
+            ("agent.get", {"agent_id": "{agent}"}),
+            ("agent.ping", {"agent_id": "{agent}"}),
+            ("agent.unregister", {"agent_id": "{agent}"}),
+            ("task.get", {"task_id": "{task}"}),
+            ("task.cancel", {"task_id": "{task}"}),
+            ("agent.register", {"agent_card": agent_card("{agent}", "y", name="{agent}")}),
+            ("agent.register", {"agent_card": agent_card("{agent}", "y", name="{agent}")}),
+            ("agent.get", {"agent_id": "{agent}"}),
+            ("agent.ping", {"agent_id": "{agent}"}),
+            # Nobody can run it: it stays pending, whichever globex agents exist.
+            ("task.create", {"task_definition": {"task_id": "{task}", **NOBODY}}),
+            ("task.create", {"task_definition": {"task_id": "{task}", **NOBODY}}),
+            ("task.get", {"task_id": "{task}"}),
+        ]
+        for method, params in calls:
+            answers = []
+            for agent_id, task_id in (("squat1", "job1"), ("squat0", "job0")):
+                filled = json.loads(
+                    json.dumps(params).replace("{agent}", agent_id).replace("{task}", task_id)
+                )
+                answers.append(await answer(globex, method, filled, agent_id, task_id))
+            assert answers[0] == answers[1], (method, answers)
+        assert answers[0][0] == 200
+        # The registrations above succeeded (not 409), the second of each refused as usual.
+
+        # Two agents squat1 and two tasks job1, each tenant seeing only its own.
+        assert (await rpc(acme, "agent.get", {"agent_id": "squat1"}))["name"] == "a"
+        assert (await rpc(globex, "agent.get", {"agent_id": "squat1"}))["name"] == "squat1"
+        for client, capability in ((acme, "x"), (globex, "y")):
+            found = (await rpc(client, "agent.discover", {"capabilities": [capability]}))["agents"]
+            assert [a["agent_id"] for a in found] == (
+                ["squat1"] if client is acme else ["squat0", "squat1"]
+            )
+            assert (await rpc(client, "agent.discover", {"capabilities": ["x", "y"]}))[
+                "agents"
+            ] == []
+        assert (await rpc(acme, "task.get", {"task_id": "job1"}))["status"] == "assigned"
+        assert (await rpc(globex, "task.get", {"task_id": "job1"}))["status"] == "pending"
+        await rpc(globex, "task.cancel", {"task_id": "job1"})
+        await rpc(globex, "agent.unregister", {"agent_id": "squat1"})
+        assert (await rpc(acme, "task.get", {"task_id": "job1"}))["status"] == "assigned"
+        assert (await rpc(acme, "agent.ping", {"agent_id": "squat1"}))["status"] == "active"
+        assert (await rpc(acme, "agent.get", {"agent_id": "squat1"}))["name"] == "a"
+        with pytest.raises(RpcError) as gone:
+            await rpc(globex, "agent.get", {"agent_id": "squat1"})
+        assert gone.value.code == -32001

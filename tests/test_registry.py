@@ -28,7 +28,7 @@ async def add_agent(gateway: Gateway, agent_id: str, *caps: str, tenant: str = "
 
 
 async def stored_status(gateway: Gateway, agent_id: str) -> AgentStatus:
-    agent = await gateway.repos.agents.get(agent_id)
+    agent = await gateway.repos.agents.get("default", agent_id)
     assert agent is not None
     return agent.status
 
@@ -137,7 +137,7 @@ async def test_ping_brings_an_inactive_agent_back(gateway: Gateway, clock: Manua
 
     assert (result.status, result.last_seen) == (A.ACTIVE, clock.now)
     # Reactivation is written at once, not batched.
-    stored = await gateway.repos.agents.get("a")
+    stored = await gateway.repos.agents.get("default", "a")
     assert stored is not None
     assert (stored.status, stored.last_seen) == (A.ACTIVE, clock.now)
     assert await discover(gateway, "x") == ["a"]
@@ -181,9 +181,9 @@ async def test_heartbeats_are_written_in_one_batch_on_flush(
     await add_agent(gateway, "b")
     registered_at = clock.now
     touch = gateway.repos.agents.touch
-    batches: list[list[tuple[str, float]]] = []
+    batches: list[list[tuple[str, str, float]]] = []
 
-    async def counting_touch(beats: Sequence[tuple[str, float]]) -> None:
+    async def counting_touch(beats: Sequence[tuple[str, str, float]]) -> None:
         batches.append(list(beats))
         await touch(beats)
 
@@ -195,7 +195,7 @@ async def test_heartbeats_are_written_in_one_batch_on_flush(
     await gateway.registry.ping("b")
     last_ping = clock.now
 
-    stored = await gateway.repos.agents.get("a")
+    stored = await gateway.repos.agents.get("default", "a")
     assert stored is not None and stored.last_seen == registered_at
     assert batches == []
     # Reads see the heartbeat before it is written.
@@ -203,9 +203,9 @@ async def test_heartbeats_are_written_in_one_batch_on_flush(
 
     assert await gateway.registry.flush() == 2
 
-    assert batches == [[("a", last_ping), ("b", last_ping)]]
+    assert batches == [[("default", "a", last_ping), ("default", "b", last_ping)]]
     for agent_id in ("a", "b"):
-        stored = await gateway.repos.agents.get(agent_id)
+        stored = await gateway.repos.agents.get("default", agent_id)
         assert stored is not None and stored.last_seen == last_ping
     assert await gateway.registry.flush() == 0
     assert len(batches) == 1
@@ -233,7 +233,10 @@ async def test_failed_flush_keeps_the_heartbeats(
 
     assert await gateway.registry.flush() == 2
 
-    a, b = await gateway.repos.agents.get("a"), await gateway.repos.agents.get("b")
+    a, b = (
+        await gateway.repos.agents.get("default", "a"),
+        await gateway.repos.agents.get("default", "b"),
+    )
     assert a is not None and a.last_seen == clock.now - 1
     assert b is not None and b.last_seen == clock.now
 
@@ -244,7 +247,7 @@ async def test_failed_flush_keeps_the_heartbeats(
 async def test_register_writes_before_acknowledging(gateway: Gateway, clock: ManualClock) -> None:
     await add_agent(gateway, "a", "y", "x")
 
-    stored = await gateway.repos.agents.get("a")
+    stored = await gateway.repos.agents.get("default", "a")
 
     assert stored is not None
     assert stored.status is A.ACTIVE

@@ -52,18 +52,18 @@ async def change(unit: Repositories) -> None:
     """A unit's writes across repositories: a task assigned to a, b's task completed,
     a new agent c, a's heartbeat, and two events; each is seen inside the unit."""
     assert await unit.tasks.insert(make_task("new", status=TaskStatus.ASSIGNED, agent_id="a"))
-    old = await unit.tasks.get("old")
+    old = await unit.tasks.get("default", "old")
     assert old is not None
     assert await unit.tasks.update(
         msgspec.structs.replace(old, status=TaskStatus.COMPLETED, version=old.version + 1)
     )
     assert await unit.agents.put(make_agent("c", capabilities=("x",)), replace=False)
-    await unit.agents.touch([("a", 500.0)])
+    await unit.agents.touch([("default", "a", 500.0)])
     appended = await unit.events.append([event(2), event(3)])
     assert [e.id for e in appended] == [2, 3]
 
-    assert await unit.tasks.get("new") is not None
-    assert await unit.tasks.loads(["a", "b"]) == {"a": 1}
+    assert await unit.tasks.get("default", "new") is not None
+    assert await unit.tasks.loads("default", ["a", "b"]) == {"a": 1}
     assert await unit.agents.least_loaded(["x"], "default") == "b"
     assert ids(await unit.agents.query(AgentQuery())) == ["a", "b", "c"]
     assert await unit.events.last_id() == 3
@@ -72,20 +72,20 @@ async def change(unit: Repositories) -> None:
 
 async def test_a_unit_that_raises_leaves_no_rows_loads_or_events(repos: Repositories) -> None:
     await given(repos)
-    old = await repos.tasks.get("old")
-    a = await repos.agents.get("a")
+    old = await repos.tasks.get("default", "old")
+    a = await repos.agents.get("default", "a")
 
     with pytest.raises(Abort):
         async with repos.transaction() as unit:
             await change(unit)
             raise Abort
 
-    assert await repos.tasks.get("new") is None
-    assert await repos.tasks.get("old") == old
+    assert await repos.tasks.get("default", "new") is None
+    assert await repos.tasks.get("default", "old") == old
     assert await repos.tasks.count() == {"assigned": 1}
-    assert await repos.tasks.loads(["a", "b"]) == {"b": 1}
-    assert await repos.agents.get("c") is None
-    assert await repos.agents.get("a") == a
+    assert await repos.tasks.loads("default", ["a", "b"]) == {"b": 1}
+    assert await repos.agents.get("default", "c") is None
+    assert await repos.agents.get("default", "a") == a
     assert await repos.agents.count() == {"active": 2}
     assert ids(await repos.agents.query(AgentQuery(capabilities=["x"]))) == ["a", "b"]
     assert await stored_loads(repos) == {"a": 0, "b": 1}
@@ -103,13 +103,13 @@ async def test_a_committed_unit_leaves_all_its_writes(repos: Repositories) -> No
     async with repos.transaction() as unit:
         await change(unit)
 
-    assert await repos.tasks.get("new") is not None
-    old = await repos.tasks.get("old")
+    assert await repos.tasks.get("default", "new") is not None
+    old = await repos.tasks.get("default", "old")
     assert old is not None and old.status == TaskStatus.COMPLETED
     assert await repos.tasks.count() == {"assigned": 1, "completed": 1}
-    assert await repos.tasks.loads(["a", "b"]) == {"a": 1}
-    assert await repos.agents.get("c") is not None
-    a = await repos.agents.get("a")
+    assert await repos.tasks.loads("default", ["a", "b"]) == {"a": 1}
+    assert await repos.agents.get("default", "c") is not None
+    a = await repos.agents.get("default", "a")
     assert a is not None and a.last_seen == 500.0
     assert await repos.agents.count() == {"active": 3}
     assert await stored_loads(repos) == {"a": 1, "b": 0, "c": 0}
@@ -177,7 +177,7 @@ async def test_concurrent_calls_share_the_repositories_safely(repos: Repositorie
     await asyncio.gather(
         *(repos.agents.put(agent, replace=n % 2 == 0) for n, agent in enumerate(agents)),
         *(repos.tasks.insert(make_task(f"t{n:02}")) for n in range(30)),
-        *(repos.agents.touch([(f"a{n:02}", 500.0)]) for n in range(30)),
+        *(repos.agents.touch([("default", f"a{n:02}", 500.0)]) for n in range(30)),
         *(repos.agents.query(AgentQuery(capabilities=["x"])) for _ in range(10)),
         *(repos.events.append([event(n)]) for n in range(30)),
     )
@@ -208,7 +208,7 @@ async def test_after_close_everything_raises_store_unavailable(repos: Repositori
     with pytest.raises(StoreUnavailable):
         await repos.check()
     with pytest.raises(StoreUnavailable):
-        await repos.agents.get("a")
+        await repos.agents.get("default", "a")
     with pytest.raises(StoreUnavailable):
         await repos.agents.put(make_agent("a"), replace=False)
     with pytest.raises(StoreUnavailable):
@@ -239,8 +239,8 @@ async def test_memory_url_gives_repositories_of_their_own() -> None:
     try:
         await first.check()
         assert await first.agents.put(make_agent("a"), replace=False)
-        assert await first.agents.get("a") == make_agent("a")
-        assert await second.agents.get("a") is None
+        assert await first.agents.get("default", "a") == make_agent("a")
+        assert await second.agents.get("default", "a") is None
     finally:
         await first.close()
         await second.close()
@@ -295,10 +295,10 @@ async def test_a_sqlite_file_keeps_data_across_reopen(tmp_path: Path) -> None:
     second = open_repositories(url)
     await second.open()
     try:
-        assert await second.agents.get("durable") == agent
+        assert await second.agents.get("default", "durable") == agent
         query = AgentQuery(capabilities=["x"], tags=["t"])
         assert ids(await second.agents.query(query)) == ["durable"]
-        assert await second.tasks.get("t1") == task
+        assert await second.tasks.get("default", "t1") == task
         assert await stored_loads(second) == {"durable": 1}
         assert await second.events.last_id() == 1
     finally:

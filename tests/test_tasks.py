@@ -464,8 +464,8 @@ async def test_a_stale_read_loses_and_is_refused_after_rereading(
     read = tasks_class.get
     reads: list[TaskStatus] = []
 
-    async def stale_first(self: TaskRepository, task_id: str) -> Task | None:
-        found = task if not reads else await read(self, task_id)
+    async def stale_first(self: TaskRepository, tenant: str, task_id: str) -> Task | None:
+        found = task if not reads else await read(self, tenant, task_id)
         assert found is not None
         reads.append(found.status)
         return found
@@ -477,7 +477,7 @@ async def test_a_stale_read_loses_and_is_refused_after_rereading(
 
     assert reads == [S.RUNNING, S.CANCELLED]
     assert refused.value.data is not None and refused.value.data["from"] == "cancelled"
-    final = await gateway.repos.tasks.get(task.task_id)
+    final = await gateway.repos.tasks.get("default", task.task_id)
     assert final is not None and final.status is S.CANCELLED and final.result is None
 
 

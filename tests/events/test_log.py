@@ -59,7 +59,7 @@ async def test_a_change_commits_its_rows_and_events_together(repos: Repositories
         await asyncio.sleep(0)
         assert sub.pending() == 0  # nothing reaches subscribers before the commit
 
-    assert await repos.tasks.get("t1") is not None
+    assert await repos.tasks.get("default", "t1") is not None
     stored = await repos.events.read(0, 10)
     assert [(e.id, e.type) for e in stored] == [(1, "task.created"), (2, "task.assigned")]
     assert change.stored == stored
@@ -79,7 +79,7 @@ async def test_a_change_that_raises_leaves_neither_its_rows_nor_its_events(
                 raise RuntimeError("midway")
         kept = await log.publish("kept", {})
 
-    assert await repos.tasks.get("t1") is None
+    assert await repos.tasks.get("default", "t1") is None
     assert [e.type for e in await repos.events.read(0, 10)] == ["kept"]
     assert kept.id == 1  # the rolled-back event took no id
     assert await collect(sub) == [kept]

@@ -27,11 +27,11 @@ async def find(repos: Repositories, **filters: Any) -> list[str]:
 async def test_put_round_trips(repos: Repositories) -> None:
     agent = make_agent("a1", capabilities=("search", "code"), tags=("b", "a"))
     assert await repos.agents.put(agent, replace=False)
-    assert await repos.agents.get("a1") == agent
+    assert await repos.agents.get("default", "a1") == agent
 
 
 async def test_get_unknown_is_none(repos: Repositories) -> None:
-    assert await repos.agents.get("nope") is None
+    assert await repos.agents.get("default", "nope") is None
 
 
 async def test_put_without_replace_writes_nothing_when_it_exists(repos: Repositories) -> None:
@@ -39,7 +39,7 @@ async def test_put_without_replace_writes_nothing_when_it_exists(repos: Reposito
     assert await repos.agents.put(original, replace=False)
     other = make_agent("a1", name="second", capabilities=("y",), tags=("t2",))
     assert not await repos.agents.put(other, replace=False)
-    assert await repos.agents.get("a1") == original
+    assert await repos.agents.get("default", "a1") == original
     assert await find(repos, capabilities=["x"]) == ["a1"]
     assert await find(repos, capabilities=["y"]) == []
     assert await find(repos, tags=["t2"]) == []
@@ -49,7 +49,7 @@ async def test_put_with_replace_overwrites_row_and_labels(repos: Repositories) -
     await repos.agents.put(make_agent("a1", capabilities=("x", "y"), tags=("t1",)), replace=False)
     replacement = make_agent("a1", name="renamed", capabilities=("z",), tags=("t2",))
     assert await repos.agents.put(replacement, replace=True)
-    assert await repos.agents.get("a1") == replacement
+    assert await repos.agents.get("default", "a1") == replacement
     assert await find(repos, capabilities=["x"]) == []
     assert await find(repos, capabilities=["z"]) == ["a1"]
     assert await find(repos, tags=["t1"]) == []
@@ -65,16 +65,16 @@ async def test_put_with_replace_inserts_a_new_agent(repos: Repositories) -> None
 async def test_duplicate_labels_are_stored_once(repos: Repositories) -> None:
     agent = make_agent("a1", capabilities=("x", "x"), tags=("t", "t"))
     assert await repos.agents.put(agent, replace=False)
-    assert await repos.agents.get("a1") == agent
+    assert await repos.agents.get("default", "a1") == agent
     assert await find(repos, capabilities=["x"], tags=["t"]) == ["a1"]
     assert await repos.agents.least_loaded(["x"], "default") == "a1"
 
 
 async def test_delete_removes_it_and_its_labels(repos: Repositories) -> None:
     await repos.agents.put(make_agent("a1", capabilities=("x",), tags=("t",)), replace=False)
-    assert await repos.agents.delete("a1")
-    assert await repos.agents.get("a1") is None
-    assert not await repos.agents.delete("a1")
+    assert await repos.agents.delete("default", "a1")
+    assert await repos.agents.get("default", "a1") is None
+    assert not await repos.agents.delete("default", "a1")
     assert await find(repos) == []
     assert await repos.agents.least_loaded(["x"], "default") is None
     # A new agent with the same id does not inherit the old labels.
@@ -205,12 +205,14 @@ async def test_touch_sets_last_seen_and_reactivates(repos: Repositories) -> None
         make_agent("off", last_seen=1.0, status=AgentStatus.INACTIVE, capabilities=("x",)),
         replace=False,
     )
-    await repos.agents.touch([("on", 50.0), ("off", 60.0), ("unknown", 70.0)])
-    on, off = await repos.agents.get("on"), await repos.agents.get("off")
+    await repos.agents.touch(
+        [("default", "on", 50.0), ("default", "off", 60.0), ("default", "unknown", 70.0)]
+    )
+    on, off = await repos.agents.get("default", "on"), await repos.agents.get("default", "off")
     assert on is not None and off is not None
     assert (on.last_seen, on.status, on.updated_at) == (50.0, AgentStatus.ACTIVE, 20.0)
     assert (off.last_seen, off.status, off.updated_at) == (60.0, AgentStatus.ACTIVE, 60.0)
-    assert await repos.agents.get("unknown") is None
+    assert await repos.agents.get("default", "unknown") is None
     # The reactivated agent is found by status through its labels too.
     assert await find(repos, **LIVE, capabilities=["x"]) == ["off", "on"]
     await repos.agents.touch([])
@@ -218,8 +220,8 @@ async def test_touch_sets_last_seen_and_reactivates(repos: Repositories) -> None
 
 async def test_touch_accepts_integer_timestamps(repos: Repositories) -> None:
     await repos.agents.put(make_agent("a"), replace=False)
-    await repos.agents.touch([("a", 123)])
-    agent = await repos.agents.get("a")
+    await repos.agents.touch([("default", "a", 123)])
+    agent = await repos.agents.get("default", "a")
     assert agent is not None and agent.last_seen == 123.0
 
 
@@ -231,14 +233,14 @@ async def test_expire_marks_stale_active_agents_inactive(repos: Repositories) ->
         make_agent("gone", last_seen=1.0, status=AgentStatus.INACTIVE), replace=False
     )
     assert await repos.agents.expire(cutoff=50.0, now=100.0, limit=100) == [("stale", "default")]
-    stale = await repos.agents.get("stale")
+    stale = await repos.agents.get("default", "stale")
     assert stale is not None
     assert (stale.status, stale.updated_at, stale.last_seen) == (
         AgentStatus.INACTIVE,
         100.0,
         10.0,
     )
-    gone = await repos.agents.get("gone")
+    gone = await repos.agents.get("default", "gone")
     assert gone is not None and gone.updated_at == 20.0
     # An expired agent is no longer found as active, nor picked.
     assert await find(repos, **LIVE, capabilities=["x"]) == []
@@ -283,9 +285,9 @@ async def test_count_by_status(repos: Repositories) -> None:
     assert await repos.agents.count() == {"active": 2, "inactive": 1}
     await repos.agents.expire(cutoff=1000.0, now=200.0, limit=100)
     assert await repos.agents.count() == {"inactive": 3}
-    await repos.agents.touch([("a", 300.0)])
+    await repos.agents.touch([("default", "a", 300.0)])
     await repos.agents.put(make_agent("b", status=AgentStatus.ACTIVE), replace=True)
-    assert await repos.agents.delete("c")
+    assert await repos.agents.delete("default", "c")
     assert await repos.agents.count() == {"active": 2}
 
 
@@ -343,7 +345,7 @@ async def test_the_load_counter_follows_every_task_write(repos: Repositories) ->
     assert await stored_loads(repos) == {"a": 2, "b": 0}
 
     async def move(task_id: str, **changes: Any) -> None:
-        task = await tasks.get(task_id)
+        task = await tasks.get("default", task_id)
         assert task is not None
         assert await tasks.update(
             msgspec.structs.replace(task, version=task.version + 1, **changes)
@@ -359,7 +361,7 @@ async def test_the_load_counter_follows_every_task_write(repos: Repositories) ->
     assert await stored_loads(repos) == {"a": 0, "b": 2}
     assert await agents.least_loaded(["x"], "default") == "a"
     # A rejected compare-and-set moves nothing.
-    stale = await tasks.get("2")
+    stale = await tasks.get("default", "2")
     assert stale is not None
     assert not await tasks.update(
         msgspec.structs.replace(stale, version=stale.version + 2, agent_id="a")
@@ -367,13 +369,13 @@ async def test_the_load_counter_follows_every_task_write(repos: Repositories) ->
     assert await stored_loads(repos) == {"a": 0, "b": 2}
 
     # b's tasks outlive b; registering b again starts from them, replacing keeps them.
-    assert await agents.delete("b")
+    assert await agents.delete("default", "b")
     assert await stored_loads(repos) == {"a": 0}
     await agents.put(make_agent("b", capabilities=("x",)), replace=False)
     assert await stored_loads(repos) == {"a": 0, "b": 2}
     await agents.put(make_agent("b", capabilities=("x", "y")), replace=True)
     assert await stored_loads(repos) == {"a": 0, "b": 2}
-    assert await tasks.loads(["a", "b"]) == {"b": 2}
+    assert await tasks.loads("default", ["a", "b"]) == {"b": 2}
     assert await agents.least_loaded(["x"], "default") == "a"
     assert await agents.least_loaded(["y"], "default") == "b"
 
@@ -382,3 +384,53 @@ async def test_the_load_counter_follows_every_task_write(repos: Repositories) ->
     assert await stored_loads(repos) == {"a": 0, "b": 2}
     await agents.put(make_agent("c", capabilities=("x",)), replace=False)
     assert await stored_loads(repos) == {"a": 0, "b": 2, "c": 1}
+
+
+# -- tenants --------------------------------------------------------------------------
+
+
+async def test_the_same_id_in_two_tenants_is_two_agents(repos: Repositories) -> None:
+    """Ids are scoped by tenant: neither tenant's writes meet (or reveal) the other's."""
+    agents, tasks = repos.agents, repos.tasks
+    mine = make_agent("same", name="mine", capabilities=("x",), tags=("m",), tenant="a")
+    theirs = make_agent("same", name="theirs", capabilities=("y",), tenant="b", last_seen=1.0)
+    assert await agents.put(mine, replace=False)
+    assert await agents.put(theirs, replace=False)
+    assert not await agents.put(make_agent("same", tenant="b"), replace=False)
+    assert await agents.get("a", "same") == mine
+    assert await agents.get("b", "same") == theirs
+    assert await agents.get("default", "same") is None
+    assert await find(repos, tenant="a") == ["same"]
+    assert [a.name for a in await agents.query(AgentQuery(tenant="b"))] == ["theirs"]
+    assert await find(repos, tenant="b", status=AgentStatus.ACTIVE, capabilities=["x"]) == []
+    assert await find(repos, tenant="a", status=AgentStatus.ACTIVE, tags=["m"]) == ["same"]
+
+    # A replace, a heartbeat and a task's load touch only their own tenant's agent.
+    assert await agents.put(msgspec.structs.replace(mine, name="mine2"), replace=True)
+    assert (await agents.get("b", "same")) == theirs
+    await agents.touch([("a", "same", 500.0)])
+    assert (await agents.get("b", "same")) == theirs
+    await tasks.insert(make_task("t", status=TaskStatus.ASSIGNED, agent_id="same", tenant="b"))
+    assert await stored_loads(repos, "a") == {"same": 0}
+    assert await stored_loads(repos, "b") == {"same": 1}
+    assert await tasks.loads("a", ["same"]) == {}
+    assert await tasks.loads("b", ["same"]) == {"same": 1}
+    assert await agents.least_loaded(["x"], "a") == "same"
+    assert await agents.least_loaded(["x"], "b") is None
+
+    # Expiry marks only the silent one, and says whose it was.
+    assert await agents.expire(cutoff=100.0, now=600.0, limit=10) == [("same", "b")]
+    agent_a, agent_b = await agents.get("a", "same"), await agents.get("b", "same")
+    assert agent_a is not None and agent_a.status is AgentStatus.ACTIVE
+    assert agent_b is not None and agent_b.status is AgentStatus.INACTIVE
+    assert await find(repos, tenant="b", status=AgentStatus.INACTIVE, capabilities=["y"]) == [
+        "same"
+    ]
+
+    assert await agents.delete("a", "same")
+    assert not await agents.delete("a", "same")
+    assert await agents.get("a", "same") is None
+    assert await agents.get("b", "same") is not None
+    assert await find(repos, tenant="b", status=AgentStatus.INACTIVE, capabilities=["y"]) == [
+        "same"
+    ]

@@ -254,7 +254,7 @@ async def snapshot(gateway: Gateway, agent_ids: Sequence[str]) -> Snapshot:
         last_event_id=await repos.events.last_id(),
         task_counts=await repos.tasks.count(),
         agent_counts=await repos.agents.count(),
-        loads=await repos.tasks.loads(agent_ids),
+        loads=await repos.tasks.loads("default", agent_ids),
         tables=tables,
     )
 
@@ -317,7 +317,7 @@ async def task(gateway: Gateway, task_id: str) -> Task:
 
 
 async def agent(gateway: Gateway, agent_id: str) -> Agent | None:
-    return await gateway.repos.agents.get(agent_id)
+    return await gateway.repos.agents.get("default", agent_id)
 
 
 @dataclass(frozen=True)
@@ -378,7 +378,7 @@ async def overdue(gateway: Gateway, clock: ManualClock) -> None:
 async def check_create(gateway: Gateway) -> None:
     created = await task(gateway, "t2")
     assert (created.status, created.agent_id) == (S.ASSIGNED, "a1")
-    assert await gateway.repos.tasks.loads(["a1"]) == {"a1": 2}
+    assert await gateway.repos.tasks.loads("default", ["a1"]) == {"a1": 2}
 
 
 async def check_start(gateway: Gateway) -> None:
@@ -387,7 +387,7 @@ async def check_start(gateway: Gateway) -> None:
 
 async def check_complete(gateway: Gateway) -> None:
     assert (await task(gateway, "t1")).status is S.COMPLETED
-    assert await gateway.repos.tasks.loads(["a1"]) == {}
+    assert await gateway.repos.tasks.loads("default", ["a1"]) == {}
 
 
 async def check_fail(gateway: Gateway) -> None:
@@ -397,7 +397,7 @@ async def check_fail(gateway: Gateway) -> None:
 
 async def check_cancel(gateway: Gateway) -> None:
     assert (await task(gateway, "t1")).status is S.CANCELLED
-    assert await gateway.repos.tasks.loads(["a1"]) == {}
+    assert await gateway.repos.tasks.loads("default", ["a1"]) == {}
 
 
 async def check_register(gateway: Gateway) -> None:

@@ -58,7 +58,7 @@ INTERNAL_SHAPES: dict[str, tuple[str, list[Any]]] = {
         ["pending"],
     ),
     "expiry sweep": (
-        "SELECT id FROM agents WHERE status = $1 AND last_seen < $2 ORDER BY last_seen "
+        "SELECT tenant, id FROM agents WHERE status = $1 AND last_seen < $2 ORDER BY last_seen "
         "LIMIT 16 OFFSET 0",
         ["active", 5.0],
     ),

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from agentcore.errors import ConfigError, StoreUnavailable
+from agentcore.models import TaskStatus
 from agentcore.repositories import SqlRepositories, open_repositories
 from agentcore.store.database import Database, parse_url
 from agentcore.store.postgres import PostgresDatabase
 from agentcore.store.schema import MIGRATIONS, migrate, migration_statements
 from agentcore.store.sqlite import SqliteDatabase
 from tests import databases
-from tests.support import make_agent
+from tests.support import make_agent, make_task, stored_loads
 
 
 def database_for(url: str) -> Database:
@@ -110,15 +111,19 @@ async def test_open_is_idempotent_over_an_existing_schema(database_url: str) -> 
         await first.close()
 
 
-async def test_migration_backfills_agent_loads(db: Database) -> None:
-    """A database from before the load counter gets it counted from its tasks."""
-    previous = len(MIGRATIONS) - 1
+async def migrate_to(db: Database, version: int) -> None:
+    """Bring a database with no schema to ``version``, as a gateway of then left it."""
     async with db.transaction() as tx:
         await tx.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY)")
-        for version in range(1, previous + 1):
-            for statement in migration_statements(version, tx.dialect):
+        for applied in range(1, version + 1):
+            for statement in migration_statements(applied, tx.dialect):
                 await tx.execute(statement)
-            await tx.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+            await tx.execute("INSERT INTO schema_version (version) VALUES ($1)", applied)
+
+
+async def test_migration_backfills_agent_loads(db: Database) -> None:
+    """A database from before the load counter gets it counted from its tasks."""
+    await migrate_to(db, 5)
     for agent_id in ("a", "b"):
         await db.execute(
             "INSERT INTO agents (id, tenant, name, version, status, card, capabilities, tags, "
@@ -155,7 +160,7 @@ async def test_concurrent_opens_migrate_once(fresh_url: str) -> None:
     try:
         await asyncio.gather(*(repos.check() for repos in opened))
         assert await opened[0].agents.put(make_agent("a"), replace=False)
-        assert await opened[3].agents.get("a") == make_agent("a")
+        assert await opened[3].agents.get("default", "a") == make_agent("a")
         first = opened[1]
         assert isinstance(first, SqlRepositories)
         assert await schema_versions(first.database) == list(range(1, len(MIGRATIONS) + 1))
@@ -231,3 +236,84 @@ async def test_unopenable_sqlite_raises_store_unavailable(tmp_path: Path) -> Non
     repos = open_repositories(f"sqlite:///{tmp_path}/dir.db")
     with pytest.raises(StoreUnavailable):
         await repos.open()
+
+
+async def test_migration_scopes_ids_by_tenant_and_keeps_every_row(fresh_url: str) -> None:
+    """A database at version 7 (ids one namespace) keeps its agents, labels and tasks, and
+    from then on the same id in another tenant is another row; loads and labels follow."""
+    db = database_for(fresh_url)
+    await db.open()
+    try:
+        await migrate_to(db, 7)
+        # Rows as the gateway of version 7 wrote them (its key was the id alone).
+        for agent_id, tenant in (("a", "default"), ("b", "other")):
+            await db.execute(
+                "INSERT INTO agents (id, tenant, name, version, status, card, capabilities, "
+                "tags, registered_at, updated_at, last_seen) "
+                "VALUES ($1, $2, $1, '1', 'active', '{}', '[]', '[]', 1, 1, 1)",
+                agent_id,
+                tenant,
+            )
+        for agent_id, tenant, name in (
+            ("a", "default", "x"),
+            ("a", "default", "y"),
+            ("b", "other", "x"),
+        ):
+            await db.execute(
+                "INSERT INTO agent_capabilities (agent_id, name, tenant, status, agent_name) "
+                "VALUES ($1, $2, $3, 'active', $1)",
+                agent_id,
+                name,
+                tenant,
+            )
+        await db.execute(
+            "INSERT INTO agent_tags (agent_id, tag, tenant, status, agent_name) "
+            "VALUES ('a', 't', 'default', 'active', 'a')"
+        )
+        tasks: list[tuple[str, str, str, str | None]] = [
+            ("t1", "default", "assigned", "a"),
+            ("t2", "default", "running", "a"),
+            ("t3", "other", "pending", None),
+        ]
+        for task_id, tenant, status, holder in tasks:
+            await db.execute(
+                "INSERT INTO tasks (id, tenant, type, status, priority, agent_id, created_at, "
+                "updated_at, deadline, version, body) "
+                "VALUES ($1, $2, 't', $3, 5, $4, 1, 1, NULL, 1, '{}')",
+                task_id,
+                tenant,
+                status,
+                holder,
+            )
+        snapshot = {
+            table: sorted(map(tuple, await db.fetch(f"SELECT * FROM {table}")))
+            for table in ("agents", "agent_capabilities", "agent_tags", "tasks")
+        }
+
+        assert await migrate(db) == len(MIGRATIONS)
+
+        for table, rows in snapshot.items():
+            after = await db.fetch(f"SELECT * FROM {table}")
+            assert sorted(map(tuple, after)) == rows, table
+        repos = SqlRepositories(db)
+        assert await stored_loads(repos) == {"a": 2}
+        assert await repos.agents.least_loaded(["y"], "default") == "a"
+        # Another tenant takes the same ids, each keyed and loaded on its own.
+        assert await repos.agents.put(
+            make_agent("a", capabilities=("y",), tenant="other"), replace=False
+        )
+        assert await repos.tasks.insert(
+            make_task("t1", status=TaskStatus.ASSIGNED, agent_id="a", tenant="other")
+        )
+        assert await stored_loads(repos, "other") == {"a": 1, "b": 0}
+        assert await stored_loads(repos) == {"a": 2}
+        await db.execute("UPDATE tasks SET status = 'completed' WHERE tenant = 'default'")
+        assert await stored_loads(repos) == {"a": 0}
+        assert await stored_loads(repos, "other") == {"a": 1, "b": 0}
+        assert await repos.agents.count() == {"active": 3}
+        assert await repos.tasks.count() == {"completed": 2, "assigned": 1, "pending": 1}
+        assert await repos.agents.least_loaded(["x"], "other") == "b"
+        assert await repos.agents.delete("default", "a")
+        assert await repos.agents.least_loaded(["y"], "other") == "a"
+    finally:
+        await db.close()

@@ -406,7 +406,7 @@ async def test_concurrent_registrations_of_one_id_have_one_winner_with_its_label
             for n in range(20)
         ]
         won = await asyncio.gather(*(store.put(a, replace=False) for a in rivals))
-        stored = await store.get("same")
+        stored = await store.get("default", "same")
         by_capability = {
             c: [a.agent_id for a in await store.query(AgentQuery(capabilities=[c]))]
             for c in [f"c{n}" for n in range(20)]

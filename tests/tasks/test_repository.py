@@ -27,14 +27,14 @@ async def test_insert_round_trips_and_rejects_a_duplicate_id(repos: Repositories
     task.result = {"answer": [42]}
     task.metadata = {"trace": "abc"}
     assert await repos.tasks.insert(task)
-    assert await repos.tasks.get("t1") == task
+    assert await repos.tasks.get("default", "t1") == task
     assert not await repos.tasks.insert(make_task("t1", priority=9))
-    assert await repos.tasks.get("t1") == task
+    assert await repos.tasks.get("default", "t1") == task
     assert await repos.tasks.count() == {"pending": 1}
 
 
 async def test_get_unknown_is_none(repos: Repositories) -> None:
-    assert await repos.tasks.get("nope") is None
+    assert await repos.tasks.get("default", "nope") is None
 
 
 async def test_update_is_compare_and_set(repos: Repositories) -> None:
@@ -42,7 +42,7 @@ async def test_update_is_compare_and_set(repos: Repositories) -> None:
     first = make_task("t1", status=TaskStatus.ASSIGNED, agent_id="a", deadline=2000.0)
     first.version = 1
     assert await repos.tasks.update(first)
-    assert await repos.tasks.get("t1") == first
+    assert await repos.tasks.get("default", "t1") == first
 
     stale = make_task("t1", status=TaskStatus.CANCELLED)
     stale.version = 1  # read version 0, which is gone
@@ -50,7 +50,7 @@ async def test_update_is_compare_and_set(repos: Repositories) -> None:
     skipping = make_task("t1", status=TaskStatus.CANCELLED)
     skipping.version = 3
     assert not await repos.tasks.update(skipping)
-    assert await repos.tasks.get("t1") == first
+    assert await repos.tasks.get("default", "t1") == first
 
     second = make_task("t1", status=TaskStatus.RUNNING, agent_id="a", deadline=2000.0)
     second.version = 2
@@ -61,7 +61,7 @@ async def test_update_is_compare_and_set(repos: Repositories) -> None:
     unknown = make_task("nope")
     unknown.version = 1
     assert not await repos.tasks.update(unknown)
-    assert await repos.tasks.get("nope") is None
+    assert await repos.tasks.get("default", "nope") is None
 
 
 async def test_concurrent_compare_and_set_has_one_winner(repos: Repositories) -> None:
@@ -72,9 +72,9 @@ async def test_concurrent_compare_and_set_has_one_winner(repos: Repositories) ->
         task.version = 1
         contenders.append(repos.tasks.update(task))
     assert sorted(await asyncio.gather(*contenders)) == [False] * 4 + [True]
-    stored = await repos.tasks.get("t1")
+    stored = await repos.tasks.get("default", "t1")
     assert stored is not None and stored.version == 1
-    assert await repos.tasks.loads([f"a{n}" for n in range(5)]) == {stored.agent_id: 1}
+    assert await repos.tasks.loads("default", [f"a{n}" for n in range(5)]) == {stored.agent_id: 1}
 
 
 # -- query --------------------------------------------------------------------------
@@ -176,22 +176,22 @@ async def test_loads_count_assigned_and_running(repos: Repositories) -> None:
     await repos.tasks.insert(make_task("4", status=TaskStatus.RUNNING, agent_id="b"))
     await repos.tasks.insert(make_task("5", status=TaskStatus.RUNNING, agent_id="c"))
     await repos.tasks.insert(make_task("6", status=TaskStatus.FAILED, agent_id="d"))
-    assert await repos.tasks.loads(["a", "b", "d", "e", "a"]) == {"a": 2, "b": 1}
-    assert await repos.tasks.loads([]) == {}
+    assert await repos.tasks.loads("default", ["a", "b", "d", "e", "a"]) == {"a": 2, "b": 1}
+    assert await repos.tasks.loads("default", []) == {}
     many = [f"agent-{n}" for n in range(1200)] + ["c"]  # more ids than one IN list takes
-    assert await repos.tasks.loads(many) == {"c": 1}
+    assert await repos.tasks.loads("default", many) == {"c": 1}
 
 
 async def test_loads_follow_updates(repos: Repositories) -> None:
     await repos.tasks.insert(make_task("1", status=TaskStatus.ASSIGNED, agent_id="a"))
-    task = await repos.tasks.get("1")
+    task = await repos.tasks.get("default", "1")
     assert task is not None
     moved = msgspec.structs.replace(task, agent_id="b", version=task.version + 1)
     assert await repos.tasks.update(moved)
-    assert await repos.tasks.loads(["a", "b"]) == {"b": 1}
+    assert await repos.tasks.loads("default", ["a", "b"]) == {"b": 1}
     done = msgspec.structs.replace(moved, status=TaskStatus.COMPLETED, version=moved.version + 1)
     assert await repos.tasks.update(done)
-    assert await repos.tasks.loads(["a", "b"]) == {}
+    assert await repos.tasks.loads("default", ["a", "b"]) == {}
 
 
 async def test_count_by_status(repos: Repositories) -> None:
@@ -200,9 +200,35 @@ async def test_count_by_status(repos: Repositories) -> None:
     await repos.tasks.insert(make_task("2"))
     await repos.tasks.insert(make_task("3", status=TaskStatus.COMPLETED))
     assert await repos.tasks.count() == {"pending": 2, "completed": 1}
-    task = await repos.tasks.get("1")
+    task = await repos.tasks.get("default", "1")
     assert task is not None
     assert await repos.tasks.update(
         msgspec.structs.replace(task, status=TaskStatus.COMPLETED, version=task.version + 1)
     )
     assert await repos.tasks.count() == {"pending": 1, "completed": 2}
+
+
+# -- tenants --------------------------------------------------------------------------
+
+
+async def test_the_same_id_in_two_tenants_is_two_tasks(repos: Repositories) -> None:
+    """Ids are scoped by tenant: an insert, read or compare-and-set meets only its own."""
+    mine = make_task("same", type="mine", tenant="a")
+    theirs = make_task("same", type="theirs", tenant="b")
+    assert await repos.tasks.insert(mine)
+    assert await repos.tasks.insert(theirs)
+    assert not await repos.tasks.insert(make_task("same", tenant="b"))
+    assert await repos.tasks.get("a", "same") == mine
+    assert await repos.tasks.get("b", "same") == theirs
+    assert await repos.tasks.get("default", "same") is None
+    assert [t.type for t in await repos.tasks.query(TaskQuery(tenant="b"))] == ["theirs"]
+
+    changed = msgspec.structs.replace(mine, status=TaskStatus.CANCELLED, version=mine.version + 1)
+    assert await repos.tasks.update(changed)
+    assert await repos.tasks.get("a", "same") == changed
+    assert await repos.tasks.get("b", "same") == theirs
+    # The other tenant's task kept its version: a compare-and-set from the new one misses.
+    assert not await repos.tasks.update(
+        msgspec.structs.replace(theirs, version=changed.version + 1)
+    )
+    assert await repos.tasks.count() == {"pending": 1, "cancelled": 1}

@@ -31,21 +31,24 @@ from agentcore.store.sql import GLOB_TO_LIKE, Args, atomic, counts, json_text, p
 
 
 class AgentRepository(Protocol):
+    """Agents keyed by (tenant, id): the same id in two tenants is two agents."""
+
     async def put(self, agent: Agent, *, replace: bool) -> bool:
-        """Insert ``agent``; with ``replace`` overwrite an existing one.
+        """Insert ``agent``; with ``replace`` overwrite its tenant's agent of that id.
 
         Returns False (and writes nothing) when it exists and ``replace`` is False.
         """
 
-    async def get(self, agent_id: str) -> Agent | None: ...
+    async def get(self, tenant: str, agent_id: str) -> Agent | None: ...
 
-    async def delete(self, agent_id: str) -> bool: ...
+    async def delete(self, tenant: str, agent_id: str) -> bool: ...
 
     async def query(self, query: AgentQuery) -> list[Agent]:
         """Agents matching every filter, ordered by name then id."""
 
-    async def touch(self, beats: Sequence[tuple[str, float]]) -> None:
-        """Batch heartbeat: set ``last_seen`` (epoch s) and reactivate inactive agents."""
+    async def touch(self, beats: Sequence[tuple[str, str, float]]) -> None:
+        """Batch heartbeat of (tenant, agent id, epoch s): set ``last_seen`` and
+        reactivate inactive agents."""
 
     async def expire(self, cutoff: float, now: float, limit: int) -> list[tuple[str, str]]:
         """Mark up to ``limit`` active agents last seen before ``cutoff`` inactive (the
@@ -67,15 +70,16 @@ COLUMNS = (
     "id, tenant, name, version, status, card, capabilities, tags, "
     "registered_at, updated_at, last_seen"
 )
-#: A new row starts from the active tasks already held by its id (tasks outlive
-#: an unregistered agent); a replacing upsert keeps the stored count.
+#: A new row starts from the active tasks already held by its id in its tenant
+#: (tasks outlive an unregistered agent); a replacing upsert keeps the stored count.
 _INSERT = (
     f"INSERT INTO agents ({COLUMNS}, active_tasks) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
-    f"(SELECT COUNT(*) FROM tasks WHERE agent_id = $1 AND status IN ({_ACTIVE})))"
+    "(SELECT COUNT(*) FROM tasks WHERE tenant = $2 AND agent_id = $1 "
+    f"AND status IN ({_ACTIVE})))"
 )
 _UPSERT = (
-    f"{_INSERT} ON CONFLICT (id) DO UPDATE SET tenant = excluded.tenant, "
+    f"{_INSERT} ON CONFLICT (tenant, id) DO UPDATE SET "
     "name = excluded.name, version = excluded.version, status = excluded.status, "
     "card = excluded.card, capabilities = excluded.capabilities, tags = excluded.tags, "
     "registered_at = excluded.registered_at, updated_at = excluded.updated_at, "
@@ -161,8 +165,8 @@ def _has_all(
     so a query walks agents in its ORDER BY index and stops at its LIMIT (a grouped
     subquery would first list every agent that has them, per query)."""
     return " AND ".join(
-        f"EXISTS (SELECT 1 FROM {table} l WHERE l.agent_id = {agents}.{agent_id} "
-        f"AND l.{column} = {args(value)})"
+        f"EXISTS (SELECT 1 FROM {table} l WHERE l.tenant = {agents}.tenant "
+        f"AND l.agent_id = {agents}.{agent_id} AND l.{column} = {args(value)})"
         for value in sorted(set(values))
     )
 
@@ -194,6 +198,7 @@ def query_sql(query: AgentQuery) -> tuple[str, list[Any]]:
             f"d.{column} = {args(value)}",
             f"d.tenant = {args(query.tenant)}",
             f"d.status = {args(str(query.status))}",
+            "a.tenant = d.tenant",
             "a.id = d.agent_id",
         ]
         order = ("d.agent_name", "d.agent_id")
@@ -242,19 +247,22 @@ class SqlAgents:
 
     async def put(self, agent: Agent, *, replace: bool) -> bool:
         row = _row(agent)
-        agent_id = agent.agent_id
+        key = (agent.tenant, agent.agent_id)
         async with atomic(self._db, self._in_transaction) as tx:
             if replace:
                 await tx.execute(_UPSERT, *row)
-                await tx.execute("DELETE FROM agent_capabilities WHERE agent_id = $1", agent_id)
-                await tx.execute("DELETE FROM agent_tags WHERE agent_id = $1", agent_id)
-            elif not await tx.execute(f"{_INSERT} ON CONFLICT (id) DO NOTHING", *row):
+                await tx.execute(
+                    "DELETE FROM agent_capabilities WHERE tenant = $1 AND agent_id = $2", *key
+                )
+                await tx.execute("DELETE FROM agent_tags WHERE tenant = $1 AND agent_id = $2", *key)
+            elif not await tx.execute(f"{_INSERT} ON CONFLICT (tenant, id) DO NOTHING", *row):
                 return False
-            labelled = (agent_id, agent.tenant, str(agent.status), agent.name)
+            labelled = (agent.agent_id, agent.tenant, str(agent.status), agent.name)
             await tx.executemany(
                 "INSERT INTO agent_capabilities "
                 "(agent_id, tenant, status, agent_name, name, active_tasks) "
-                "VALUES ($1, $2, $3, $4, $5, (SELECT active_tasks FROM agents WHERE id = $1))",
+                "VALUES ($1, $2, $3, $4, $5, "
+                "(SELECT active_tasks FROM agents WHERE tenant = $2 AND id = $1))",
                 [(*labelled, name) for name in sorted(set(agent.capabilities))],
             )
             await tx.executemany(
@@ -264,22 +272,29 @@ class SqlAgents:
             )
         return True
 
-    async def get(self, agent_id: str) -> Agent | None:
-        rows = await self._db.fetch(f"SELECT {COLUMNS} FROM agents WHERE id = $1", agent_id)
+    async def get(self, tenant: str, agent_id: str) -> Agent | None:
+        rows = await self._db.fetch(
+            f"SELECT {COLUMNS} FROM agents WHERE tenant = $1 AND id = $2", tenant, agent_id
+        )
         return self._rows.agent(rows[0]) if rows else None
 
-    async def delete(self, agent_id: str) -> bool:
+    async def delete(self, tenant: str, agent_id: str) -> bool:
         async with atomic(self._db, self._in_transaction) as tx:
-            await tx.execute("DELETE FROM agent_capabilities WHERE agent_id = $1", agent_id)
-            await tx.execute("DELETE FROM agent_tags WHERE agent_id = $1", agent_id)
-            return await tx.execute("DELETE FROM agents WHERE id = $1", agent_id) > 0
+            for table in ("agent_capabilities", "agent_tags"):
+                await tx.execute(
+                    f"DELETE FROM {table} WHERE tenant = $1 AND agent_id = $2", tenant, agent_id
+                )
+            deleted = await tx.execute(
+                "DELETE FROM agents WHERE tenant = $1 AND id = $2", tenant, agent_id
+            )
+            return deleted > 0
 
     async def query(self, query: AgentQuery) -> list[Agent]:
         sql, args = query_sql(query)
         agent = self._rows.agent
         return [agent(row) for row in await self._db.fetch(sql, *args)]
 
-    async def touch(self, beats: Sequence[tuple[str, float]]) -> None:
+    async def touch(self, beats: Sequence[tuple[str, str, float]]) -> None:
         if not beats:
             return
         active, inactive = str(AgentStatus.ACTIVE), str(AgentStatus.INACTIVE)
@@ -288,15 +303,15 @@ class SqlAgents:
                 "UPDATE agents SET last_seen = $2, "
                 "updated_at = CASE WHEN status = $3 THEN $2 ELSE updated_at END, "
                 "status = CASE WHEN status = $3 THEN $4 ELSE status END "
-                "WHERE id = $1",
-                [(agent_id, float(ts), inactive, active) for agent_id, ts in beats],
+                "WHERE tenant = $5 AND id = $1",
+                [(agent_id, float(ts), inactive, active, tenant) for tenant, agent_id, ts in beats],
             )
 
     async def expire(self, cutoff: float, now: float, limit: int) -> list[tuple[str, str]]:
         # The candidates walk agents_status_last_seen and stop at the limit.
         rows = await self._db.fetch(
-            "UPDATE agents SET status = $3, updated_at = $2 WHERE id IN "
-            "(SELECT id FROM agents WHERE status = $4 AND last_seen < $1 "
+            "UPDATE agents SET status = $3, updated_at = $2 WHERE (tenant, id) IN "
+            "(SELECT tenant, id FROM agents WHERE status = $4 AND last_seen < $1 "
             f"ORDER BY last_seen {page(limit)}) RETURNING id, tenant",
             float(cutoff),
             float(now),
@@ -339,13 +354,13 @@ class SqlAgents:
 
 
 class AgentTable:
-    """In-memory agents, and the load of every agent id (kept by the task repository:
-    tasks outlive an unregistered agent, as in SQL)."""
+    """In-memory agents by (tenant, id), and the load of every such key (kept by the
+    task repository: tasks outlive an unregistered agent, as in SQL)."""
 
     def __init__(self) -> None:
-        self.agents: dict[str, Agent] = {}
-        #: Assigned plus running tasks per agent id (absent: none).
-        self.loads: dict[str, int] = {}
+        self.agents: dict[tuple[str, str], Agent] = {}
+        #: Assigned plus running tasks per (tenant, agent id) (absent: none).
+        self.loads: dict[tuple[str, str], int] = {}
 
 
 def _glob(pattern: str) -> re.Pattern[str]:
@@ -369,26 +384,28 @@ class MemoryAgents:
         self._journal = journal
         self._table = db.table(AgentTable)
 
-    def _set(self, agent_id: str, agent: Agent | None) -> None:
-        """Store (None: remove) ``agent_id``, journalling the previous value."""
-        put(self._journal, self._table.agents, agent_id, agent)
+    def _set(self, key: tuple[str, str], agent: Agent | None) -> None:
+        """Store (None: remove) the agent of ``key`` (tenant, id), journalling the
+        previous value."""
+        put(self._journal, self._table.agents, key, agent)
 
     async def put(self, agent: Agent, *, replace: bool) -> bool:
         self._db.check()
-        if not replace and agent.agent_id in self._table.agents:
+        key = (agent.tenant, agent.agent_id)
+        if not replace and key in self._table.agents:
             return False
-        self._set(agent.agent_id, agent)
+        self._set(key, agent)
         return True
 
-    async def get(self, agent_id: str) -> Agent | None:
+    async def get(self, tenant: str, agent_id: str) -> Agent | None:
         self._db.check()
-        return self._table.agents.get(agent_id)
+        return self._table.agents.get((tenant, agent_id))
 
-    async def delete(self, agent_id: str) -> bool:
+    async def delete(self, tenant: str, agent_id: str) -> bool:
         self._db.check()
-        if agent_id not in self._table.agents:
+        if (tenant, agent_id) not in self._table.agents:
             return False
-        self._set(agent_id, None)
+        self._set((tenant, agent_id), None)
         return True
 
     async def query(self, query: AgentQuery) -> list[Agent]:
@@ -407,17 +424,18 @@ class MemoryAgents:
         )
         return found[query.offset : query.offset + query.limit]
 
-    async def touch(self, beats: Sequence[tuple[str, float]]) -> None:
+    async def touch(self, beats: Sequence[tuple[str, str, float]]) -> None:
         self._db.check()
-        for agent_id, ts in beats:
-            agent = self._table.agents.get(agent_id)
+        for tenant, agent_id, ts in beats:
+            key = (tenant, agent_id)
+            agent = self._table.agents.get(key)
             if agent is None:
                 continue
             if agent.status == AgentStatus.INACTIVE:
                 agent = msgspec.structs.replace(
                     agent, status=AgentStatus.ACTIVE, updated_at=float(ts)
                 )
-            self._set(agent_id, msgspec.structs.replace(agent, last_seen=float(ts)))
+            self._set(key, msgspec.structs.replace(agent, last_seen=float(ts)))
 
     async def expire(self, cutoff: float, now: float, limit: int) -> list[tuple[str, str]]:
         self._db.check()
@@ -431,7 +449,7 @@ class MemoryAgents:
         )[:limit]
         for agent in expired:
             self._set(
-                agent.agent_id,
+                (agent.tenant, agent.agent_id),
                 msgspec.structs.replace(agent, status=AgentStatus.INACTIVE, updated_at=float(now)),
             )
         return [(agent.agent_id, agent.tenant) for agent in expired]
@@ -456,5 +474,7 @@ class MemoryAgents:
         ]
         if not candidates:
             return None
-        best = min(candidates, key=lambda a: (loads.get(a.agent_id, 0), a.name, a.agent_id))
+        best = min(
+            candidates, key=lambda a: (loads.get((tenant, a.agent_id), 0), a.name, a.agent_id)
+        )
         return best.agent_id

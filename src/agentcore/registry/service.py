@@ -60,10 +60,10 @@ class Registry:
         self._events = events
         self._config = config
         self._clock = clock
-        #: Heartbeats not yet written: agent id -> epoch seconds.
-        self._beats: dict[str, float] = {}
-        #: Agents this worker knows to be active: id -> (cache expiry, tenant).
-        self._active_until: dict[str, tuple[float, str]] = {}
+        #: Heartbeats not yet written: (tenant, agent id) -> epoch seconds.
+        self._beats: dict[tuple[str, str], float] = {}
+        #: Agents this worker knows to be active: (tenant, agent id) -> cache expiry.
+        self._active_until: dict[tuple[str, str], float] = {}
         #: The task service hooks in here. ``on_available`` runs once a change that
         #: made an agent available (registered, or back from inactive) has
         #: committed; ``on_leave`` runs inside the change that takes an agent
@@ -103,11 +103,8 @@ class Registry:
             updated_at=now,
             last_seen=now,
         )
+        # Ids are scoped by tenant: this can only meet (or replace) the caller's own.
         async with self._change() as change:
-            if override:
-                existing = await change.repos.agents.get(agent_id)
-                if existing is not None and existing.tenant != tenant:
-                    override = False  # another tenant's agent is never taken over
             if not await change.repos.agents.put(agent, replace=override):
                 raise AgentAlreadyExists(
                     f"agent {agent_id!r} is already registered; "
@@ -121,18 +118,19 @@ class Registry:
                 name=agent.name,
                 capabilities=agent.capabilities,
             )
-        self._beats.pop(agent_id, None)
-        self._active_until[agent_id] = (now + self._config.agent_cache_ttl_s, tenant)
+        key = (tenant, agent_id)
+        self._beats.pop(key, None)
+        self._active_until[key] = now + self._config.agent_cache_ttl_s
         if self.on_available is not None:
             await self.on_available(agent_id)
         return agent
 
-    async def get(self, agent_id: str, tenant: str | None = None) -> Agent:
-        """The agent; another tenant's agent is reported as not found."""
-        agent = await self._agents.get(agent_id)
-        if agent is None or (tenant is not None and agent.tenant != tenant):
+    async def get(self, agent_id: str, tenant: str = DEFAULT_TENANT) -> Agent:
+        """The tenant's agent of that id (another tenant's is a different agent)."""
+        agent = await self._agents.get(tenant, agent_id)
+        if agent is None:
             raise AgentNotFound(f"agent {agent_id!r} not found")
-        beat = self._beats.get(agent_id)
+        beat = self._beats.get((tenant, agent_id))
         if beat is not None and beat > agent.last_seen:
             agent = msgspec.structs.replace(agent, last_seen=beat, status=AgentStatus.ACTIVE)
         return agent
@@ -171,12 +169,11 @@ class Registry:
 
     async def ping(self, agent_id: str, tenant: str = DEFAULT_TENANT) -> PingResult:
         now = self._clock()
-        cached = self._active_until.get(agent_id)
-        if cached is None or cached[0] < now:
-            await self._refresh(agent_id, now, tenant)
-        elif cached[1] != tenant:
-            raise AgentNotFound(f"agent {agent_id!r} not found")
-        self._beats[agent_id] = now
+        key = (tenant, agent_id)
+        cached = self._active_until.get(key)
+        if cached is None or cached < now:
+            await self._refresh(key, now)
+        self._beats[key] = now
         return PingResult(
             agent_id=agent_id,
             status=AgentStatus.ACTIVE,
@@ -184,35 +181,32 @@ class Registry:
             ttl_s=self._config.heartbeat_ttl_s,
         )
 
-    async def _refresh(self, agent_id: str, now: float, tenant: str) -> None:
-        agent = await self._agents.get(agent_id)
+    async def _refresh(self, key: tuple[str, str], now: float) -> None:
+        tenant, agent_id = key
+        agent = await self._agents.get(tenant, agent_id)
         if agent is None:
-            self._active_until.pop(agent_id, None)
-            self._beats.pop(agent_id, None)
-            raise AgentNotFound(f"agent {agent_id!r} not found")
-        if agent.tenant != tenant:
+            self._active_until.pop(key, None)
+            self._beats.pop(key, None)
             raise AgentNotFound(f"agent {agent_id!r} not found")
         if agent.status is AgentStatus.INACTIVE:
             async with self._change() as change:
-                await change.repos.agents.touch([(agent_id, now)])
-                self._emit(change, "agent.active", agent_id, agent.tenant)
+                await change.repos.agents.touch([(tenant, agent_id, now)])
+                self._emit(change, "agent.active", agent_id, tenant)
             if self.on_available is not None:
                 await self.on_available(agent_id)
-        self._active_until[agent_id] = (now + self._config.agent_cache_ttl_s, agent.tenant)
+        self._active_until[key] = now + self._config.agent_cache_ttl_s
 
-    async def unregister(self, agent_id: str, tenant: str | None = None) -> None:
-        """Delete the agent, emit ``agent.unregistered`` and release its assigned tasks,
-        in one change; then offer the released tasks to the other agents."""
+    async def unregister(self, agent_id: str, tenant: str = DEFAULT_TENANT) -> None:
+        """Delete the tenant's agent, emit ``agent.unregistered`` and release its assigned
+        tasks, in one change; then offer the released tasks to the other agents."""
         async with self._change() as change:
-            agent = await change.repos.agents.get(agent_id)
-            if agent is None or (tenant is not None and agent.tenant != tenant):
+            if not await change.repos.agents.delete(tenant, agent_id):
                 raise AgentNotFound(f"agent {agent_id!r} not found")
-            if not await change.repos.agents.delete(agent_id):
-                raise AgentNotFound(f"agent {agent_id!r} not found")
-            self._emit(change, "agent.unregistered", agent_id, agent.tenant)
-            released = await self._left(change, agent_id, agent.tenant)
-        self._beats.pop(agent_id, None)
-        self._active_until.pop(agent_id, None)
+            self._emit(change, "agent.unregistered", agent_id, tenant)
+            released = await self._left(change, agent_id, tenant)
+        key = (tenant, agent_id)
+        self._beats.pop(key, None)
+        self._active_until.pop(key, None)
         if released and self.on_released is not None:
             await self.on_released()
 
@@ -222,11 +216,11 @@ class Registry:
             return 0
         beats, self._beats = self._beats, {}
         try:
-            await self._agents.touch(list(beats.items()))
+            await self._agents.touch([(*key, ts) for key, ts in beats.items()])
         except BaseException:
             # Keep them for the next flush; newer beats win.
-            for agent_id, ts in beats.items():
-                self._beats.setdefault(agent_id, ts)
+            for key, ts in beats.items():
+                self._beats.setdefault(key, ts)
             raise
         finally:
             self._generation += 1  # last_seen moved: kept answers are stale
@@ -251,8 +245,8 @@ class Registry:
                 for agent_id, tenant in expired:
                     self._emit(change, "agent.inactive", agent_id, tenant)
                     released += await self._left(change, agent_id, tenant)
-            for agent_id, _ in expired:
-                self._active_until.pop(agent_id, None)
+            for agent_id, tenant in expired:
+                self._active_until.pop((tenant, agent_id), None)
                 swept.append(agent_id)
             if len(expired) < EXPIRE_BATCH:
                 break

@@ -89,18 +89,7 @@ _STATUS_COUNTS_SQLITE = (
 
 #: Label rows follow their agent's status and load; on SQLite the status counts
 #: follow every row.
-_FOLLOW_SQLITE = (
-    """CREATE TRIGGER agents_labels_status AFTER UPDATE OF status ON agents
-    WHEN OLD.status IS NOT NEW.status
-    BEGIN
-        UPDATE agent_capabilities SET status = NEW.status WHERE agent_id = NEW.id;
-        UPDATE agent_tags SET status = NEW.status WHERE agent_id = NEW.id;
-    END""",
-    """CREATE TRIGGER agents_labels_load AFTER UPDATE OF active_tasks ON agents
-    WHEN OLD.active_tasks IS NOT NEW.active_tasks
-    BEGIN
-        UPDATE agent_capabilities SET active_tasks = NEW.active_tasks WHERE agent_id = NEW.id;
-    END""",
+_STATUS_COUNTERS_SQLITE = (
     *(
         f"""CREATE TRIGGER {kind}s_count_insert AFTER INSERT ON {kind}s
         BEGIN
@@ -125,6 +114,20 @@ _FOLLOW_SQLITE = (
         for kind in ("agent", "task")
     ),
 )
+_FOLLOW_SQLITE = (
+    """CREATE TRIGGER agents_labels_status AFTER UPDATE OF status ON agents
+    WHEN OLD.status IS NOT NEW.status
+    BEGIN
+        UPDATE agent_capabilities SET status = NEW.status WHERE agent_id = NEW.id;
+        UPDATE agent_tags SET status = NEW.status WHERE agent_id = NEW.id;
+    END""",
+    """CREATE TRIGGER agents_labels_load AFTER UPDATE OF active_tasks ON agents
+    WHEN OLD.active_tasks IS NOT NEW.active_tasks
+    BEGIN
+        UPDATE agent_capabilities SET active_tasks = NEW.active_tasks WHERE agent_id = NEW.id;
+    END""",
+    *_STATUS_COUNTERS_SQLITE,
+)
 _FOLLOW_POSTGRESQL = (
     """CREATE FUNCTION agentcore_labels_status() RETURNS trigger LANGUAGE plpgsql AS $body$
     BEGIN
@@ -145,6 +148,192 @@ _FOLLOW_POSTGRESQL = (
     """CREATE TRIGGER agents_labels_load AFTER UPDATE OF active_tasks ON agents
     FOR EACH ROW WHEN (OLD.active_tasks IS DISTINCT FROM NEW.active_tasks)
     EXECUTE FUNCTION agentcore_labels_load()""",
+)
+
+#: From migration 8 agent and task ids are scoped by tenant: every key, join and
+#: trigger carries the tenant, so two tenants can hold the same id and neither
+#: learns that the other does. The tables as migrations 1 to 7 left them, with
+#: the new keys (SQLite rebuilds them; old migrations are never edited).
+_TENANT_KEYED_TABLES = {
+    "agents": """(
+        id TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        status TEXT NOT NULL,
+        card TEXT NOT NULL,
+        capabilities TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        registered_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        last_seen DOUBLE PRECISION NOT NULL,
+        active_tasks INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, id)
+    )""",
+    "agent_capabilities": """(
+        agent_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        tenant TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT '',
+        agent_name TEXT NOT NULL DEFAULT '',
+        active_tasks INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, agent_id, name)
+    )""",
+    "agent_tags": """(
+        agent_id TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        tenant TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT '',
+        agent_name TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (tenant, agent_id, tag)
+    )""",
+    "tasks": """(
+        id TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        agent_id TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        deadline DOUBLE PRECISION,
+        version INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (tenant, id)
+    )""",
+}
+_TENANT_KEYED_COLUMNS = {
+    "agents": "id, tenant, name, version, status, card, capabilities, tags, "
+    "registered_at, updated_at, last_seen, active_tasks",
+    "agent_capabilities": "agent_id, name, tenant, status, agent_name, active_tasks",
+    "agent_tags": "agent_id, tag, tenant, status, agent_name",
+    "tasks": "id, tenant, type, status, priority, agent_id, created_at, updated_at, "
+    "deadline, version, body",
+}
+#: Every index of the rebuilt tables as migration 7 left them, except
+#: ``tasks_agent_status``, which leads with the tenant now.
+_TENANT_KEYED_INDEXES = (
+    "CREATE INDEX agents_status_last_seen ON agents (status, last_seen)",
+    "CREATE INDEX agents_load ON agents (tenant, status, active_tasks, name, id)",
+    "CREATE INDEX agents_tenant_status_name ON agents (tenant, status, name, id)",
+    "CREATE INDEX agents_tenant_name ON agents (tenant, name, id)",
+    "CREATE INDEX agent_capabilities_load "
+    "ON agent_capabilities (name, tenant, status, active_tasks, agent_name, agent_id)",
+    "CREATE INDEX agent_capabilities_discover "
+    "ON agent_capabilities (name, tenant, status, agent_name, agent_id)",
+    "CREATE INDEX agent_tags_discover ON agent_tags (tag, tenant, status, agent_name, agent_id)",
+    *(
+        f"CREATE INDEX tasks_tenant_{column} ON tasks (tenant, {column}, created_at, id)"
+        for column in ("status", "agent_id", "type", "priority")
+    ),
+    "CREATE INDEX tasks_tenant_created ON tasks (tenant, created_at, id)",
+    "CREATE INDEX tasks_pending ON tasks (status, priority DESC, created_at, id)",
+    "CREATE INDEX tasks_deadline ON tasks (deadline, id) WHERE deadline IS NOT NULL",
+)
+_TENANT_TASK_LOAD_SQLITE = (
+    f"""CREATE TRIGGER tasks_load_insert AFTER INSERT ON tasks
+    WHEN NEW.agent_id IS NOT NULL AND NEW.status IN ({_ACTIVE})
+    BEGIN
+        UPDATE agents SET active_tasks = active_tasks + 1
+            WHERE tenant = NEW.tenant AND id = NEW.agent_id;
+    END""",
+    f"""CREATE TRIGGER tasks_load_update AFTER UPDATE OF status, agent_id ON tasks
+    WHEN OLD.status IS NOT NEW.status OR OLD.agent_id IS NOT NEW.agent_id
+    BEGIN
+        UPDATE agents SET active_tasks = active_tasks - 1
+            WHERE tenant = OLD.tenant AND id = OLD.agent_id AND OLD.status IN ({_ACTIVE});
+        UPDATE agents SET active_tasks = active_tasks + 1
+            WHERE tenant = NEW.tenant AND id = NEW.agent_id AND NEW.status IN ({_ACTIVE});
+    END""",
+    f"""CREATE TRIGGER tasks_load_delete AFTER DELETE ON tasks
+    WHEN OLD.agent_id IS NOT NULL AND OLD.status IN ({_ACTIVE})
+    BEGIN
+        UPDATE agents SET active_tasks = active_tasks - 1
+            WHERE tenant = OLD.tenant AND id = OLD.agent_id;
+    END""",
+    """CREATE TRIGGER agents_labels_status AFTER UPDATE OF status ON agents
+    WHEN OLD.status IS NOT NEW.status
+    BEGIN
+        UPDATE agent_capabilities SET status = NEW.status
+            WHERE tenant = NEW.tenant AND agent_id = NEW.id;
+        UPDATE agent_tags SET status = NEW.status WHERE tenant = NEW.tenant AND agent_id = NEW.id;
+    END""",
+    """CREATE TRIGGER agents_labels_load AFTER UPDATE OF active_tasks ON agents
+    WHEN OLD.active_tasks IS NOT NEW.active_tasks
+    BEGIN
+        UPDATE agent_capabilities SET active_tasks = NEW.active_tasks
+            WHERE tenant = NEW.tenant AND agent_id = NEW.id;
+    END""",
+    *_STATUS_COUNTERS_SQLITE,
+)
+#: SQLite cannot change a primary key: each table is rebuilt (its triggers and
+#: indexes go with it), the triggers that name the others first.
+_TENANT_KEYS_SQLITE = (
+    *(
+        f"DROP TRIGGER {name}"
+        for name in (
+            "tasks_load_insert",
+            "tasks_load_update",
+            "tasks_load_delete",
+            "agents_labels_status",
+            "agents_labels_load",
+        )
+    ),
+    *(
+        statement
+        for table, definition in _TENANT_KEYED_TABLES.items()
+        for statement in (
+            f"CREATE TABLE {table}_tenant_keyed {definition}",
+            f"INSERT INTO {table}_tenant_keyed ({_TENANT_KEYED_COLUMNS[table]}) "
+            f"SELECT {_TENANT_KEYED_COLUMNS[table]} FROM {table}",
+            f"DROP TABLE {table}",
+            f"ALTER TABLE {table}_tenant_keyed RENAME TO {table}",
+        )
+    ),
+    *_TENANT_KEYED_INDEXES,
+    "CREATE INDEX tasks_agent_status ON tasks (tenant, agent_id, status)",
+    *_TENANT_TASK_LOAD_SQLITE,
+)
+_TENANT_KEYS_POSTGRESQL = (
+    "ALTER TABLE agents DROP CONSTRAINT agents_pkey, ADD PRIMARY KEY (tenant, id)",
+    "ALTER TABLE agent_capabilities DROP CONSTRAINT agent_capabilities_pkey, "
+    "ADD PRIMARY KEY (tenant, agent_id, name)",
+    "ALTER TABLE agent_tags DROP CONSTRAINT agent_tags_pkey, "
+    "ADD PRIMARY KEY (tenant, agent_id, tag)",
+    "ALTER TABLE tasks DROP CONSTRAINT tasks_pkey, ADD PRIMARY KEY (tenant, id)",
+    "DROP INDEX tasks_agent_status",
+    "CREATE INDEX tasks_agent_status ON tasks (tenant, agent_id, status)",
+    f"""CREATE OR REPLACE FUNCTION agentcore_task_load() RETURNS trigger
+    LANGUAGE plpgsql AS $body$
+    BEGIN
+        IF TG_OP <> 'INSERT' AND OLD.agent_id IS NOT NULL AND OLD.status IN ({_ACTIVE}) THEN
+            UPDATE agents SET active_tasks = active_tasks - 1
+                WHERE tenant = OLD.tenant AND id = OLD.agent_id;
+        END IF;
+        IF TG_OP <> 'DELETE' AND NEW.agent_id IS NOT NULL AND NEW.status IN ({_ACTIVE}) THEN
+            UPDATE agents SET active_tasks = active_tasks + 1
+                WHERE tenant = NEW.tenant AND id = NEW.agent_id;
+        END IF;
+        RETURN NULL;
+    END
+    $body$""",
+    """CREATE OR REPLACE FUNCTION agentcore_labels_status() RETURNS trigger
+    LANGUAGE plpgsql AS $body$
+    BEGIN
+        UPDATE agent_capabilities SET status = NEW.status
+            WHERE tenant = NEW.tenant AND agent_id = NEW.id;
+        UPDATE agent_tags SET status = NEW.status WHERE tenant = NEW.tenant AND agent_id = NEW.id;
+        RETURN NULL;
+    END
+    $body$""",
+    """CREATE OR REPLACE FUNCTION agentcore_labels_load() RETURNS trigger
+    LANGUAGE plpgsql AS $body$
+    BEGIN
+        UPDATE agent_capabilities SET active_tasks = NEW.active_tasks
+            WHERE tenant = NEW.tenant AND agent_id = NEW.id;
+        RETURN NULL;
+    END
+    $body$""",
 )
 
 #: Migration N (1-based) is ``MIGRATIONS[N - 1]``; append, never edit.
@@ -354,6 +543,15 @@ MIGRATIONS: tuple[tuple[str | Dialects, ...], ...] = (
         # every task write updates would serialise the writers and bloat.
         {"sqlite": _STATUS_COUNTS_SQLITE, "postgresql": ()},
         {"sqlite": _FOLLOW_SQLITE, "postgresql": _FOLLOW_POSTGRESQL},
+    ),
+    (
+        {"sqlite": _TENANT_KEYS_SQLITE, "postgresql": _TENANT_KEYS_POSTGRESQL},
+        # A load counts only the tasks of the agent's own tenant (before, an id
+        # reused by another tenant also counted the first one's tasks). The
+        # trigger copies each changed count to the capability rows.
+        "UPDATE agents SET active_tasks = (SELECT COUNT(*) FROM tasks "
+        "WHERE tasks.tenant = agents.tenant AND tasks.agent_id = agents.id "
+        f"AND tasks.status IN ({_ACTIVE}))",
     ),
 )
 

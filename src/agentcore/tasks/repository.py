@@ -24,10 +24,12 @@ from agentcore.store.sql import CHUNK, Args, counts, json_text, page, where
 
 
 class TaskRepository(Protocol):
-    async def insert(self, task: Task) -> bool:
-        """False when a task with this id exists."""
+    """Tasks keyed by (tenant, id): the same id in two tenants is two tasks."""
 
-    async def get(self, task_id: str) -> Task | None: ...
+    async def insert(self, task: Task) -> bool:
+        """False when its tenant holds a task with this id."""
+
+    async def get(self, tenant: str, task_id: str) -> Task | None: ...
 
     async def update(self, task: Task) -> bool:
         """Store ``task`` if the stored version is ``task.version - 1`` (compare-and-set)."""
@@ -41,8 +43,9 @@ class TaskRepository(Protocol):
     async def due(self, now: float, limit: int) -> list[Task]:
         """Assigned or running tasks whose deadline has passed."""
 
-    async def loads(self, agent_ids: Sequence[str]) -> dict[str, int]:
-        """Assigned plus running tasks per agent (agents with none are omitted)."""
+    async def loads(self, tenant: str, agent_ids: Sequence[str]) -> dict[str, int]:
+        """Assigned plus running tasks per agent of ``tenant`` (agents with none are
+        omitted)."""
 
     async def count(self) -> dict[str, int]:
         """Number of tasks by status."""
@@ -56,12 +59,12 @@ COLUMNS = (
 )
 _INSERT = (
     f"INSERT INTO tasks ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
-    "ON CONFLICT (id) DO NOTHING"
+    "ON CONFLICT (tenant, id) DO NOTHING"
 )
 _UPDATE = (
-    "UPDATE tasks SET tenant = $2, type = $3, status = $4, priority = $5, agent_id = $6, "
+    "UPDATE tasks SET type = $3, status = $4, priority = $5, agent_id = $6, "
     "created_at = $7, updated_at = $8, deadline = $9, version = $10, body = $11 "
-    "WHERE id = $1 AND version = $12"
+    "WHERE tenant = $2 AND id = $1 AND version = $12"
 )
 _decoder = msgspec.json.Decoder(Task)
 
@@ -130,8 +133,10 @@ class SqlTasks:
     async def insert(self, task: Task) -> bool:
         return await self._db.execute(_INSERT, *_row(task)) > 0
 
-    async def get(self, task_id: str) -> Task | None:
-        rows = await self._db.fetch("SELECT body FROM tasks WHERE id = $1", task_id)
+    async def get(self, tenant: str, task_id: str) -> Task | None:
+        rows = await self._db.fetch(
+            "SELECT body FROM tasks WHERE tenant = $1 AND id = $2", tenant, task_id
+        )
         return _tasks(rows)[0] if rows else None
 
     async def update(self, task: Task) -> bool:
@@ -162,14 +167,14 @@ class SqlTasks:
         )
         return _tasks(await self._db.fetch(sql, *args))
 
-    async def loads(self, agent_ids: Sequence[str]) -> dict[str, int]:
+    async def loads(self, tenant: str, agent_ids: Sequence[str]) -> dict[str, int]:
         unique = list(dict.fromkeys(agent_ids))
         found: dict[str, int] = {}
         for start in range(0, len(unique), CHUNK):
             args = Args()
             sql = (
-                f"SELECT agent_id, COUNT(*) FROM tasks "
-                f"WHERE status IN ({args.many(_ACTIVE_TASK)}) "
+                f"SELECT agent_id, COUNT(*) FROM tasks WHERE tenant = {args(tenant)} "
+                f"AND status IN ({args.many(_ACTIVE_TASK)}) "
                 f"AND agent_id IN ({args.many(unique[start : start + CHUNK])}) "
                 "GROUP BY agent_id"
             )
@@ -185,7 +190,8 @@ class SqlTasks:
 
 class TaskTable:
     def __init__(self) -> None:
-        self.tasks: dict[str, Task] = {}
+        #: By (tenant, id).
+        self.tasks: dict[tuple[str, str], Task] = {}
 
 
 def _matches(task: Task, query: TaskQuery) -> bool:
@@ -209,38 +215,40 @@ class MemoryTasks:
 
     def _store(self, task: Task) -> None:
         """Store ``task`` and move its agent's load, journalling both."""
-        previous = self._table.tasks.get(task.task_id)
+        previous = self._table.tasks.get((task.tenant, task.task_id))
         self._put(previous, task)
         self._journal.record(lambda: self._put(task, previous))
 
     def _put(self, old: Task | None, new: Task | None) -> None:
         loads = self._agents.loads
         if old is not None and old.agent_id is not None and old.status in ACTIVE_TASK:
-            loads[old.agent_id] -= 1
-            if not loads[old.agent_id]:
-                del loads[old.agent_id]
+            agent = (old.tenant, old.agent_id)
+            loads[agent] -= 1
+            if not loads[agent]:
+                del loads[agent]
         if new is None:
             assert old is not None
-            del self._table.tasks[old.task_id]
+            del self._table.tasks[(old.tenant, old.task_id)]
             return
         if new.agent_id is not None and new.status in ACTIVE_TASK:
-            loads[new.agent_id] = loads.get(new.agent_id, 0) + 1
-        self._table.tasks[new.task_id] = new
+            agent = (new.tenant, new.agent_id)
+            loads[agent] = loads.get(agent, 0) + 1
+        self._table.tasks[(new.tenant, new.task_id)] = new
 
     async def insert(self, task: Task) -> bool:
         self._db.check()
-        if task.task_id in self._table.tasks:
+        if (task.tenant, task.task_id) in self._table.tasks:
             return False
         self._store(task)
         return True
 
-    async def get(self, task_id: str) -> Task | None:
+    async def get(self, tenant: str, task_id: str) -> Task | None:
         self._db.check()
-        return self._table.tasks.get(task_id)
+        return self._table.tasks.get((tenant, task_id))
 
     async def update(self, task: Task) -> bool:
         self._db.check()
-        stored = self._table.tasks.get(task.task_id)
+        stored = self._table.tasks.get((task.tenant, task.task_id))
         if stored is None or stored.version != task.version - 1:
             return False
         self._store(task)
@@ -274,10 +282,14 @@ class MemoryTasks:
         ]
         return sorted(due, key=lambda t: (t.deadline or 0.0, t.task_id))[:limit]
 
-    async def loads(self, agent_ids: Sequence[str]) -> dict[str, int]:
+    async def loads(self, tenant: str, agent_ids: Sequence[str]) -> dict[str, int]:
         self._db.check()
         loads = self._agents.loads
-        return {agent_id: loads[agent_id] for agent_id in agent_ids if agent_id in loads}
+        return {
+            agent_id: loads[(tenant, agent_id)]
+            for agent_id in agent_ids
+            if (tenant, agent_id) in loads
+        }
 
     async def count(self) -> dict[str, int]:
         self._db.check()

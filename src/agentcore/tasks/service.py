@@ -92,9 +92,9 @@ class TaskService:
 
     # -- reads ----------------------------------------------------------------
 
-    async def get(self, task_id: str, tenant: str | None = None) -> Task:
-        """The task; another tenant's task is reported as not found."""
-        return _visible(await self._tasks.get(task_id), task_id, tenant)
+    async def get(self, task_id: str, tenant: str = DEFAULT_TENANT) -> Task:
+        """The tenant's task of that id (another tenant's is a different task)."""
+        return _found(await self._tasks.get(tenant, task_id), task_id)
 
     async def query(self, query: TaskQuery) -> list[Task]:
         return await self._tasks.query(query)
@@ -181,7 +181,7 @@ class TaskService:
             self._again = False
             for task in await self._tasks.pending(PENDING_BATCH):
                 async with self._events.change() as change:
-                    current = await change.repos.tasks.get(task.task_id)
+                    current = await change.repos.tasks.get(task.tenant, task.task_id)
                     if current is None or current.status is not S.PENDING:
                         continue
                     if await self._try_assign(change, current, last=True) is not None:
@@ -234,7 +234,7 @@ class TaskService:
         task_id: str,
         acting_agent: str | None,
         build: Callable[[Task], Task],
-        tenant: str | None,
+        tenant: str,
         emit: Callable[[Change, Task], None],
     ) -> Task:
         """Read, check, write and emit in one change; a concurrent writer (another
@@ -245,7 +245,7 @@ class TaskService:
         the same change."""
         for _ in range(CAS_ATTEMPTS):
             async with self._events.change() as change:
-                task = _visible(await change.repos.tasks.get(task_id), task_id, tenant)
+                task = _found(await change.repos.tasks.get(tenant, task_id), task_id)
                 if acting_agent is not None and task.agent_id != acting_agent:
                     raise Forbidden(
                         f"task {task_id!r} is not assigned to agent {acting_agent!r}",
@@ -276,7 +276,7 @@ class TaskService:
         return emit
 
     async def start(
-        self, task_id: str, agent_id: str | None = None, *, tenant: str | None = None
+        self, task_id: str, agent_id: str | None = None, *, tenant: str = DEFAULT_TENANT
     ) -> Task:
         now = self._clock()
         return await self._transition(
@@ -298,7 +298,7 @@ class TaskService:
         progress: float | None,
         step: str | None,
         agent_id: str | None = None,
-        tenant: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> Task:
         def build(t: Task) -> Task:
             if t.status is not S.RUNNING:
@@ -322,7 +322,7 @@ class TaskService:
         result: Any,
         artifacts: list[Any],
         agent_id: str | None = None,
-        tenant: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> Task:
         now = self._clock()
 
@@ -344,7 +344,7 @@ class TaskService:
         )
 
     async def fail(
-        self, task_id: str, *, error: Any, agent_id: str | None = None, tenant: str | None = None
+        self, task_id: str, *, error: Any, agent_id: str | None = None, tenant: str = DEFAULT_TENANT
     ) -> Task:
         """Fail the task; while retries remain it goes back to pending and is reassigned
         in the same change."""
@@ -381,7 +381,7 @@ class TaskService:
         *,
         reason: str | None = None,
         agent_id: str | None = None,
-        tenant: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> Task:
         now = self._clock()
         return await self._transition(
@@ -405,9 +405,8 @@ class TaskService:
         return expired
 
 
-def _visible(task: Task | None, task_id: str, tenant: str | None) -> Task:
-    """The task; missing or another tenant's is reported as not found."""
-    if task is None or (tenant is not None and task.tenant != tenant):
+def _found(task: Task | None, task_id: str) -> Task:
+    if task is None:
         raise TaskNotFound(f"task {task_id!r} not found")
     return task
 
