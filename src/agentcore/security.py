@@ -193,9 +193,19 @@ class SecurityMiddleware:
 
     def admit(self, scope: Scope) -> Response | None:
         """For an HTTP request: the response headers to add (in the scope), and
-        the answer itself for a CORS preflight, else None (go on)."""
+        the answer itself for a CORS preflight or a refused one, else None (go on).
+
+        One pass over the headers, and only for a write or with CORS origins
+        configured: this runs on every request, agent.ping included."""
         extra = self.headers
-        if self.hosts is not None and self.misdirected(scope):
+        headers = scope["headers"]
+        hosts = self.hosts
+        if (
+            hosts is not None
+            # Clients send Host first, and it is one of ours: the common case inline.
+            and not (headers and headers[0][0] == b"host" and headers[0][1] in hosts)
+            and self.misdirected(scope)
+        ):
             return refusal(
                 scope,
                 MisdirectedRequest(
@@ -204,10 +214,12 @@ class SecurityMiddleware:
                 ),
                 extra,
             )
-        origin = None
-        if self.origins:
-            origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
-        if origin is not None:
+        write = scope["method"] in WRITES
+        media = origin = None
+        if write or self.origins:
+            named = dict(headers)  # measured faster than a loop over a few headers
+            media, origin = named.get(b"content-type"), named.get(b"origin")
+        if origin is not None and self.origins:
             if origin in self.origins:
                 extra = [*extra, (b"access-control-allow-origin", origin), (b"vary", b"Origin")]
                 if scope["method"] == "OPTIONS":
@@ -222,8 +234,8 @@ class SecurityMiddleware:
                     )
             elif scope["method"] == "OPTIONS":
                 return refusal(scope, Forbidden("origin not allowed by CORS"), extra)
-        if scope["method"] in WRITES:
-            forged = self.forged(scope)
+        if write and (origin is not None or media not in JSON_TYPES):
+            forged = self.forged(scope, media, origin)
             if forged is not None:
                 return refusal(scope, forged, extra)
 
@@ -243,26 +255,25 @@ class SecurityMiddleware:
         assert hosts is not None
         return host is not None and host not in hosts and not host_allowed(host, hosts)
 
-    def forged(self, scope: Scope) -> AgentCoreError | None:
-        """Why a write could come from a page that may not write here, or None."""
-        headers = dict(scope["headers"])
-        media = headers.get(b"content-type")
-        if media not in JSON_TYPES and not self._media_allowed(scope, media, headers):
+    def forged(
+        self, scope: Scope, media: bytes | None, origin: bytes | None
+    ) -> AgentCoreError | None:
+        """Why a write (its ``Content-Type`` and ``Origin``) could come from a page that
+        may not write here, or None."""
+        if media not in JSON_TYPES and not self._media_allowed(scope, media):
             return UnsupportedMediaType(
                 "a request body must be JSON (Content-Type: application/json)"
                 + (", or multipart/form-data here" if scope["path"] in self.form_uploads else "")
             )
-        origin = headers.get(b"origin")
         if origin is not None and not self.origin_allowed(scope, origin):
             return Forbidden("writes from this origin are not allowed (server.cors_allow_origins)")
         return None
 
-    def _media_allowed(
-        self, scope: Scope, media: bytes | None, headers: dict[bytes, bytes]
-    ) -> bool:
+    def _media_allowed(self, scope: Scope, media: bytes | None) -> bool:
         if scope["method"] == "PUT" and scope["path"].startswith(self.raw_uploads):
             return True  # raw bytes of any type; PUT is preflighted, Origin checked
         if media is None:  # no body, nothing to forge but the write itself: Origin decides
+            headers = dict(scope["headers"])
             return b"transfer-encoding" not in headers and headers.get(b"content-length") in (
                 None,
                 b"0",
