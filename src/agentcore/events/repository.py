@@ -9,6 +9,7 @@ counter row).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -38,24 +39,23 @@ class EventRepository(Protocol):
 # -- SQL ----------------------------------------------------------------------
 
 COLUMNS = "id, type, timestamp, source, tenant, data"
+
+
+@functools.cache
+def _insert_events(k: int) -> str:
+    """PostgreSQL: the CTE that inserts the events after the counter row ``s`` moved:
+    their count in ``$k``, their columns as arrays in the five parameters after it."""
+    return (
+        f"i AS (INSERT INTO events ({COLUMNS}) "
+        f"SELECT s.n - ${k} + x.ord, x.type, x.ts, x.source, x.tenant, x.data FROM s, "
+        f"unnest(${k + 1}::text[], ${k + 2}::float8[], ${k + 3}::text[], ${k + 4}::text[], "
+        f"${k + 5}::text[]) WITH ORDINALITY AS x(type, ts, source, tenant, data, ord))"
+    )
+
+
 _APPEND_POSTGRESQL = (
-    "WITH s AS (UPDATE event_seq SET n = n + $1 RETURNING n), "
-    f"i AS (INSERT INTO events ({COLUMNS}) "
-    "SELECT s.n - $1 + x.ord, x.type, x.ts, x.source, x.tenant, x.data FROM s, "
-    "unnest($2::text[], $3::float8[], $4::text[], $5::text[], $6::text[]) "
-    "WITH ORDINALITY AS x(type, ts, source, tenant, data, ord)) "
+    f"WITH s AS (UPDATE event_seq SET n = n + $1 RETURNING n), {_insert_events(1)} "
     "SELECT n - $1 + 1 FROM s"
-)
-#: A write (``{write}``, parameters from ``$1``) and, when it changed a row, the
-#: append of its events (parameters from ``${k}``): one statement on PostgreSQL.
-_FUSED_POSTGRESQL = (
-    "WITH w AS ({write} RETURNING 1), "
-    "s AS (UPDATE event_seq SET n = n + ${k} WHERE EXISTS (SELECT 1 FROM w) RETURNING n), "
-    f"i AS (INSERT INTO events ({COLUMNS}) "
-    "SELECT s.n - ${k} + x.ord, x.type, x.ts, x.source, x.tenant, x.data FROM s, "
-    "unnest(${k1}::text[], ${k2}::float8[], ${k3}::text[], ${k4}::text[], ${k5}::text[]) "
-    "WITH ORDINALITY AS x(type, ts, source, tenant, data, ord)) "
-    "SELECT (SELECT COUNT(*) FROM w), (SELECT n FROM s)"
 )
 #: Event ids deleted per transaction by :meth:`SqlEvents.trim`.
 TRIM_STEP = 5_000
@@ -87,9 +87,12 @@ def fused_append(events: Sequence[Event]) -> Fuse:
     ``events`` as one statement; its row is the write's count and the last event id."""
 
     def fuse(sql: str, args: Sequence[Any]) -> tuple[str, list[Any]]:
+        # The write's parameters first, the events' after them.
         k = len(args) + 1
-        text = _FUSED_POSTGRESQL.format(
-            write=sql, k=k, k1=k + 1, k2=k + 2, k3=k + 3, k4=k + 4, k5=k + 5
+        text = (
+            f"WITH w AS ({sql} RETURNING 1), s AS (UPDATE event_seq SET n = n + ${k} "
+            f"WHERE EXISTS (SELECT 1 FROM w) RETURNING n), {_insert_events(k)} "
+            "SELECT (SELECT COUNT(*) FROM w), (SELECT n FROM s)"
         )
         return text, [*args, len(events), *_columns(events)]
 
