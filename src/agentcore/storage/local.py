@@ -35,6 +35,7 @@ from pathlib import Path
 import msgspec
 
 from agentcore.clock import Clock, system_clock
+from agentcore.datadir import FILE_MODE
 from agentcore.errors import InvalidKey, ObjectNotFound
 from agentcore.storage.base import (
     Hasher,
@@ -181,7 +182,7 @@ def _create_temp(directory: Path) -> tuple[int, str]:
         directory.mkdir(parents=True, exist_ok=True)
         name = directory / f"{TEMP_PREFIX}{os.urandom(8).hex()}"
         try:
-            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), str(name)
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), str(name)
         except FileNotFoundError:
             continue
     raise FileNotFoundError(directory)
