@@ -18,7 +18,8 @@ counted and logged, never raised to the publisher, whose event is durable.
 Failure handling, in one place each:
 
 - Redis errors become :class:`~agentcore.errors.StoreUnavailable` in
-  :func:`_translated`; nothing else here catches a redis-py exception.
+  :func:`agentcore.redisconn.translated`; nothing here catches a redis-py
+  exception but the close of a subscription that may already be gone.
 - Publishing: after a failed ``PUBLISH`` further batches are skipped (no
   network I/O) for a back-off window that doubles from ``retry_min_s`` to
   ``retry_max_s``, so a hung Redis costs the log writer one socket timeout
@@ -43,13 +44,12 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
+from agentcore import redisconn
 from agentcore.clock import Clock, system_clock
 from agentcore.errors import StoreUnavailable
 from agentcore.events.base import Event
@@ -59,10 +59,9 @@ log = logging.getLogger("agentcore.events.fanout")
 #: Connections per process: the log writer publishes one batch at a time and
 #: the subscriber holds one; the rest is headroom.
 POOL_SIZE = 4
-#: Seconds to wait for a free pooled connection.
+#: Seconds to wait for a free pooled connection. A hung Redis delays the log
+#: writer by at most :data:`agentcore.redisconn.SOCKET_TIMEOUT_S` per batch.
 POOL_WAIT_S = 1.0
-#: A hung Redis delays the log writer by at most this much (connect or reply).
-SOCKET_TIMEOUT_S = 0.5
 #: Seconds of silence on the subscription before a PING is sent; no reply
 #: within as long again and the connection is considered dead.
 KEEPALIVE_S = 5.0
@@ -77,15 +76,8 @@ class _Batch(msgspec.Struct, frozen=True):
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(_Batch)
-
-
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        reason = str(exc).rstrip(".")
-        raise StoreUnavailable(f"event fan-out (Redis) unavailable: {reason}") from exc
+#: Who is unavailable, in :class:`~agentcore.errors.StoreUnavailable` messages.
+_USER = "event fan-out"
 
 
 class _Backoff:
@@ -126,15 +118,12 @@ class RedisFanout:
     ) -> None:
         self.channel = channel
         self.instance_id = instance_id or secrets.token_hex(8)
-        pool = aioredis.BlockingConnectionPool.from_url(
+        self._client = redisconn.connect(
             url,
-            max_connections=POOL_SIZE,
-            timeout=POOL_WAIT_S,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
+            pool_size=POOL_SIZE,
+            pool_wait_s=POOL_WAIT_S,
             client_name=f"agentcore:fanout:{self.instance_id}",
         )
-        self._client: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._clock = clock
         self._retry_min_s = retry_min_s
         self._retry_max_s = retry_max_s
@@ -165,7 +154,7 @@ class RedisFanout:
             return
         payload = _encoder.encode(_Batch(self.instance_id, list(events)))
         try:
-            with _translated():
+            with redisconn.translated(_USER):
                 await self._client.publish(self.channel, payload)
         except StoreUnavailable as exc:  # boundary: record, the publisher already succeeded
             if not self.unsent_batches:
@@ -221,16 +210,15 @@ class RedisFanout:
         """One subscription, until it fails (raises StoreUnavailable) or :meth:`close`."""
         pubsub = self._client.pubsub()
         try:
-            with _translated():
+            with redisconn.translated(_USER):
                 await pubsub.subscribe(self.channel)
                 pinged = False
                 while not self._closed:
                     message: dict[str, Any] | None = await pubsub.get_message(timeout=KEEPALIVE_S)
                     if message is None:
                         if pinged:
-                            raise StoreUnavailable(
-                                "event fan-out (Redis) unavailable: no reply to PING within "
-                                f"{KEEPALIVE_S:g} s"
+                            raise redisconn.unavailable(
+                                _USER, f"no reply to PING within {KEEPALIVE_S:g} s"
                             )
                         await pubsub.ping()
                         pinged = True
@@ -245,7 +233,7 @@ class RedisFanout:
                     elif kind == "message":
                         self._receive(message["data"], deliver)
         finally:
-            with contextlib.suppress(RedisError, OSError):  # the connection may be gone
+            with contextlib.suppress(*redisconn.ERRORS):  # the connection may be gone
                 await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis 8
 
     def _receive(self, payload: bytes, deliver: Callable[[Event], None]) -> None:

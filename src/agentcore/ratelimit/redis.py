@@ -11,10 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
-from agentcore.errors import StoreUnavailable
+from agentcore import redisconn
 from agentcore.ratelimit.base import Decision, Limit
 
 GCRA_LUA = """
@@ -44,50 +41,39 @@ return {1, remaining, tostring(new_tat - now), '0'}
 #: Connections per worker. A check past this many at once waits for a free
 #: connection (up to POOL_WAIT_S) instead of failing: a failed check fails open,
 #: so a plain pool (which raises "Too many connections") would let a burst through.
+#: A hung Redis delays a request by at most :data:`agentcore.redisconn.SOCKET_TIMEOUT_S`
+#: before the check fails open.
 POOL_SIZE = 64
 POOL_WAIT_S = 5.0
-#: A hung Redis delays a request by at most this much before the check fails open.
-SOCKET_TIMEOUT_S = 0.5
+#: Who is unavailable, in :class:`~agentcore.errors.StoreUnavailable` messages.
+_USER = "rate-limit backend"
 
 
 class RedisRateLimiter:
     shared = True
 
     def __init__(self, url: str, *, prefix: str = "agentcore:rl:") -> None:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=POOL_SIZE,
-            timeout=POOL_WAIT_S,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-        )
-        self._client: aioredis.Redis = aioredis.Redis.from_pool(pool)
+        self._client = redisconn.connect(url, pool_size=POOL_SIZE, pool_wait_s=POOL_WAIT_S)
         self._prefix = prefix
         self._script = self._client.register_script(GCRA_LUA)
 
     async def hit(self, key: str, limit: Limit, cost: int = 1) -> Decision:
-        try:
+        with redisconn.translated(_USER):
             reply: list[Any] = await self._script(
                 keys=[self._prefix + limit.name + ":" + key],
                 args=[repr(limit.interval_s), limit.burst, cost],
             )
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable("rate-limit backend (Redis) unavailable") from exc
         allowed, remaining, reset_s, retry_s = reply
         return Decision(bool(allowed), limit, int(remaining), float(reset_s), float(retry_s))
 
     async def reset(self, key: str) -> None:
-        try:
+        with redisconn.translated(_USER):
             async for name in self._client.scan_iter(match=f"{self._prefix}*:{key}"):
                 await self._client.delete(name)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable("rate-limit backend (Redis) unavailable") from exc
 
     async def ping(self) -> None:
-        try:
+        with redisconn.translated(_USER):
             await self._client.ping()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable("rate-limit backend (Redis) unavailable") from exc
 
     async def close(self) -> None:
         await self._client.aclose()
