@@ -11,7 +11,7 @@ any work: ``benchmarks/http_bench.py`` measures it beside the gateway, so the
 gateway's own cost is the difference, and a goal above the floor's ratio is
 out of reach for any ASGI app on the machine. ``--server uvicorn`` serves it
 as the default ``agentcore serve`` does instead: uvicorn with uvloop and the
-gateway's httptools protocol (``agentcore.http_protocol``).
+gateway's httptools protocol (``agentcore.http_server``).
 
     python benchmarks/floor_asgi.py --host 127.0.0.1 --port 8003 [--server uvicorn]
 """
@@ -55,7 +55,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def serve_uvicorn(host: str, port: int) -> None:
     import uvicorn
 
-    from agentcore.http_protocol import GatewayHttpProtocol
+    from agentcore.http_server import GatewayHttpProtocol
 
     uvicorn.run(
         "floor_asgi:app",

@@ -25,14 +25,11 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from agentcore.http_protocol import (
-    SWEEPS_PER_TIMEOUT,
-    GatewayHttpProtocol,
-    KeepAliveSweeper,
-    ServerShared,
-    header_line,
-    response_head,
-)
+from agentcore.http_server import GatewayHttpProtocol
+from agentcore.http_server.headers import header_line, response_head
+from agentcore.http_server.keepalive import SWEEPS_PER_TIMEOUT, KeepAliveSweeper
+from agentcore.http_server.protocol import HEAD_TIMEOUT_S
+from agentcore.http_server.shared import ServerShared
 from tests.support import ServerProcess
 
 CHUNK = 64 * 1024
@@ -329,7 +326,8 @@ async def test_idle_connections_close_after_the_keep_alive_timeout() -> None:
     assert idle.server_state is not busy.server_state  # connect() makes one server each
     busy.server_state = idle.server_state
     idle.server_state.connections.update({idle, busy})
-    sweeper = ServerShared.of(asyncio.get_running_loop(), idle.server_state, 5.0).sweeper
+    loop = asyncio.get_running_loop()
+    sweeper = ServerShared.of(loop, idle.server_state, 5.0, HEAD_TIMEOUT_S).sweeper
     assert sweeper.interval_s == 5.0 / SWEEPS_PER_TIMEOUT
 
     feed(idle, get("/"))
@@ -353,8 +351,9 @@ async def test_idle_connections_close_after_the_keep_alive_timeout() -> None:
 async def test_the_sweeper_stops_with_the_last_connection() -> None:
     protocol, _ = connect(GatewayHttpProtocol)
     state = protocol.server_state
-    shared = ServerShared.of(asyncio.get_running_loop(), state, 5.0)
-    assert ServerShared.of(asyncio.get_running_loop(), state, 5.0) is shared  # one per server
+    loop = asyncio.get_running_loop()
+    shared = ServerShared.of(loop, state, 5.0, HEAD_TIMEOUT_S)
+    assert ServerShared.of(loop, state, 5.0, HEAD_TIMEOUT_S) is shared  # one per server
     sweeper = shared.sweeper
     assert sweeper._handle is not None  # armed by the connection
     sweeper.sweep()

@@ -3,10 +3,9 @@
 uvicorn (uvloop + httptools) is the default; Granian (its Rust HTTP server,
 ``Interfaces.ASGI``, uvloop) is selectable with ``server.server = "granian"``
 / ``--server granian``. Under uvicorn the gateway runs its own httptools
-protocol (``http_protocol.GatewayHttpProtocol``), which measured faster than
-Granian on both benchmark routes (health 0.42 against 0.33 x nginx, agent.ping
-0.28 against 0.13) and holds about 22 KB per idle WebSocket against Granian's
-153 KB (docs/performance.md). The seed's
+protocol (``http_server.GatewayHttpProtocol``), which measured faster than
+Granian on both benchmark routes and holds less memory per idle WebSocket
+(docs/performance.md). The seed's
 ``uvicorn agentcore.a2a_protocol.main:app`` runs the same app under uvicorn
 by definition. The app is a plain ASGI app under both.
 
@@ -45,7 +44,7 @@ reading (``ws_max_size``), Granian reads it whole first (its own limit is
 
 Request heads are bounded under both (``server.max_head_bytes``,
 ``max_headers``, ``head_timeout_s``): uvicorn's protocol is the gateway's and
-enforces all three (http_protocol.py); Granian (hyper) is given the size as
+enforces all three (http_server/protocol.py); Granian (hyper) is given the size as
 its HTTP/1 read buffer (at least 8192 bytes) and the timeout as its header
 read timeout (at most 60 s), and keeps hyper's own count of 100 headers. Both
 answer 431 past the size or count (Granian with an empty body); on a late
@@ -78,7 +77,7 @@ from uvicorn.supervisors import multiprocess
 from agentcore.app import Gateway, create_app
 from agentcore.config import Config
 from agentcore.datadir import private_dir
-from agentcore.http_protocol import GatewayHttpProtocol
+from agentcore.http_server import GatewayHttpProtocol
 
 log = logging.getLogger("agentcore.server")
 
@@ -272,7 +271,7 @@ def _serve_uvicorn(config: Config) -> None:
         workers=server.workers,
         loop="uvloop",
         # httptools, each response written to the socket once, heads bounded
-        # (see http_protocol.py); a partial pickles, for spawned workers.
+        # (see http_server/); a partial pickles, for spawned workers.
         http=functools.partial(  # type: ignore[arg-type]
             GatewayHttpProtocol,
             max_head_bytes=server.max_head_bytes,
