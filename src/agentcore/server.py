@@ -5,7 +5,9 @@ uvicorn (uvloop + httptools) is the default; Granian (its Rust HTTP server,
 / ``--server granian``. Under uvicorn the gateway runs its own httptools
 protocol (``http_server.GatewayHttpProtocol``), which measured faster than
 Granian on both benchmark routes and holds less memory per idle WebSocket
-(docs/performance.md). The seed's
+(docs/performance.md); it runs only on the uvicorn releases it was tested
+with, and ``serve`` stops with an ImportError naming them otherwise
+(http_server/uvicorn_internals.py). The seed's
 ``uvicorn agentcore.a2a_protocol.main:app`` runs the same app under uvicorn
 by definition. The app is a plain ASGI app under both.
 
@@ -77,7 +79,6 @@ from uvicorn.supervisors import multiprocess
 from agentcore.app import Gateway, create_app
 from agentcore.config import Config
 from agentcore.datadir import private_dir
-from agentcore.http_server import GatewayHttpProtocol
 
 log = logging.getLogger("agentcore.server")
 
@@ -260,6 +261,10 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 
 def _serve_uvicorn(config: Config) -> None:
+    # Here, not at the top: only uvicorn needs the protocol, and importing it
+    # checks the installed uvicorn (an ImportError naming the tested range).
+    from agentcore.http_server import GatewayHttpProtocol
+
     server = config.server
     # uvicorn re-raises SIGTERM after its graceful shutdown; make that an exit 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)

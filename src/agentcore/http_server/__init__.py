@@ -2,7 +2,9 @@
 
 ``agentcore serve`` runs uvicorn with :class:`GatewayHttpProtocol`, and any
 uvicorn command line can too:
-``uvicorn --http agentcore.http_server:GatewayHttpProtocol``.
+``uvicorn --http agentcore.http_server:GatewayHttpProtocol``. It works only
+with the uvicorn releases it was tested with (uvicorn_internals.py says
+which, and fails the import otherwise).
 
 - protocol.py: the protocol, uvicorn's own with a lean path for common requests
 - cycle.py: one request and its response on that path
