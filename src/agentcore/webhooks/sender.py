@@ -1,29 +1,35 @@
 """One webhook attempt over HTTP: the seam between the outbox and the network.
 
-:class:`HttpSender` shares one pooled ``httpx.AsyncClient`` between all
-attempts. Before each attempt it resolves the host and checks every address
-against the SSRF policy (``ssrf.py``), then connects to the checked address
-itself (the ``Host`` header and TLS SNI keep the name, so certificates are
+:class:`HttpSender` shares one pooled aiohttp session (``outbound.py``)
+between all attempts. Before each attempt it resolves the host and checks
+every address against the SSRF policy (``ssrf.py``), then connects to the
+checked address itself (the ``Host`` header and TLS SNI keep the name, so certificates are
 still verified against it): a DNS answer that changes between the check and
-the connection cannot redirect the request. Redirects are never followed,
-proxies from the environment are ignored, and the whole attempt (resolve,
-connect, send, read the status and up to ``MAX_ERROR_BODY`` bytes of the
-body) is bounded by one timeout.
+the connection cannot redirect the request. Pooled connections are kept by
+address *and* name (aiohttp's connection key holds ``server_hostname``), so
+a connection verified for one name never carries a request for another.
+Redirects are never followed, proxies from the environment are ignored,
+compressed bodies are neither asked for nor decoded, and the whole attempt
+(resolve, connect, send, read the status and up to ``MAX_ERROR_BODY`` bytes
+of the body) is bounded by one timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import ipaddress
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from agentcore.errors import UnsafeUrl
+from agentcore.outbound import open_session
 from agentcore.webhooks.ssrf import AddressPolicy, Unresolvable, parse_url
 
 #: Response bytes kept in the attempt log when the endpoint refuses a delivery.
@@ -56,13 +62,9 @@ class Sender(Protocol):
 class HttpSender:
     def __init__(self, policy: AddressPolicy, max_connections: int = 64) -> None:
         self._policy = policy
-        self._client = httpx.AsyncClient(
-            follow_redirects=False,
-            trust_env=False,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-        )
+        self._max_connections = max_connections
+        #: Opened on the first attempt, inside the running loop (``outbound.py``).
+        self._session: aiohttp.ClientSession | None = None
 
     async def send(
         self, url: str, headers: Mapping[str, str], body: bytes, timeout_s: float
@@ -70,14 +72,14 @@ class HttpSender:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                status, error, retry_after = await self._post(url, headers, body, timeout_s)
+                status, error, retry_after = await self._post(url, headers, body)
         except TimeoutError:
             status, error, retry_after = None, f"timed out after {timeout_s:g} s", None
         duration_ms = (time.perf_counter() - started) * 1000
         return SendResult(status, duration_ms, error, retry_after)
 
     async def _post(
-        self, url: str, headers: Mapping[str, str], body: bytes, timeout_s: float
+        self, url: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[int | None, str | None, float | None]:
         try:
             target = parse_url(url)
@@ -86,27 +88,22 @@ class HttpSender:
             return None, str(exc), None
         request_headers = dict(headers)
         default_port = 443 if target.scheme == "https" else 80
-        request_headers["host"] = (
-            target.host if target.port == default_port else f"{target.host}:{target.port}"
-        )
-        if ":" in target.host:  # an IPv6 literal keeps its brackets in Host
-            request_headers["host"] = request_headers["host"].replace(
-                target.host, f"[{target.host}]", 1
-            )
-        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        host = f"[{target.host}]" if ":" in target.host else target.host  # IPv6 literal
+        request_headers["host"] = host if target.port == default_port else f"{host}:{target.port}"
+        # TLS: SNI and the certificate check are for the name, whatever address is dialled.
+        server_hostname = target.host if target.scheme == "https" else None
+        session = self._session or self._open()
         last_error = "no address"
         for address in addresses[:3]:
-            pinned = httpx.URL(url).copy_with(host=str(address))
             try:
-                async with self._client.stream(
-                    "POST",
-                    pinned,
-                    content=body,
+                async with session.post(
+                    _url(url).with_host(str(address)),
+                    data=body,
                     headers=request_headers,
-                    timeout=timeout_s,
-                    extensions=extensions,
+                    allow_redirects=False,
+                    server_hostname=server_hostname,
                 ) as response:
-                    status = response.status_code
+                    status = response.status
                     if 200 <= status < 300:
                         return status, None, None
                     snippet = await _read_some(response)
@@ -117,24 +114,39 @@ class HttpSender:
                     elif snippet:
                         error += f": {snippet}"
                     return status, error, _retry_after(response.headers.get("retry-after"))
-            except httpx.ConnectError as exc:
-                last_error = f"cannot connect to {_show(address)}: {exc}"
+            except aiohttp.ClientConnectorError as exc:  # refused, unreachable, TLS handshake
+                last_error = f"cannot connect to {_show(address)}: {exc.os_error}"
                 continue
-            except httpx.HTTPError as exc:
+            except (aiohttp.ClientError, OSError) as exc:  # after connecting: reset, bad reply
                 return None, f"{type(exc).__name__}: {exc}", None
         return None, last_error, None
 
+    def _open(self) -> aiohttp.ClientSession:
+        self._session = open_session(self._max_connections, decompress=False)
+        return self._session
+
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
-async def _read_some(response: httpx.Response) -> str:
+@functools.lru_cache(maxsize=4096)
+def _url(url: str) -> URL:
+    """The parsed URL, remembered: attempts of one webhook parse it once."""
+    return URL(url)
+
+
+async def _read_some(response: aiohttp.ClientResponse) -> str:
+    """Up to ``MAX_ERROR_BODY`` bytes of the body; the rest is never read (the
+    connection is closed instead of drained)."""
     data = b""
-    async for chunk in response.aiter_bytes():
-        data += chunk
-        if len(data) >= MAX_ERROR_BODY:
+    while len(data) < MAX_ERROR_BODY:
+        chunk = await response.content.read(MAX_ERROR_BODY - len(data))
+        if not chunk:
             break
-    return data[:MAX_ERROR_BODY].decode("utf-8", "replace")
+        data += chunk
+    return data.decode("utf-8", "replace")
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -7,36 +7,25 @@ worker spends on a completion.
 
 One ``ClientSession`` per endpoint, created on the first call (aiohttp binds
 it to the running event loop, and nothing is created at import or in
-``create_app``). Settings that are not aiohttp's defaults:
-
-- ``max_connections`` connections at most (``limit``); a call beyond waits
-  for a free one, within its read timeout.
-- Proxies are never taken from the environment (``trust_env=False``), and
-  certificates are checked against certifi's bundle, not against
-  ``SSL_CERT_FILE``/``SSL_CERT_DIR``.
-- No cookie jar: a provider's cookies are not sent back (calls of different
-  tenants share the pool).
-- Redirects are not followed (``allow_redirects=False``).
-- Idle connections are closed after :data:`KEEPALIVE_S`.
+``create_app``), set up by :func:`agentcore.outbound.open_session`: at most
+``max_connections`` connections (a call beyond waits for a free one, within
+its read timeout), no proxies from the environment, certifi's certificates,
+no cookie jar, idle connections closed after ``outbound.KEEPALIVE_S``.
+Redirects are not followed (``allow_redirects=False``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ssl
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
-import certifi
 from yarl import URL
 
 from agentcore.errors import ProviderError, ProviderTimeout
 from agentcore.llm.transport.base import Endpoint, Reply, remaining_s, split_lines
+from agentcore.outbound import open_session
 
-#: Seconds an idle pooled connection is kept. Below the 5 s after which uvicorn
-#: (and Node) close idle keep-alive connections: a POST is not retried when the
-#: server closed its connection at the moment it was reused.
-KEEPALIVE_S = 4.0
 #: The connection errors translated into ProviderError (a timeout is checked first:
 #: aiohttp's timeout errors are OSErrors too).
 _FAILURES = (aiohttp.ClientError, OSError)
@@ -51,19 +40,7 @@ class HttpTransport:
 
     def _open(self) -> aiohttp.ClientSession:
         endpoint = self.endpoint
-        connector = aiohttp.TCPConnector(
-            limit=endpoint.max_connections,
-            limit_per_host=0,
-            keepalive_timeout=KEEPALIVE_S,
-            ssl=ssl.create_default_context(cafile=certifi.where()),
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers=dict(endpoint.headers),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
+        self._session = open_session(endpoint.max_connections, endpoint.headers)
         return self._session
 
     def _url(self, path: str) -> URL:
