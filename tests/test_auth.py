@@ -25,10 +25,11 @@ from jwt.algorithms import ECAlgorithm
 
 from agentcore import apikeys
 from agentcore.app import Gateway
-from agentcore.auth import SCOPES, StoreAuthenticator, check_bind, is_loopback
+from agentcore.auth import StoreAuthenticator, check_bind, is_loopback
 from agentcore.clock import ManualClock
 from agentcore.config import AuthConfig
 from agentcore.errors import ConfigError, Unauthorized
+from agentcore.identity import SCOPES
 from agentcore.repositories import open_repositories
 from agentcore.tokens import JwtVerifier
 from tests.support import agent_card, gateway_client, make_config

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agentcore.auth import SCOPES
 from agentcore.cli import main
+from agentcore.identity import SCOPES
 from tests.support import ServerProcess
 
 ServerFactory = Callable[..., ServerProcess]

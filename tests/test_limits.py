@@ -16,8 +16,9 @@ import msgspec
 import pytest
 
 from agentcore.app import Gateway
-from agentcore.auth import AuthMiddleware, Identity
+from agentcore.auth import AuthMiddleware
 from agentcore.errors import Unauthorized
+from agentcore.identity import Identity
 from agentcore.metrics import Metrics
 from agentcore.types import Message, Receive, Scope, Send
 from tests.support import gateway_client, make_config

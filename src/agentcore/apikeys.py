@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import msgspec
 
 from agentcore.errors import ConfigError, Unauthorized
+from agentcore.identity import SCOPES
 from agentcore.models import DEFAULT_TENANT
 from agentcore.store.database import Driver
 from agentcore.store.memory import AUTOCOMMIT, Journal, MemoryDatabase, put
@@ -59,8 +60,6 @@ def default_scopes(agent_id: str | None = None) -> list[str]:
     (``agent_id``) not ``events:write`` either: an agent reports through its
     tasks, and a key that leaks from one agent should not be able to publish to
     the whole tenant."""
-    from agentcore.auth import SCOPES  # auth imports this module
-
     withheld = {"admin", "metrics:read"}
     if agent_id is not None:
         withheld.add("events:write")
@@ -69,8 +68,6 @@ def default_scopes(agent_id: str | None = None) -> list[str]:
 
 def check_scopes(scopes: list[str]) -> list[str]:
     """The scopes sorted and without duplicates; :class:`ConfigError` for an unknown one."""
-    from agentcore.auth import SCOPES  # auth imports this module
-
     if not scopes:
         raise ConfigError("an API key needs at least one scope")
     unknown = sorted(set(scopes) - SCOPES)

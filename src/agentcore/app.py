@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from agentcore import __version__
-from agentcore.auth import ANONYMOUS, IDENTITY, AuthMiddleware, Identity, build_authenticator
+from agentcore.auth import AuthMiddleware, build_authenticator
 from agentcore.clock import Clock, system_clock
 from agentcore.config import Config
 from agentcore.datadir import DIR_MODE, tighten
@@ -41,6 +41,7 @@ from agentcore.events.base import Event, Fanout
 from agentcore.events.log import EventLog
 from agentcore.events.memory import MemoryEventBus
 from agentcore.http import Request, Response, error_response, json_response
+from agentcore.identity import ANONYMOUS, IDENTITY, Identity
 from agentcore.jsonrpc import Context, Dispatcher
 from agentcore.limits import Deadlines, LoadShedMiddleware, check_json_depth
 from agentcore.llm.api import LlmApi

@@ -22,41 +22,20 @@ authentication off is refused unless ``--insecure`` (:func:`check_bind`).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from agentcore import apikeys
 from agentcore.apikeys import ApiKeyRepository
 from agentcore.clock import Clock
 from agentcore.config import AuthConfig
-from agentcore.errors import AgentCoreError, ConfigError, Forbidden, Unauthorized
+from agentcore.errors import AgentCoreError, ConfigError, Unauthorized
 from agentcore.http import Admission, proceed, refusal
+from agentcore.identity import ANONYMOUS, IDENTITY, Identity
 from agentcore.metrics import Metrics
-from agentcore.models import DEFAULT_TENANT
 from agentcore.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from agentcore.tokens import JwtVerifier
-
-IDENTITY = "agentcore.identity"
-
-#: Scopes a credential can carry; ``admin`` implies all of them. ``metrics:read``
-#: reads /metrics, which spans every tenant: an operator's scope, not a default one.
-SCOPES = frozenset(
-    {
-        "metrics:read",
-        "agents:read",
-        "agents:write",
-        "tasks:read",
-        "tasks:write",
-        "events:read",
-        "events:write",
-        "webhooks",
-        "storage",
-        "llm",
-        "admin",
-    }
-)
 
 OPEN_PATHS = frozenset(
     {
@@ -69,28 +48,6 @@ OPEN_PATHS = frozenset(
     }
 )
 CHALLENGE = [(b"www-authenticate", b'Bearer realm="agentcore"')]
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    kind: Literal["anonymous", "api_key", "jwt"]
-    #: API key id, JWT subject, or empty for anonymous.
-    subject: str
-    tenant: str = DEFAULT_TENANT
-    #: None: every scope (authentication off).
-    scopes: frozenset[str] | None = None
-    #: Set when the credential belongs to one agent: it may act only as that agent.
-    agent_id: str | None = None
-
-    def allows(self, scope: str) -> bool:
-        return self.scopes is None or scope in self.scopes or "admin" in self.scopes
-
-    def require(self, scope: str) -> None:
-        if not self.allows(scope):
-            raise Forbidden(f"credential lacks the {scope!r} scope", data={"scope": scope})
-
-
-ANONYMOUS = Identity("anonymous", "")
 
 
 class Authenticator(Protocol):

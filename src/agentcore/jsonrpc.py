@@ -125,7 +125,7 @@ class Method(Generic[P]):
     handler: Callable[[P, Context], Awaitable[Any]]
     result: Any = Any
     description: str = ""
-    #: The credential scope the method needs (see auth.SCOPES).
+    #: The credential scope the method needs (see identity.SCOPES).
     scope: str = "admin"
     _decoder: msgspec.json.Decoder[P] = field(init=False, repr=False, compare=False)
 

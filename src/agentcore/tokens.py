@@ -31,10 +31,10 @@ import jwt
 from jwt.algorithms import get_default_algorithms
 from jwt.types import Options
 
-from agentcore.auth import Identity
 from agentcore.clock import Clock, system_clock
 from agentcore.config import AuthConfig
 from agentcore.errors import ConfigError, Unauthorized
+from agentcore.identity import Identity
 from agentcore.models import DEFAULT_TENANT
 
 #: Most verified tokens remembered at once.

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from agentcore.app import Gateway
-from agentcore.auth import ANONYMOUS, IDENTITY, Identity
 from agentcore.clock import ManualClock
+from agentcore.identity import ANONYMOUS, IDENTITY, Identity
 from agentcore.proxies import TrustedProxies
 from agentcore.ratelimit.memory import MemoryRateLimiter
 from agentcore.ratelimit.middleware import RateLimitMiddleware

@@ -18,10 +18,10 @@ import pytest
 
 from agentcore import apikeys
 from agentcore.app import Gateway
-from agentcore.auth import ANONYMOUS, Identity
 from agentcore.clock import ManualClock
 from agentcore.errors import Forbidden, InvalidRequest, ParseError
 from agentcore.events.base import Event
+from agentcore.identity import ANONYMOUS, Identity
 from agentcore.models import AgentCard
 from agentcore.realtime.connections import close_reason
 from agentcore.realtime.feed import Feed, Subscribe, subscription_filter

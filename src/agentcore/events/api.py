@@ -18,11 +18,11 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from agentcore.auth import ANONYMOUS, IDENTITY, Identity
 from agentcore.errors import Forbidden
 from agentcore.events.base import SYSTEM_TYPE_PREFIXES, is_system_type
 from agentcore.events.log import EventLog
 from agentcore.http import Request, Response, json_response
+from agentcore.identity import ANONYMOUS, IDENTITY, Identity
 from agentcore.routing import Doc, Router
 
 EventType = Annotated[

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from agentcore.auth import ANONYMOUS, IDENTITY, Identity
 from agentcore.clock import Clock
 from agentcore.config import Capability, LlmConfig
 from agentcore.errors import Forbidden, InvalidParams, ParseError, ProviderError, StoreUnavailable
 from agentcore.http import Request, Response, safe_message, start
+from agentcore.identity import ANONYMOUS, IDENTITY, Identity
 from agentcore.jsonrpc import Context, Method
 from agentcore.llm.accounting import Accounting
 from agentcore.llm.catalog import Catalog, Requirements

@@ -21,10 +21,10 @@ import logging
 import math
 from typing import get_args
 
-from agentcore.auth import IDENTITY, Identity
 from agentcore.config import RateLimitConfig
 from agentcore.errors import RateLimited, StoreUnavailable
 from agentcore.http import Admission, add_response_headers, proceed, refusal
+from agentcore.identity import IDENTITY, Identity
 from agentcore.metrics import Metrics
 from agentcore.proxies import TrustedProxies
 from agentcore.ratelimit.base import Decision, Limit, RateLimiter

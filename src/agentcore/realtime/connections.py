@@ -46,7 +46,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
-from agentcore.auth import Authenticator, Identity
+from agentcore.auth import Authenticator
 from agentcore.clock import Clock, system_clock
 from agentcore.config import RealtimeConfig
 from agentcore.errors import AgentCoreError, Unauthorized
@@ -55,6 +55,7 @@ from agentcore.events.log import EventLog
 from agentcore.events.memory import MemorySubscription
 from agentcore.events.patterns import classify
 from agentcore.events.repository import EventRepository
+from agentcore.identity import Identity
 from agentcore.metrics import Metrics
 from agentcore.realtime.feed import Feed
 from agentcore.tasks.service import TaskService

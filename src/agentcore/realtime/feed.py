@@ -22,10 +22,10 @@ from typing import Annotated, Protocol
 import msgspec
 from msgspec import Meta
 
-from agentcore.auth import Identity
 from agentcore.errors import Forbidden
 from agentcore.events.base import Event, EventFilter
 from agentcore.events.log import EventLog
+from agentcore.identity import Identity
 from agentcore.models import Id
 
 #: A glob on event types: ``task.*``, ``agent.registered``, ``*``.

@@ -27,11 +27,12 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from agentcore.auth import ANONYMOUS, IDENTITY, Identity, credential_of
+from agentcore.auth import credential_of
 from agentcore.config import Config, RealtimeConfig
 from agentcore.errors import AgentCoreError, InvalidRequest, Overloaded
 from agentcore.events.base import Event
 from agentcore.http import reject, safe_message, start
+from agentcore.identity import ANONYMOUS, IDENTITY, Identity
 from agentcore.realtime.connections import Connection, Connections
 from agentcore.realtime.feed import Feed, Subscribe, subscription_filter
 from agentcore.types import Message, Receive, Scope, Send

@@ -32,7 +32,7 @@ from typing import Any
 
 import msgspec
 
-from agentcore.auth import IDENTITY, Authenticator, Identity, credential_of
+from agentcore.auth import Authenticator, credential_of
 from agentcore.config import Config, RealtimeConfig
 from agentcore.errors import (
     AgentCoreError,
@@ -46,6 +46,7 @@ from agentcore.errors import (
 )
 from agentcore.events.base import Event
 from agentcore.http import safe_message
+from agentcore.identity import IDENTITY, Identity
 from agentcore.jsonrpc import Context, Dispatcher
 from agentcore.metrics import Metrics
 from agentcore.ratelimit.base import Limit, gcra

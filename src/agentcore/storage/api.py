@@ -36,7 +36,6 @@ from msgspec import Meta
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from agentcore.auth import ANONYMOUS, IDENTITY, Identity
 from agentcore.config import StorageConfig
 from agentcore.errors import (
     InvalidKey,
@@ -46,6 +45,7 @@ from agentcore.errors import (
     UnsupportedMediaType,
 )
 from agentcore.http import Request, Response, StreamingResponse, json_response
+from agentcore.identity import ANONYMOUS, IDENTITY, Identity
 from agentcore.routing import Doc, Router
 from agentcore.storage.base import (
     BlobStore,

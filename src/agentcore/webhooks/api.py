@@ -13,11 +13,11 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from agentcore.auth import ANONYMOUS, IDENTITY, Identity
 from agentcore.clock import Clock
 from agentcore.config import WebhooksConfig
 from agentcore.errors import InvalidParams, WebhookNotFound
 from agentcore.http import Request, Response, json_response
+from agentcore.identity import ANONYMOUS, IDENTITY, Identity
 from agentcore.models import MAX_INT64
 from agentcore.routing import Doc, Router
 from agentcore.webhooks import signing
