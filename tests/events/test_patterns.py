@@ -1,4 +1,5 @@
-"""The pattern index answers exactly what scanning every pattern with fnmatchcase answers."""
+"""The matcher and the pattern index answer exactly what scanning every pattern with
+fnmatchcase answers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentcore.events.patterns import MEMO_SIZE, PatternIndex, classify
+from agentcore.events.patterns import MEMO_SIZE, PatternIndex, classify, matches
 
 
 def scan(entries: list[tuple[str, list[str]]], name: str) -> list[str]:
@@ -122,3 +123,17 @@ def test_the_index_equals_the_scan_for_any_patterns(
     index = index_of(values)
     for name in names + names:  # the second time from the memo
         assert index.match(name) == scan(values, name)
+
+
+@settings(max_examples=400, deadline=None)
+@given(patterns=st.lists(_PATTERN, max_size=4), name=_NAME)
+def test_the_matcher_equals_the_scan_for_any_patterns(patterns: list[str], name: str) -> None:
+    assert matches(name, patterns) == any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    assert matches(name, tuple(patterns)) == matches(name, patterns)
+
+
+@pytest.mark.parametrize("name", ["", "order.created", "line\nbreak"])
+def test_a_star_matches_every_type_and_no_pattern_none(name: str) -> None:
+    assert matches(name, ("*",))
+    assert matches(name, ["x", "*"])
+    assert not matches(name, ())

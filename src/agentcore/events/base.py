@@ -17,12 +17,12 @@ instances (Redis pub/sub); with one worker there is none.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal, Protocol
 
 import msgspec
 
+from agentcore.events.patterns import matches
 from agentcore.models import DEFAULT_TENANT
 
 OverflowPolicy = Literal["drop_oldest", "close"]
@@ -71,9 +71,7 @@ class EventFilter(msgspec.Struct, frozen=True, kw_only=True):
             return False
         if self.agent_id is not None and event.data.get("agent_id") != self.agent_id:
             return False
-        return "*" in self.patterns or any(
-            fnmatch.fnmatchcase(event.type, p) for p in self.patterns
-        )
+        return matches(event.type, self.patterns)
 
 
 class Subscription(Protocol):

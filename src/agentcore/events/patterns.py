@@ -1,9 +1,10 @@
-"""Event-type glob patterns, indexed: which of many subscriptions match one event type.
+"""Event-type glob patterns: the one matcher, and an index of many subscriptions.
 
-A subscription (a webhook) names glob patterns on the event type
-(``fnmatch.fnmatchcase`` rules: ``*`` any run of characters, dots included;
-``?`` one character; ``[...]``/``[!...]`` a class) and matches when any of
-them does. Scanning every subscription per event costs events x patterns;
+A subscription (a stream's filter, a webhook) names glob patterns on the
+event type (``fnmatch.fnmatchcase`` rules: ``*`` any run of characters, dots
+included; ``?`` one character; ``[...]``/``[!...]`` a class; case-sensitive)
+and matches when any of them does: :func:`matches`, for one subscription.
+Scanning every subscription per event costs events x patterns;
 :class:`PatternIndex` instead sorts patterns by kind:
 
 - *exact* (no ``*``, ``?`` or ``[``): a dict lookup of the type;
@@ -19,7 +20,7 @@ immutable once built: rebuild it when the subscriptions change.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Generic, Literal, TypeVar
 
 T = TypeVar("T")
@@ -29,6 +30,11 @@ PatternKind = Literal["exact", "prefix", "suffix", "glob"]
 _META = frozenset("*?[")
 #: Distinct event types whose answer is remembered; past it the memo starts over.
 MEMO_SIZE = 4096
+
+
+def matches(name: str, patterns: Collection[str]) -> bool:
+    """Whether any of ``patterns`` matches the event type ``name`` (none: never)."""
+    return "*" in patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def classify(pattern: str) -> tuple[PatternKind, str]:
@@ -115,6 +121,6 @@ class PatternIndex(Generic[T]):
             if suffixed:
                 hits |= suffixed
         for pattern, positions in self._glob.items():
-            if not positions <= hits and fnmatch.fnmatchcase(name, pattern):
+            if not positions <= hits and matches(name, (pattern,)):
                 hits |= positions
         return hits

@@ -30,7 +30,6 @@ Every method takes ``now`` (epoch seconds) from the caller's clock.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import heapq
 from bisect import bisect_left, insort
 from collections import deque
@@ -42,6 +41,7 @@ import msgspec
 from agentcore.entropy import random_bytes
 from agentcore.errors import ConfigError
 from agentcore.events.base import Event
+from agentcore.events.patterns import matches
 from agentcore.events.repository import EventTable
 from agentcore.store.database import Database
 from agentcore.store.memory import MemoryDatabase
@@ -83,7 +83,7 @@ class Webhook(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: float
 
     def matches(self, event_type: str) -> bool:
-        return any(fnmatch.fnmatchcase(event_type, p) for p in self.events)
+        return matches(event_type, self.events)
 
     def signing_secrets(self, now: float) -> list[str]:
         return [s.secret for s in self.secrets if s.expires_at is None or s.expires_at > now]
