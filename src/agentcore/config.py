@@ -26,7 +26,6 @@ import msgspec
 
 from agentcore.errors import ConfigError
 from agentcore.routing import RouteClass
-from agentcore.store.database import parse_url
 
 ENV_PREFIX = "AGENTCORE_"
 
@@ -88,6 +87,33 @@ class DatabaseConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     #: with ``query_timeout`` (SQLite runs on the event loop: this bounds how long
     #: one query can hold every other request; PostgreSQL: ``statement_timeout``).
     statement_timeout_s: float = 1.0
+
+
+#: The database a ``database.url`` names.
+Backend = Literal["sqlite", "postgresql", "memory"]
+
+
+def parse_url(url: str) -> tuple[Backend, str]:
+    """The backend a database URL names and what it connects to (a SQLite path, a
+    PostgreSQL URL, nothing for memory); :class:`ConfigError` for anything else.
+
+    ``sqlite:///rel/path.db`` (relative to the working directory),
+    ``sqlite:////abs/path.db``, ``sqlite://:memory:``, ``postgresql://...``,
+    ``postgres://...`` or ``memory://``.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError("database url: expected scheme://..., e.g. sqlite:///data/agentcore.db")
+    if scheme == "memory":
+        return "memory", ""
+    if scheme == "sqlite":
+        path = rest.removeprefix("/")
+        if not path:
+            raise ConfigError("database url: sqlite needs a path, e.g. sqlite:///data/agentcore.db")
+        return "sqlite", path
+    if scheme in ("postgresql", "postgres"):
+        return "postgresql", url
+    raise ConfigError(f"database url: unsupported scheme {scheme!r} (sqlite, postgresql, memory)")
 
 
 class RegistryConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -586,7 +612,7 @@ def _check(config: Config) -> None:
             "jwt_public_key_file or jwt_jwks_file"
         )
     _check_llm(config)
-    # The store parses the URL; ask it, so validation and use cannot disagree.
+    # open_repositories parses the URL with this same function: validation and use agree.
     try:
         backend, _ = parse_url(config.database_url)
     except ConfigError as exc:

@@ -22,6 +22,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 from agentcore.apikeys import ApiKeyRepository, MemoryApiKeys, SqlApiKeys
+from agentcore.config import parse_url
 from agentcore.events.base import Event
 from agentcore.events.repository import (
     EventRepository,
@@ -32,7 +33,7 @@ from agentcore.events.repository import (
 )
 from agentcore.llm.usage import MemoryUsage, SqlUsage, UsageRepository
 from agentcore.registry.repository import AgentRepository, AgentRows, MemoryAgents, SqlAgents
-from agentcore.store.database import Database, Driver, parse_url
+from agentcore.store.database import Database, Driver
 from agentcore.store.memory import MemoryDatabase
 from agentcore.store.postgres import PostgresDatabase, PostgresUnit
 from agentcore.store.schema import migrate

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from agentcore.config import parse_url
 from agentcore.errors import ConfigError, StoreUnavailable
 from agentcore.models import TaskStatus
 from agentcore.repositories import SqlRepositories, open_repositories
-from agentcore.store.database import Database, parse_url
+from agentcore.store.database import Database
 from agentcore.store.postgres import PostgresDatabase
 from agentcore.store.schema import MIGRATIONS, migrate, migration_statements
 from agentcore.store.sqlite import SqliteDatabase

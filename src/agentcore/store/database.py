@@ -13,11 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal, Protocol, runtime_checkable
-
-from agentcore.errors import ConfigError
-
-Backend = Literal["sqlite", "postgresql", "memory"]
+from typing import Any, Protocol, runtime_checkable
 
 
 class Driver(Protocol):
@@ -64,26 +60,3 @@ class Database(Driver, Protocol):
 
     async def close(self) -> None:
         """Idempotent; afterwards every call raises ``StoreUnavailable``."""
-
-
-def parse_url(url: str) -> tuple[Backend, str]:
-    """The backend a database URL names and what it connects to (a SQLite path, a
-    PostgreSQL URL, nothing for memory); :class:`ConfigError` for anything else.
-
-    ``sqlite:///rel/path.db`` (relative to the working directory),
-    ``sqlite:////abs/path.db``, ``sqlite://:memory:``, ``postgresql://...``,
-    ``postgres://...`` or ``memory://``.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ConfigError("database url: expected scheme://..., e.g. sqlite:///data/agentcore.db")
-    if scheme == "memory":
-        return "memory", ""
-    if scheme == "sqlite":
-        path = rest.removeprefix("/")
-        if not path:
-            raise ConfigError("database url: sqlite needs a path, e.g. sqlite:///data/agentcore.db")
-        return "sqlite", path
-    if scheme in ("postgresql", "postgres"):
-        return "postgresql", url
-    raise ConfigError(f"database url: unsupported scheme {scheme!r} (sqlite, postgresql, memory)")
