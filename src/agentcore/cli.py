@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -259,8 +260,7 @@ def _fake_llm_parser(commands: Any) -> None:
 
 
 def _fake_llm(args: argparse.Namespace) -> int:
-    import os
-
+    # Only `agentcore fake-llm` needs the fake provider and the server it runs on.
     from agentcore.llm.fake import FakeBehavior, run
 
     if not 0 <= args.failure_rate <= 1:
@@ -316,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             check_bind(config.server.host, config.auth, insecure=args.insecure)
             if config.auth.mode == "jwt":
+                # PyJWT loads only in jwt mode, as in auth.StoreAuthenticator.
                 from agentcore.tokens import JwtVerifier
 
                 JwtVerifier(config.auth)  # fail here, not in every worker, on bad key material
@@ -336,10 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"agentcore: {exc.message}", file=sys.stderr)
             return 1
 
+    # The server brings the whole app and its ASGI servers, which `keys` and `config` skip.
     from agentcore.server import configure_logging
 
     configure_logging(config.server.log_level)
     if args.command == "worker":
+        # The webhook delivery stack loads only for `agentcore worker`.
         from agentcore.webhooks.worker import run_standalone
 
         try:
@@ -353,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "serving %s without authentication (--insecure): every caller has every scope",
             config.server.host,
         )
-    from agentcore.server import serve as run_server
+    from agentcore.server import serve as run_server  # lazy, as configure_logging above
 
     run_server(config)
     return 0

@@ -309,7 +309,7 @@ async def _json(send: Send, status: int, data: Any) -> None:
 
 
 def _uvicorn_config(app: Any, host: str, port: int, lifespan: Literal["on", "off"] = "off") -> Any:
-    import uvicorn
+    import uvicorn  # loaded only to serve on a socket: in-process the fake is a bare ASGI app
 
     return uvicorn.Config(
         app,
@@ -327,7 +327,7 @@ def _uvicorn_config(app: Any, host: str, port: int, lifespan: Literal["on", "off
 
 def run(host: str, port: int, behavior: FakeBehavior) -> None:
     """Serve the fake provider until interrupted (``agentcore fake-llm``)."""
-    import uvicorn
+    import uvicorn  # loaded only to serve on a socket, as in _uvicorn_config
 
     uvicorn.run(
         FakeLlm(behavior),
@@ -350,7 +350,7 @@ class ThreadedServer:
     def __init__(
         self, app: Any = None, host: str = "127.0.0.1", *, lifespan: Literal["on", "off"] = "off"
     ) -> None:
-        import uvicorn
+        import uvicorn  # loaded only to serve on a socket, as in _uvicorn_config
 
         self.app = FakeLlm() if app is None else app
         self._server = uvicorn.Server(_uvicorn_config(self.app, host, 0, lifespan))

@@ -68,6 +68,7 @@ def add_parser(commands: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # The runner (samplers, figures, the gateway's key store) loads only for `agentcore loadtest`.
     from agentcore.loadtest import runner
 
     if args.action == "compare":

@@ -91,6 +91,7 @@ class S3BlobStore:
 
     def _s3(self) -> Any:
         if self._client is None:
+            # boto3 is the optional `s3` extra: loaded at the first call, not at import.
             import boto3
             from botocore.config import Config as BotoConfig
 
@@ -108,7 +109,7 @@ class S3BlobStore:
 
     async def _call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run one blocking boto3 call in a thread; translate its exceptions."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError  # the `s3` extra, as in _s3
 
         try:
             return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
