@@ -423,6 +423,24 @@ async def test_attempts_are_logged_in_order_and_summed_up_in_the_stats(process: 
     assert (await webhooks.stats(hook.id, recent=1)).recent_durations_ms == [20.0]
 
 
+async def test_a_pending_delivery_is_due_after_its_delay_and_reads_back_as_made(
+    process: Process,
+) -> None:
+    hook = await process.register("order.*")
+    now = process.clock()
+    made = Delivery.pending(hook, 7, "order.created", '{"type":"order.created"}', now, delay_s=5)
+    assert made.id.startswith("msg_")
+    assert (made.webhook_id, made.tenant, made.event_id) == (hook.id, hook.tenant, 7)
+    assert (made.status, made.attempts, made.tries) == ("pending", 0, 0)
+    assert (made.created_at, made.updated_at, made.next_attempt_at) == (now, now, now + 5)
+    assert Delivery.pending(hook, None, "webhook.test", "{}", now).next_attempt_at == now
+    await process.webhooks.enqueue(made)
+    assert await process.webhooks.deliveries(hook.id, None, 10, 0) == [made]
+    assert await process.webhooks.claim(now, "w1", 30.0, 10, 5) == []
+    (claimed,) = await process.webhooks.claim(now + 5, "w1", 30.0, 10, 5)
+    assert (claimed.id, claimed.payload) == (made.id, made.payload)
+
+
 async def test_requeue_inserts_new_rows_and_queues_finished_ones_again(process: Process) -> None:
     webhooks = process.webhooks
     hook = await process.register("*")

@@ -30,7 +30,6 @@ from agentcore.webhooks.repository import (
     Webhook,
     WebhookRepository,
     WebhookStatus,
-    new_delivery_id,
     new_webhook_id,
 )
 from agentcore.webhooks.ssrf import AddressPolicy
@@ -512,19 +511,12 @@ class WebhookApi:
             seen += len(events)
             cursor = events[-1].id
             batch = [
-                Delivery(
-                    id=new_delivery_id(now),
-                    webhook_id=webhook.id,
-                    tenant=webhook.tenant,
-                    event_id=e.id,
-                    event_type=e.type,
-                    payload=render(e.type, e.timestamp, e.data, event_id=e.id, source=e.source),
-                    status="pending",
-                    attempts=0,
-                    tries=0,
-                    next_attempt_at=now,
-                    created_at=now,
-                    updated_at=now,
+                Delivery.pending(
+                    webhook,
+                    e.id,
+                    e.type,
+                    render(e.type, e.timestamp, e.data, event_id=e.id, source=e.source),
+                    now,
                 )
                 for e in events
                 if webhook.matches(e.type)
@@ -537,20 +529,8 @@ class WebhookApi:
         body: WebhookTest = await self._optional_body(request, WebhookTest)
         now = self._clock()
         data = {"webhook_id": webhook.id, "message": "test event from agentcore", **body.data}
-        delivery = Delivery(
-            id=new_delivery_id(now),
-            webhook_id=webhook.id,
-            tenant=webhook.tenant,
-            event_id=None,
-            event_type="webhook.test",
-            payload=render("webhook.test", now, msgspec.json.encode(data).decode()),
-            status="pending",
-            attempts=0,
-            tries=0,
-            next_attempt_at=now,
-            created_at=now,
-            updated_at=now,
-        )
+        payload = render("webhook.test", now, msgspec.json.encode(data).decode())
+        delivery = Delivery.pending(webhook, None, "webhook.test", payload, now)
         await self._store.enqueue(delivery)
         return json_response(
             WebhookTestQueued(delivery_id=delivery.id, event_type="webhook.test", status="pending"),

@@ -42,7 +42,6 @@ from agentcore.webhooks.repository import (
     EventRow,
     Webhook,
     WebhookRepository,
-    new_delivery_id,
 )
 
 #: Rounds a dispatcher retries when the cursor or the webhooks moved under it.
@@ -188,19 +187,8 @@ class WebhookDispatcher:
                         source=event.source,
                     )
                 deliveries.append(
-                    Delivery(
-                        id=new_delivery_id(now),
-                        webhook_id=hook.id,
-                        tenant=event.tenant,
-                        event_id=event.id,
-                        event_type=event.type,
-                        payload=payload,
-                        status="pending",
-                        attempts=0,
-                        tries=0,
-                        next_attempt_at=now + self._first_delay_s,
-                        created_at=now,
-                        updated_at=now,
+                    Delivery.pending(
+                        hook, event.id, event.type, payload, now, delay_s=self._first_delay_s
                     )
                 )
         return deliveries

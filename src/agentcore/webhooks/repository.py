@@ -109,6 +109,37 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     updated_at: float
 
+    @classmethod
+    def pending(
+        cls,
+        webhook: Webhook,
+        event_id: int | None,
+        event_type: str,
+        payload: str,
+        now: float,
+        *,
+        delay_s: float = 0.0,
+    ) -> Delivery:
+        """A new outbox row of ``webhook``, not yet attempted, due ``delay_s`` after ``now``.
+
+        ``payload`` is the rendered body every attempt sends; ``event_id`` is
+        None for an event that is not in the log (``webhook.test``).
+        """
+        return cls(
+            id=new_delivery_id(now),
+            webhook_id=webhook.id,
+            tenant=webhook.tenant,
+            event_id=event_id,
+            event_type=event_type,
+            payload=payload,
+            status="pending",
+            attempts=0,
+            tries=0,
+            next_attempt_at=now + delay_s,
+            created_at=now,
+            updated_at=now,
+        )
+
 
 class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     delivery_id: str
