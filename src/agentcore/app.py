@@ -8,9 +8,11 @@ repositories). Errors are rendered once, here:
 an :class:`AgentCoreError` becomes its status and JSON body; anything else is
 logged and becomes a 500 (a bug).
 
-The lifespan opens the database and owns every background task (heartbeat flush,
-agent and task sweeps) in one task group; shutdown stops them, flushes the
-last heartbeats and closes the database.
+The lifespan opens the database and starts every feature's background jobs
+(lifecycle.py: heartbeat flush, agent and task sweeps, event trimming and
+fan-out, the stream router and keepalive, LLM usage, storage sweeps, webhook
+delivery) as tasks it owns; shutdown stops them, flushes the last heartbeats
+and closes the database.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from agentcore import __version__
+from agentcore import __version__, storage
 from agentcore.auth import AuthMiddleware, build_authenticator
 from agentcore.clock import Clock, system_clock
 from agentcore.config import Config
@@ -37,12 +39,13 @@ from agentcore.errors import (
     StoreUnavailable,
 )
 from agentcore.events.api import add_routes as add_event_routes
-from agentcore.events.base import Event, Fanout
+from agentcore.events.base import Fanout
 from agentcore.events.log import EventLog
 from agentcore.events.memory import MemoryEventBus
 from agentcore.http import Request, Response, error_response, json_response
 from agentcore.identity import ANONYMOUS, IDENTITY, Identity
 from agentcore.jsonrpc import Context, Dispatcher
+from agentcore.lifecycle import Background
 from agentcore.limits import Deadlines, LoadShedMiddleware, check_json_depth
 from agentcore.llm.api import LlmApi
 from agentcore.methods import build_methods
@@ -59,7 +62,6 @@ from agentcore.registry.service import Registry
 from agentcore.repositories import Repositories, open_repositories
 from agentcore.routing import Router
 from agentcore.security import SecurityMiddleware, host_names
-from agentcore.storage import open_blob_store
 from agentcore.storage.api import PREFIX as STORAGE_PREFIX
 from agentcore.storage.api import add_routes as add_storage_routes
 from agentcore.storage.base import BlobStore
@@ -78,8 +80,6 @@ API = "/api/v1"
 HEALTH_CACHE_S = 1.0
 #: Seconds shutdown waits for background tasks before cancelling them.
 SHUTDOWN_GRACE_S = 10.0
-#: Seconds between sweeps of what crashed uploads left in storage (also run at startup).
-STORAGE_SWEEP_S = 600.0
 #: Errors counted in agentcore_rejected_total, by reason.
 REJECTED: dict[type[AgentCoreError], str] = {
     PayloadTooLarge: "body_too_large",
@@ -125,7 +125,7 @@ class Gateway:
         self.registry.on_leave = self.tasks.release
         self.registry.on_released = self.tasks.assign_pending
         #: Blob storage (local files or S3); clients are created on first use.
-        self.blobs = blobs or open_blob_store(
+        self.blobs = blobs or storage.open_blob_store(
             config.storage, config.database.data_dir, os.environ, clock
         )
         #: LLM routing (docs/llm.md); provider API keys are read from ``environ`` here, once.
@@ -207,7 +207,6 @@ class Gateway:
         #: same checks in the same order without an await per layer.
         self.stack: ASGIApp = self.security
         self.started_at = time.monotonic()
-        self._stop = asyncio.Event()
         limits = config.limits
         # Read on every request: looked up once here.
         self._read_timeout_s = limits.read_timeout_s
@@ -222,8 +221,19 @@ class Gateway:
         #: With one worker the in-flight gauge is read from the shedder at scrape
         #: time; in multiprocess mode each request moves it (slower, but summed).
         self._count_in_flight = metrics_dir is not None
-        #: Background tasks owned by the lifespan: started by startup(), ended by shutdown().
-        self._background: set[asyncio.Task[None]] = set()
+        #: Every feature's background work, run by the lifespan.
+        self.background = Background(
+            [
+                *self.registry.jobs(),
+                *self.tasks.jobs(config.registry.sweep_interval_s),
+                *self.events.jobs(self.metrics),
+                *self.streams.jobs(),
+                *self.deadlines.jobs(),
+                *self.llm.jobs(),
+                *storage.jobs(self.blobs),
+                *(self.webhook_worker.jobs(self.bus) if self.webhook_worker else ()),
+            ]
+        )
         self._static: dict[str, bytes] = {}
         self._health: tuple[float, dict[str, Any]] | None = None
         #: The encoded health document and the store status it was built from.
@@ -514,7 +524,6 @@ class Gateway:
     # -- lifecycle ------------------------------------------------------------
 
     async def startup(self) -> None:
-        self._stop.clear()
         tighten(self.config.database.data_dir, DIR_MODE)  # made by an older version: 0755
         await self.repos.open()
         if self.webhooks is not None:
@@ -522,15 +531,12 @@ class Gateway:
             if sealed:
                 log.info("webhooks: encrypted the clear-text secrets of %d webhooks", sealed)
         await self.llm.open()
-        await self._sweep_storage()
+        await storage.sweep_leftovers(self.blobs)
         self.started_at = time.monotonic()
         if self.metrics is not None:
             self.bus.on_publish = self.metrics.count_event
         self.events.open()
-        for job in self._loops():
-            task = asyncio.create_task(job)
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        self.background.start()
         await self.tasks.assign_pending()
         rate_limit = self._rate_limit_status()
         if "warning" in rate_limit:
@@ -553,16 +559,12 @@ class Gateway:
         await self.streams.close(1001, "server shutting down")
 
     async def shutdown(self) -> None:
-        self._stop.set()
+        self.background.stop.set()
         await self.close_streams()
         with contextlib.suppress(StoreUnavailable):
             await self.registry.flush()
         await self.events.close()  # the fan-out sends what is queued, then returns
-        if self._background:
-            _, pending = await asyncio.wait(self._background, timeout=SHUTDOWN_GRACE_S)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self.background.join(SHUTDOWN_GRACE_S)
         await self.tasks.close()
         if self.fanout is not None:
             await self.fanout.close()  # after the log: its last batches were fanned out
@@ -571,71 +573,6 @@ class Gateway:
         await self.blobs.close()
         await self.llm.close()
         await self.repos.close()
-
-    def _loops(self) -> list[Coroutine[Any, Any, None]]:
-        cfg = self.config.registry
-        return [
-            self._every(cfg.heartbeat_flush_interval_s, self.registry.flush),
-            self._every(cfg.sweep_interval_s, self.registry.sweep),
-            self._every(cfg.sweep_interval_s, self.tasks.expire_due),
-            self._every(self.config.events.trim_interval_s, self.events.trim),
-            self.events.run(),
-            self.streams.route(),
-            self._every(self.streams.tick_s, self.streams.sweep),
-            self._receive_fanout(),
-            self._every(self.deadlines.resolution_s, self.deadlines.tick),
-            self._every(self.config.llm.usage_flush_interval_s, self.llm.flush),
-            self._every(STORAGE_SWEEP_S, self._sweep_storage),
-            self._run_webhooks(),
-        ]
-
-    async def _run_webhooks(self) -> None:
-        """Match and deliver webhooks until shutdown; committed events wake the dispatcher."""
-        worker = self.webhook_worker
-        if worker is None:
-            return
-        committed = self.bus.subscribe(maxsize=1, policy="drop_oldest")
-
-        async def wake_on_events() -> None:
-            async for _ in committed:
-                worker.wake()
-
-        async with asyncio.TaskGroup() as group:
-            waking = group.create_task(wake_on_events())
-            await worker.run(self._stop)
-            committed.close()
-            waking.cancel()
-
-    async def _sweep_storage(self) -> None:
-        removed = await self.blobs.sweep()
-        if removed:
-            log.info("storage: removed %d temporary files left by interrupted uploads", removed)
-
-    async def _receive_fanout(self) -> None:
-        """Deliver events committed by other workers and instances until shutdown begins."""
-        if self.fanout is None:
-            return
-        async with asyncio.TaskGroup() as group:
-            receiving = group.create_task(self.fanout.run(self._deliver_remote))
-            await self._stop.wait()
-            receiving.cancel()
-
-    def _deliver_remote(self, event: Event) -> None:
-        if self.metrics is not None:
-            self.metrics.fanout_received.inc()
-        self.events.deliver(event)
-
-    async def _every(self, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
-        """Run ``job`` every ``seconds`` until shutdown; a failing run is logged, not fatal."""
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), seconds)
-            if self._stop.is_set():
-                return
-            try:
-                await job()
-            except Exception:
-                log.exception("background job %s failed", getattr(job, "__qualname__", job))
 
 
 def _build_limiter(config: Config, clock: Clock) -> RateLimiter:

@@ -17,6 +17,7 @@ from typing import Any
 
 from agentcore.errors import InvalidRequest, Overloaded
 from agentcore.http import Response, refusal
+from agentcore.lifecycle import Job, every
 from agentcore.metrics import Metrics
 from agentcore.types import ASGIApp, Receive, Scope, Send
 
@@ -153,5 +154,9 @@ class Deadlines:
         return len(late)
 
     async def tick(self) -> None:
-        """One sweep; the app runs it every ``resolution_s``."""
+        """One sweep (:meth:`jobs` runs it every ``resolution_s``)."""
         self.sweep()
+
+    def jobs(self) -> list[Job]:
+        """The watchdog: :meth:`tick` every ``resolution_s``."""
+        return [every(self.resolution_s, self.tick)]

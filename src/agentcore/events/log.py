@@ -39,15 +39,19 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentcore.clock import Clock
 from agentcore.config import EventsConfig
 from agentcore.errors import StoreUnavailable
 from agentcore.events.base import Event, EventFilter, Fanout
 from agentcore.events.memory import MemoryEventBus
+from agentcore.lifecycle import Job, every
 from agentcore.models import DEFAULT_TENANT
 from agentcore.repositories import Repositories
+
+if TYPE_CHECKING:
+    from agentcore.metrics import Metrics
 
 log = logging.getLogger("agentcore.events")
 
@@ -227,6 +231,28 @@ class EventLog:
                 await self.fanout.publish(batch)
             except Exception:  # boundary: the events are durable; remote streams can replay
                 log.exception("event fan-out failed")
+
+    def jobs(self, metrics: Metrics | None = None) -> list[Job]:
+        """Trimming every ``events.trim_interval_s``; the fan-out out (:meth:`run`,
+        until :meth:`close`) and in (events from other workers, until stopped)."""
+        trim = every(self._config.trim_interval_s, self.trim)
+        fanout = self.fanout
+        if fanout is None:
+            return [trim]
+        return [trim, lambda stop: self.run(), lambda stop: self._receive(fanout, stop, metrics)]
+
+    async def _receive(self, fanout: Fanout, stop: asyncio.Event, metrics: Metrics | None) -> None:
+        """Deliver events committed by other workers and instances until ``stop``."""
+
+        def deliver(event: Event) -> None:
+            if metrics is not None:
+                metrics.fanout_received.inc()
+            self.deliver(event)
+
+        async with asyncio.TaskGroup() as group:
+            receiving = group.create_task(fanout.run(deliver))
+            await stop.wait()
+            receiving.cancel()
 
     async def close(self) -> None:
         """Stop accepting changes; the fan-out sends what is queued, then ends."""

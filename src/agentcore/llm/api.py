@@ -35,6 +35,7 @@ from agentcore.errors import Forbidden, InvalidParams, ParseError, ProviderError
 from agentcore.http import Request, Response, safe_message, start
 from agentcore.identity import ANONYMOUS, IDENTITY, Identity
 from agentcore.jsonrpc import Context, Method
+from agentcore.lifecycle import Job, every
 from agentcore.llm.accounting import Accounting
 from agentcore.llm.catalog import Catalog, Requirements
 from agentcore.llm.completions import Caller, Completions, Result, Stream
@@ -181,6 +182,10 @@ class LlmApi:
 
     async def flush(self) -> None:
         await self.accounting.flush()
+
+    def jobs(self) -> list[Job]:
+        """Usage written to the store every ``llm.usage_flush_interval_s``."""
+        return [every(self.config.usage_flush_interval_s, self.flush)]
 
     async def close(self) -> None:
         with contextlib.suppress(StoreUnavailable):

@@ -56,6 +56,7 @@ from agentcore.events.memory import MemorySubscription
 from agentcore.events.patterns import classify
 from agentcore.events.repository import EventRepository
 from agentcore.identity import Identity
+from agentcore.lifecycle import Job, every
 from agentcore.metrics import Metrics
 from agentcore.realtime.feed import Feed
 from agentcore.tasks.service import TaskService
@@ -499,6 +500,10 @@ class Connections:
             self._metrics.stream_slow_consumers.inc()
 
     # -- the sweeper and shutdown ----------------------------------------------------
+
+    def jobs(self) -> list[Job]:
+        """The router (until :meth:`close`) and the sweeper, every :attr:`tick_s`."""
+        return [lambda stop: self.route(), every(self.tick_s, self.sweep)]
 
     async def sweep(self) -> None:
         """One visit to every connection: keepalive pings, idle closes, heartbeats,

@@ -28,6 +28,7 @@ from agentcore.config import RegistryConfig
 from agentcore.entropy import random_hex
 from agentcore.errors import AgentAlreadyExists, AgentNotFound
 from agentcore.events.log import Change, EventLog
+from agentcore.lifecycle import Job, every
 from agentcore.models import DEFAULT_TENANT, Agent, AgentCard, AgentQuery, AgentStatus
 from agentcore.registry.repository import AgentRepository
 
@@ -209,6 +210,14 @@ class Registry:
         self._active_until.pop(key, None)
         if released and self.on_released is not None:
             await self.on_released()
+
+    def jobs(self) -> list[Job]:
+        """The heartbeat flush and the sweep, each at its configured interval."""
+        config = self._config
+        return [
+            every(config.heartbeat_flush_interval_s, self.flush),
+            every(config.sweep_interval_s, self.sweep),
+        ]
 
     async def flush(self) -> int:
         """Write pending heartbeats in one batch; returns how many."""

@@ -1,17 +1,26 @@
-"""Blob storage: :func:`open_blob_store` picks the backend from ``[storage]``."""
+"""Blob storage: :func:`open_blob_store` picks the backend from ``[storage]``;
+:func:`sweep_leftovers` clears what interrupted uploads left, at startup and
+then periodically (:func:`jobs`)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 from agentcore.clock import Clock, system_clock
 from agentcore.config import StorageConfig
 from agentcore.errors import ConfigError
+from agentcore.lifecycle import Job, every
 from agentcore.storage.base import BlobStore, ObjectInfo
 from agentcore.storage.local import LocalBlobStore
 
-__all__ = ["BlobStore", "ObjectInfo", "open_blob_store"]
+__all__ = ["BlobStore", "ObjectInfo", "jobs", "open_blob_store", "sweep_leftovers"]
+
+log = logging.getLogger("agentcore")
+
+#: Seconds between sweeps of what crashed uploads left in storage (also run at startup).
+SWEEP_INTERVAL_S = 600.0
 
 
 def open_blob_store(
@@ -44,3 +53,19 @@ def open_blob_store(
             clock=clock,
         )
     return LocalBlobStore(Path(data_dir) / "storage", clock)
+
+
+async def sweep_leftovers(blobs: BlobStore) -> None:
+    """Remove the temporary files of uploads cut off by a crash (:meth:`BlobStore.sweep`)."""
+    removed = await blobs.sweep()
+    if removed:
+        log.info("storage: removed %d temporary files left by interrupted uploads", removed)
+
+
+def jobs(blobs: BlobStore) -> list[Job]:
+    """:func:`sweep_leftovers` every :data:`SWEEP_INTERVAL_S`."""
+
+    async def sweep_storage() -> None:
+        await sweep_leftovers(blobs)
+
+    return [every(SWEEP_INTERVAL_S, sweep_storage)]

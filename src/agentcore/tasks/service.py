@@ -32,6 +32,7 @@ from agentcore.entropy import random_hex
 from agentcore.errors import Forbidden, InvalidTransition, TaskAlreadyExists, TaskNotFound
 from agentcore.events.base import TASKS_SOURCE
 from agentcore.events.log import Change, EventLog
+from agentcore.lifecycle import Job, every
 from agentcore.models import (
     DEFAULT_TENANT,
     Task,
@@ -391,6 +392,11 @@ class TaskService:
             tenant,
             self._emitting("task.cancelled", reason=reason),
         )
+
+    def jobs(self, sweep_interval_s: float) -> list[Job]:
+        """The deadline sweep, every ``sweep_interval_s`` (``registry.sweep_interval_s``,
+        which sweeps agents and tasks alike)."""
+        return [every(sweep_interval_s, self.expire_due)]
 
     async def expire_due(self) -> list[str]:
         """Move assigned or running tasks past their deadline to ``timed_out``, in one change."""

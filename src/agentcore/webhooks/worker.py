@@ -20,6 +20,7 @@ from agentcore.errors import ConfigError
 from agentcore.events.base import Publisher
 from agentcore.events.log import EventLog
 from agentcore.events.memory import MemoryEventBus
+from agentcore.lifecycle import Job
 from agentcore.metrics import Metrics
 from agentcore.repositories import MemoryRepositories, open_repositories
 from agentcore.webhooks.delivery import DeliveryWorker, wait_any
@@ -69,6 +70,24 @@ class WebhookWorker:
                 group.create_task(self.delivery.run(stop))
         finally:
             await self.sender.close()
+
+    def jobs(self, hub: MemoryEventBus) -> list[Job]:
+        """Inside the gateway: :meth:`run`, woken by the events committed to ``hub``."""
+        return [lambda stop: self._run_woken(stop, hub)]
+
+    async def _run_woken(self, stop: asyncio.Event, hub: MemoryEventBus) -> None:
+        """Match and deliver until ``stop``; committed events wake the dispatcher."""
+        committed = hub.subscribe(maxsize=1, policy="drop_oldest")
+
+        async def wake_on_events() -> None:
+            async for _ in committed:
+                self.wake()
+
+        async with asyncio.TaskGroup() as group:
+            waking = group.create_task(wake_on_events())
+            await self.run(stop)
+            committed.close()
+            waking.cancel()
 
     async def _dispatch(self, stop: asyncio.Event) -> None:
         batch = self._config.batch_size
