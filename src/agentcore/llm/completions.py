@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from agentcore.errors import (
     AgentCoreError,
@@ -33,7 +33,7 @@ from agentcore.errors import (
 )
 from agentcore.llm.accounting import Accounting
 from agentcore.llm.catalog import Catalog, Model, Requirements
-from agentcore.llm.providers.base import ChatRequest, Chunk, Completion
+from agentcore.llm.providers.base import ChatRequest, Chunk, Completion, Provider
 from agentcore.llm.router import Attempt, Decision, ModelRouter
 from agentcore.ratelimit.memory import MemoryRateLimiter
 
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from prometheus_client import Histogram
 
     from agentcore.metrics import Metrics
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,19 @@ class Result:
     #: Seconds spent waiting on providers, failed attempts included.
     provider_s: float
     cost: float
+
+
+@dataclass(slots=True)
+class _Answer(Generic[T]):
+    """The first candidate's answer (a completion, or a stream's first chunk)."""
+
+    model: Model
+    value: T
+    #: Seconds the answering attempt took.
+    elapsed: float
+    #: Seconds spent on every attempt, this one included.
+    provider_s: float
+    decision: Decision
 
 
 class Completions:
@@ -81,44 +96,54 @@ class Completions:
         self._latency: dict[str, Histogram] = {}
 
     async def complete(self, request: ChatRequest, req: Requirements, caller: Caller) -> Result:
-        self.accounting.check(caller.tenant)
-        candidates, decision = self.router.plan(req, request.needs)
-        deadline = time.monotonic() + self.total_timeout_s
-        failure: AgentCoreError | None = None
-        provider_s = 0.0
-        for model in candidates:
-            if not self._admit(model, request, decision, deadline):
-                continue
-            provider = self.catalog.providers[model.provider].provider
-            started = time.perf_counter()
-            model.in_flight += 1
-            settled = False
-            try:
-                async with asyncio.timeout(deadline - time.monotonic()):
-                    completion = await provider.complete(request, model.name, deadline)
-                settled = True
-            except TimeoutError:
-                failure = ProviderTimeout(f"provider {model.provider} did not answer in time")
-            except ProviderRejected as exc:
-                settled = True
-                elapsed = time.perf_counter() - started
-                self._rejected(model, exc, elapsed, decision, caller)
-                raise _with_decision(exc, decision) from exc
-            except ProviderError as exc:
-                failure = exc
-            finally:
-                model.in_flight -= 1
-            elapsed = time.perf_counter() - started
-            provider_s += elapsed
-            if not settled:
-                assert failure is not None
-                self._failed(model, failure, elapsed, decision, caller)
-                continue
-            return self._succeeded(model, completion, elapsed, provider_s, decision, caller)
-        raise _with_decision(self._exhausted(failure, deadline), decision)
+        async def call(provider: Provider, model: Model, deadline: float) -> Completion:
+            return await provider.complete(request, model.name, deadline)
+
+        answer = await self._first_answer(request, req, caller, call, "did not answer in time")
+        model, completion = answer.model, answer.value
+        model.in_flight -= 1
+        cost = self._settled(
+            model, completion.prompt_tokens, completion.completion_tokens, answer.elapsed, caller
+        )
+        return Result(completion, model, answer.decision, answer.provider_s, cost)
 
     async def stream(self, request: ChatRequest, req: Requirements, caller: Caller) -> Stream:
         """The stream of the first candidate that produced a chunk."""
+
+        async def call(
+            provider: Provider, model: Model, deadline: float
+        ) -> tuple[Chunk, AsyncGenerator[Chunk, None]]:
+            chunks = provider.stream(request, model.name, deadline)
+            try:
+                return await anext(chunks), chunks
+            except StopAsyncIteration:
+                raise ProviderError(f"provider {model.provider} sent an empty stream") from None
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await chunks.aclose()
+                raise
+
+        answer = await self._first_answer(request, req, caller, call, "sent nothing in time")
+        first, rest = answer.value
+        return Stream(
+            self, request, answer.model, caller, answer.decision, first, rest, answer.provider_s
+        )
+
+    async def _first_answer(
+        self,
+        request: ChatRequest,
+        req: Requirements,
+        caller: Caller,
+        call: Callable[[Provider, Model, float], Awaitable[T]],
+        late: str,
+    ) -> _Answer[T]:
+        """What ``call`` returns for the first candidate that answers in time.
+
+        Candidates are tried in route order (see the module docstring for when
+        one is skipped or left for the next). The answering model keeps its
+        in-flight count and its circuit's trial: the caller settles both when
+        the answer is complete. ``late`` says how a timed-out candidate failed.
+        """
         self.accounting.check(caller.tenant)
         candidates, decision = self.router.plan(req, request.needs)
         deadline = time.monotonic() + self.total_timeout_s
@@ -130,40 +155,29 @@ class Completions:
             provider = self.catalog.providers[model.provider].provider
             started = time.perf_counter()
             model.in_flight += 1
-            chunks = provider.stream(request, model.name, deadline)
             try:
                 async with asyncio.timeout(deadline - time.monotonic()):
-                    first = await anext(chunks)
-            except (TimeoutError, StopAsyncIteration, ProviderError) as exc:
-                model.in_flight -= 1
-                with contextlib.suppress(Exception):
-                    await chunks.aclose()
-                elapsed = time.perf_counter() - started
-                provider_s += elapsed
-                if isinstance(exc, ProviderRejected):
-                    self._rejected(model, exc, elapsed, decision, caller)
-                    raise _with_decision(exc, decision) from exc
-                failure = (
-                    exc
-                    if isinstance(exc, ProviderError)
-                    else ProviderTimeout(f"provider {model.provider} sent nothing in time")
-                    if isinstance(exc, TimeoutError)
-                    else ProviderError(f"provider {model.provider} sent an empty stream")
-                )
-                self._failed(model, failure, elapsed, decision, caller)
-                continue
-            except BaseException:
+                    value = await call(provider, model, deadline)
+            except TimeoutError:
+                failure = ProviderTimeout(f"provider {model.provider} {late}")
+            except (ProviderError, ProviderRejected) as exc:
+                failure = exc
+            except BaseException:  # cancelled (or a bug): no verdict on the provider
                 model.in_flight -= 1
                 model.circuit.abandoned()
-                with contextlib.suppress(Exception):
-                    await chunks.aclose()
                 raise
+            else:
+                elapsed = time.perf_counter() - started
+                self._observe(model, elapsed)
+                decision.attempts.append(Attempt(model.key, "ok", elapsed * 1000))
+                return _Answer(model, value, elapsed, provider_s + elapsed, decision)
+            model.in_flight -= 1
             elapsed = time.perf_counter() - started
-            self._observe(model, elapsed)
-            decision.attempts.append(Attempt(model.key, "ok", elapsed * 1000))
-            return Stream(
-                self, request, model, caller, decision, first, chunks, provider_s + elapsed
-            )
+            provider_s += elapsed
+            if isinstance(failure, ProviderRejected):
+                self._rejected(model, failure, elapsed, decision, caller)
+                raise _with_decision(failure, decision) from failure
+            self._failed(model, failure, elapsed, decision, caller)
         raise _with_decision(self._exhausted(failure, deadline), decision)
 
     # -- bookkeeping ------------------------------------------------------------
@@ -193,30 +207,28 @@ class Completions:
             return False
         return True
 
-    def _succeeded(
+    def _settled(
         self,
         model: Model,
-        completion: Completion,
+        prompt_tokens: int,
+        completion_tokens: int,
         elapsed: float,
-        provider_s: float,
-        decision: Decision,
         caller: Caller,
-    ) -> Result:
+    ) -> float:
+        """Record a complete answer of ``model`` that took ``elapsed`` seconds; its cost."""
         model.circuit.succeeded()
         model.latency.observe(elapsed * 1000)
-        cost = model.cost(completion.prompt_tokens, completion.completion_tokens)
+        cost = model.cost(prompt_tokens, completion_tokens)
         self.accounting.record(
             caller.tenant,
             caller.agent,
             model.provider,
             model.name,
-            completion.prompt_tokens,
-            completion.completion_tokens,
+            prompt_tokens,
+            completion_tokens,
             cost,
         )
-        self._observe(model, elapsed)
-        decision.attempts.append(Attempt(model.key, "ok", elapsed * 1000))
-        return Result(completion, model, decision, provider_s, cost)
+        return cost
 
     def _observe(self, model: Model, elapsed: float) -> None:
         if self._metrics is None:
@@ -337,19 +349,10 @@ class Stream:
         return chunk
 
     def _finish(self) -> None:
-        model = self.model
         if not self._usage:  # the provider sent no usage: estimate (about 4 characters a token)
             self.prompt_tokens = self._request.prompt_estimate()
             self.completion_tokens = (self._chars + 3) // 4
-        model.circuit.succeeded()
-        model.latency.observe((time.perf_counter() - self._started) * 1000)
-        cost = model.cost(self.prompt_tokens, self.completion_tokens)
-        self._owner.accounting.record(
-            self.caller.tenant,
-            self.caller.agent,
-            model.provider,
-            model.name,
-            self.prompt_tokens,
-            self.completion_tokens,
-            cost,
+        elapsed = time.perf_counter() - self._started
+        self._owner._settled(
+            self.model, self.prompt_tokens, self.completion_tokens, elapsed, self.caller
         )
