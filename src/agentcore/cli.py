@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from agentcore import __version__, apikeys
+from agentcore import __version__, apikeys, extras
 from agentcore.apikeys import ApiKeyRepository
 from agentcore.auth import check_bind
 from agentcore.config import Config, load_config, to_masked_dict
@@ -315,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _load(args)
         if args.command == "serve":
             check_bind(config.server.host, config.auth, insecure=args.insecure)
+            extras.check(config)  # a missing backend library, here rather than in each worker
             if config.auth.mode == "jwt":
                 # PyJWT loads only in jwt mode, as in auth.StoreAuthenticator.
                 from agentcore.tokens import JwtVerifier

@@ -76,6 +76,7 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import multiprocess
 
+from agentcore import extras
 from agentcore.app import Gateway, create_app
 from agentcore.config import Config
 from agentcore.datadir import private_dir
@@ -180,6 +181,7 @@ def serve(config: Config) -> None:
 
 
 def _serve_granian(config: Config, connections: int) -> None:
+    extras.GRANIAN.require()
     from granian.constants import Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.log import LogLevels

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from agentcore import extras
 from agentcore.clock import Clock, system_clock
 from agentcore.config import StorageConfig
 from agentcore.errors import ConfigError
@@ -35,6 +36,7 @@ def open_blob_store(
     ``s3_secret_key_env`` name (the caller, at the edge, passes ``os.environ``).
     """
     if config.backend == "s3":
+        extras.S3.require()  # boto3 is imported on first use; a missing one stops startup
         from agentcore.storage.s3 import S3BlobStore
 
         credentials = []

@@ -8,39 +8,54 @@ first write, and a unit whose only write is its last one sends that write
 and the events it causes as one statement, which commits on its own: a
 task's creation or transition is a read and one statement, not BEGIN, a
 read, two writes and COMMIT (asyncpg cannot pipeline them).
+
+asyncpg comes with the ``postgres`` extra (``extras.py``): it is imported when
+a :class:`PostgresDatabase` is made, so the gateway imports without it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
-import asyncpg
-
 from agentcore.errors import QueryTimeout, StoreUnavailable
+from agentcore.extras import POSTGRES
 from agentcore.store.database import Driver, Fuse
 
-_UNAVAILABLE = (
-    OSError,  # includes TimeoutError
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-)
+
+def _driver() -> Any:
+    """asyncpg, or :class:`ConfigError` naming the extra that installs it."""
+    return POSTGRES.require()
+
+
+@functools.cache
+def _unavailable() -> tuple[type[BaseException], ...]:
+    """What asyncpg raises when the server cannot be reached or used."""
+    asyncpg = _driver()
+    return (
+        OSError,  # includes TimeoutError
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.CannotConnectNowError,
+    )
 
 
 @contextmanager
 def _translated() -> Iterator[None]:
+    # The except clauses are evaluated only when something was raised, which
+    # only a database opened (so asyncpg imported) can do.
     try:
         yield
-    except asyncpg.QueryCanceledError as exc:
+    except _driver().QueryCanceledError as exc:
         raise QueryTimeout(
             f"the query ran past the statement time limit and was stopped ({exc}); "
             "narrow it (filters, a smaller limit) or page with a cursor"
         ) from exc
-    except _UNAVAILABLE as exc:
+    except _unavailable() as exc:
         raise StoreUnavailable(f"postgresql: {exc}") from exc
 
 
@@ -169,6 +184,7 @@ class PostgresDatabase:
         max_size: int = 10,
         statement_timeout_s: float = 1.0,
     ) -> None:
+        self._asyncpg = _driver()  # chosen here: a missing driver stops startup
         self._dsn = dsn
         self._min_size = min_size
         self._max_size = max_size
@@ -184,7 +200,7 @@ class PostgresDatabase:
         """Any refusal while connecting (auth, unknown database) is ``StoreUnavailable`` too."""
         self._slots = asyncio.Semaphore(self._max_size)
         try:
-            self._pool = await asyncpg.create_pool(
+            self._pool = await self._asyncpg.create_pool(
                 self._dsn,
                 min_size=self._min_size,
                 max_size=self._max_size,
@@ -201,7 +217,7 @@ class PostgresDatabase:
                     "max_parallel_workers_per_gather": "0",
                 },
             )
-        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+        except (*_unavailable(), self._asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"postgresql: {exc}") from exc
 
     def serve(self) -> None:
