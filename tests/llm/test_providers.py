@@ -103,3 +103,24 @@ async def test_a_stream_without_its_end_marker(connect: Connect) -> None:
 
     with pytest.raises(ProviderError, match="ended the stream without"):
         await collect(connect(app), "x")
+
+
+@pytest.mark.parametrize("key", [KEY, ""])
+@pytest.mark.parametrize("kind", [OpenAIProvider, AnthropicProvider])
+async def test_each_kind_sends_the_key_in_its_own_header_and_none_without_one(
+    kind: type[OpenAIProvider] | type[AnthropicProvider], key: str
+) -> None:
+    fake = FakeLlm()
+    provider = kind("p", "http://fake.test/v1", key, connector=MemoryTransport.connector(fake))
+    try:
+        await provider.complete(ask("x"), "fake-small", later())
+    finally:
+        await provider.close()
+    sent = fake.headers[-1]
+    assert sent["content-type"] == "application/json"
+    name, value = (
+        ("authorization", f"Bearer {key}") if kind is OpenAIProvider else ("x-api-key", key)
+    )
+    assert sent.get(name) == (value if key else None)
+    assert "authorization" not in sent or kind is OpenAIProvider
+    assert "x-api-key" not in sent or kind is AnthropicProvider

@@ -28,12 +28,10 @@ from agentcore.llm.providers.base import (
     ChatRequest,
     Chunk,
     Completion,
+    HttpProvider,
     error_message,
-    http_failure,
     sse_data,
 )
-from agentcore.llm.transport.base import Connector, Endpoint
-from agentcore.llm.transport.http import HttpTransport
 
 API_VERSION = "2023-06-01"
 #: Anthropic requires ``max_tokens``; used when the caller gives none.
@@ -51,32 +49,18 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
 
-class AnthropicProvider:
-    def __init__(
-        self,
-        name: str,
-        base_url: str,
-        api_key: str = "",
-        *,
-        timeout_s: float = 30.0,
-        connect_timeout_s: float = 5.0,
-        max_connections: int = 100,
-        connector: Connector = HttpTransport,
-    ) -> None:
-        self.name = name
-        self._key = api_key
-        headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
+class AnthropicProvider(HttpProvider):
+    def _headers(self, api_key: str) -> dict[str, str]:
+        headers = {"anthropic-version": API_VERSION}
         if api_key:
             headers["x-api-key"] = api_key
-        self._transport = connector(
-            Endpoint(name, base_url, headers, timeout_s, connect_timeout_s, max_connections)
-        )
+        return headers
 
     async def complete(self, request: ChatRequest, model: str, deadline: float) -> Completion:
         body = _encode(to_messages(request.body, model))
         reply = await self._transport.post("messages", body, deadline)
         if reply.status != 200:
-            raise http_failure(self.name, reply.status, error_message(reply.body), self._key)
+            raise self._refused(reply.status, reply.body)
         try:
             return from_message(_decode(reply.body), model)
         except (
@@ -97,9 +81,7 @@ class AnthropicProvider:
         translator = StreamTranslator(model)
         async with self._transport.stream("messages", body, deadline) as reply:
             if reply.status != 200:
-                raise http_failure(
-                    self.name, reply.status, error_message(await reply.read()), self._key
-                )
+                raise self._refused(reply.status, await reply.read())
             async for data in sse_data(reply.lines()):
                 try:
                     event = _decode(data)
@@ -118,9 +100,6 @@ class AnthropicProvider:
                 if translator.done:
                     return
         raise ProviderError(f"provider {self.name} ended the stream without message_stop")
-
-    async def close(self) -> None:
-        await self._transport.close()
 
 
 # -- OpenAI -> Anthropic --------------------------------------------------------

@@ -14,6 +14,10 @@ answers into the rest of the error tree:
   an answer that is not a completion (falls back);
 - :class:`~agentcore.errors.ProviderRejected`: other 4xx, the caller's
   request is at fault (returned, not retried).
+
+Both wire formats (``openai.py``, ``anthropic.py``) are an
+:class:`HttpProvider`: a name, a key and one transport to the base URL;
+each says only how its key goes in the headers and what it sends.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Any, Protocol
 import msgspec
 
 from agentcore.errors import AgentCoreError, ProviderError, ProviderRejected
+from agentcore.llm.transport.base import Connector, Endpoint
+from agentcore.llm.transport.http import HttpTransport
 
 #: An OpenAI ``chat.completion.chunk`` object.
 Chunk = dict[str, Any]
@@ -92,6 +98,43 @@ class Provider(Protocol):
         a cut-off stream raises :class:`~agentcore.errors.ProviderError`."""
 
     async def close(self) -> None: ...
+
+
+class HttpProvider:
+    """A provider reached over HTTP: its name, its key and one transport to ``base_url``.
+
+    The key goes only into the headers :meth:`_headers` makes and is
+    scrubbed from every error message (:meth:`_refused`).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        api_key: str = "",
+        *,
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
+        max_connections: int = 100,
+        connector: Connector = HttpTransport,
+    ) -> None:
+        self.name = name
+        self._key = api_key
+        headers = {"content-type": "application/json", **self._headers(api_key)}
+        self._transport = connector(
+            Endpoint(name, base_url, headers, timeout_s, connect_timeout_s, max_connections)
+        )
+
+    def _headers(self, api_key: str) -> dict[str, str]:
+        """The headers every request carries besides the content type (the key, when given)."""
+        return {}
+
+    def _refused(self, status: int, body: bytes) -> AgentCoreError:
+        """The error for a non-2xx answer with ``body``: see :func:`http_failure`."""
+        return http_failure(self.name, status, error_message(body), self._key)
+
+    async def close(self) -> None:
+        await self._transport.close()
 
 
 def http_failure(provider: str, status: int, message: str, secret: str) -> AgentCoreError:

@@ -18,37 +18,18 @@ from agentcore.llm.providers.base import (
     ChatRequest,
     Chunk,
     Completion,
+    HttpProvider,
     error_message,
-    http_failure,
     sse_data,
 )
-from agentcore.llm.transport.base import Connector, Endpoint
-from agentcore.llm.transport.http import HttpTransport
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
 
-class OpenAIProvider:
-    def __init__(
-        self,
-        name: str,
-        base_url: str,
-        api_key: str = "",
-        *,
-        timeout_s: float = 30.0,
-        connect_timeout_s: float = 5.0,
-        max_connections: int = 100,
-        connector: Connector = HttpTransport,
-    ) -> None:
-        self.name = name
-        self._key = api_key
-        headers = {"content-type": "application/json"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self._transport = connector(
-            Endpoint(name, base_url, headers, timeout_s, connect_timeout_s, max_connections)
-        )
+class OpenAIProvider(HttpProvider):
+    def _headers(self, api_key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
     async def complete(self, request: ChatRequest, model: str, deadline: float) -> Completion:
         body = {**request.body, "model": model}
@@ -56,7 +37,7 @@ class OpenAIProvider:
         body.pop("stream_options", None)
         reply = await self._transport.post("chat/completions", _encode(body), deadline)
         if reply.status != 200:
-            raise http_failure(self.name, reply.status, error_message(reply.body), self._key)
+            raise self._refused(reply.status, reply.body)
         return parse_completion(self.name, reply.body)
 
     async def stream(
@@ -70,9 +51,7 @@ class OpenAIProvider:
         }
         async with self._transport.stream("chat/completions", _encode(body), deadline) as reply:
             if reply.status != 200:
-                raise http_failure(
-                    self.name, reply.status, error_message(await reply.read()), self._key
-                )
+                raise self._refused(reply.status, await reply.read())
             async for data in sse_data(reply.lines()):
                 if data == "[DONE]":
                     return
@@ -90,9 +69,6 @@ class OpenAIProvider:
                     )
                 yield chunk
         raise ProviderError(f"provider {self.name} ended the stream without [DONE]")
-
-    async def close(self) -> None:
-        await self._transport.close()
 
 
 def parse_completion(provider: str, content: bytes) -> Completion:
