@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,11 @@ from agentcore.app import Gateway, create_app
 from agentcore.clock import ManualClock
 from agentcore.config import Config, build_config
 from agentcore.events.base import Event, Subscription
+from agentcore.http import Admission
 from agentcore.models import Agent, AgentCard, AgentStatus, Capability, Task, TaskStatus
 from agentcore.registry.repository import AgentTable
 from agentcore.repositories import MemoryRepositories, Repositories, SqlRepositories
+from agentcore.types import Message, Scope
 
 REQUIRE_SERVICES = os.environ.get("AGENTCORE_REQUIRE_SERVICES") == "1"
 
@@ -282,3 +284,21 @@ async def collect(subscription: Subscription) -> list[Event]:
     """Close ``subscription`` and return the events it still holds, oldest first."""
     subscription.close()
     return [event async for event in subscription]
+
+
+async def refused_status(admission: Admission, scope: Scope) -> int | None:
+    """The HTTP status a check's ``admit`` refuses ``scope`` with; None when it admits."""
+    refused = await admission if isinstance(admission, Coroutine) else admission
+    if refused is None:
+        return None
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await refused(scope, receive, send)
+    status: int = sent[0]["status"]
+    return status

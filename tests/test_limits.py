@@ -20,8 +20,8 @@ from agentcore.auth import AuthMiddleware
 from agentcore.errors import Unauthorized
 from agentcore.identity import Identity
 from agentcore.metrics import Metrics
-from agentcore.types import Message, Receive, Scope, Send
-from tests.support import gateway_client, make_config
+from agentcore.types import Message, Receive, Scope
+from tests.support import gateway_client, make_config, refused_status
 
 JSONRPC = "/api/v1/jsonrpc"
 #: The body type every JSON-RPC POST declares (others are 415, security.py).
@@ -408,25 +408,15 @@ class RejectingAuthenticator:
         raise Unauthorized("invalid credential")
 
 
-async def _refuse(auth: AuthMiddleware, headers: list[tuple[bytes, bytes]]) -> int:
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
+async def _refuse(auth: AuthMiddleware, headers: list[tuple[bytes, bytes]]) -> int | None:
     scope: Scope = {"type": "http", "method": "POST", "path": JSONRPC, "headers": headers}
-    await auth(scope, never, send)
-    status: int = sent[0]["status"]
-    return status
+    return await refused_status(auth.admit(scope), scope)
 
 
 async def test_unauthorized_requests_are_counted_by_reason() -> None:
     metrics = Metrics()
 
-    async def unreachable(scope: Scope, receive: Receive, send: Send) -> None:
-        raise AssertionError("an unauthenticated request reached the app")
-
-    auth = AuthMiddleware(unreachable, RejectingAuthenticator(), metrics=metrics)
+    auth = AuthMiddleware(RejectingAuthenticator(), metrics=metrics)
     statuses = [
         await _refuse(auth, []),
         await _refuse(auth, [(b"authorization", b"Bearer nope")]),

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from agentcore.app import Gateway
+from agentcore.http import RESPONSE_HEADERS
 from agentcore.proxies import TrustedProxies
 from agentcore.security import SecurityMiddleware, canonical_origin, host_allowed, host_names
-from agentcore.types import Message, Receive, Scope, Send
+from agentcore.types import Scope
 from tests.support import ServerProcess, gateway_client, make_config
 
 JSONRPC = "/api/v1/jsonrpc"
@@ -187,27 +187,16 @@ async def test_preflight_is_answered_before_authentication_and_rate_limits() -> 
     assert statuses == [204, 204, 204]
 
 
-async def test_websocket_scopes_pass_through_untouched(gateway: Gateway) -> None:
-    sent: list[Message] = []
-
-    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "websocket.accept", "headers": []})
-
-    async def receive() -> Message:
-        return {"type": "websocket.connect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    middleware = SecurityMiddleware(inner, cors_origins=[APP_ORIGIN], hsts=True)
+def test_websocket_scopes_pass_through_untouched() -> None:
+    middleware = SecurityMiddleware(cors_origins=[APP_ORIGIN], hsts=True)
     scope: Scope = {
         "type": "websocket",
         "path": "/ws",
         "headers": [(b"origin", APP_ORIGIN.encode())],
     }
-    await middleware(scope, receive, send)
 
-    assert sent == [{"type": "websocket.accept", "headers": []}]
+    assert middleware.admit_websocket(scope) is None
+    assert RESPONSE_HEADERS not in scope  # HTTP response headers are no WebSocket's business
 
 
 @pytest.mark.parametrize(
@@ -255,12 +244,12 @@ def websocket_scope(*headers: tuple[str, str], peer: str = "127.0.0.1") -> Scope
 def test_own_origin_is_the_requests_scheme_and_host(
     headers: tuple[tuple[str, str], ...], own: str | None
 ) -> None:
-    middleware = SecurityMiddleware(_refuse)
+    middleware = SecurityMiddleware()
     assert middleware.own_origin(websocket_scope(*headers)) == own
 
 
 def test_a_trusted_proxy_forwards_the_scheme_and_host() -> None:
-    middleware = SecurityMiddleware(_refuse, proxies=TrustedProxies(["10.0.0.0/8"]))
+    middleware = SecurityMiddleware(proxies=TrustedProxies(["10.0.0.0/8"]))
     forwarded = (
         ("host", "10.0.0.2:8001"),
         ("x-forwarded-proto", "https, http"),  # the first: what the client spoke
@@ -272,10 +261,6 @@ def test_a_trusted_proxy_forwards_the_scheme_and_host() -> None:
     assert middleware.own_origin(websocket_scope(*forwarded, peer="192.0.2.1")) == (
         "http://10.0.0.2:8001"
     )
-
-
-async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
-    raise AssertionError("not reached")
 
 
 # -- writes a page could forge, and DNS rebinding -------------------------------------

@@ -29,7 +29,7 @@ from agentcore.apikeys import ApiKeyRepository
 from agentcore.clock import Clock
 from agentcore.config import AuthConfig
 from agentcore.errors import AgentCoreError, ConfigError, Unauthorized
-from agentcore.http import Admission, proceed, refusal
+from agentcore.http import Admission, refusal
 from agentcore.identity import ANONYMOUS, IDENTITY, Identity
 from agentcore.metrics import Metrics
 from agentcore.types import ASGIApp, Receive, Scope, Send
@@ -68,15 +68,16 @@ def credential_of(scope: Scope) -> str | None:
 
 
 class AuthMiddleware:
+    """The second check of the protection chain (protection.py), for HTTP
+    requests and WebSocket handshakes alike."""
+
     def __init__(
         self,
-        app: ASGIApp,
         authenticator: Authenticator | None,
         *,
         protect_metrics: bool = False,
         metrics: Metrics | None = None,
     ) -> None:
-        self.app = app
         self.authenticator = authenticator
         self.open_paths = OPEN_PATHS if protect_metrics else OPEN_PATHS | {"/metrics"}
         self._metrics = metrics
@@ -84,12 +85,6 @@ class AuthMiddleware:
         self._verified = (
             authenticator.verified if isinstance(authenticator, StoreAuthenticator) else None
         )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        await proceed(self.app, self.admit(scope), scope, receive, send)
 
     def admit(self, scope: Scope) -> Admission:
         """For an HTTP or WebSocket request: its identity (in the scope), else the

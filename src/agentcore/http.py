@@ -264,18 +264,9 @@ def error_response(exc: AgentCoreError, path: str | None = None) -> Response:
     return Response(exc.status, body, headers=list(exc.headers) or None)
 
 
-#: What a middleware's ``admit`` gives: None (go on), the ASGI app that answers
-#: instead (a refusal), or, when deciding has to wait, a coroutine giving one of those.
+#: What a check's ``admit`` gives (protection.py): None (go on), the ASGI app that
+#: answers instead (a refusal), or, when deciding has to wait, a coroutine giving one of those.
 Admission: TypeAlias = "ASGIApp | Coroutine[Any, Any, ASGIApp | None] | None"
-
-
-async def proceed(
-    app: ASGIApp, admission: Admission, scope: Scope, receive: Receive, send: Send
-) -> None:
-    """Go on to ``app``, or answer with the refusal an ``admit`` gave (a middleware's
-    ``__call__``)."""
-    refused = await admission if isinstance(admission, Coroutine) else admission
-    await (refused or app)(scope, receive, send)
 
 
 def refusal(

@@ -5,7 +5,9 @@ Load shedding bounds the requests one worker handles at once. Past
 immediately, instead of queueing into latency collapse. Per-client rate limits
 sit in front of it, so one client's burst meets 429s first; shedding is the
 last line for overload that no single client causes. WebSockets and SSE
-streams are not counted (they are long-lived by design).
+streams are not counted (they are long-lived by design): the protection
+chain (protection.py) asks :meth:`LoadShedMiddleware.enter` for other HTTP
+requests only.
 """
 
 from __future__ import annotations
@@ -19,39 +21,27 @@ from agentcore.errors import InvalidRequest, Overloaded
 from agentcore.http import Response, refusal
 from agentcore.lifecycle import Job, every
 from agentcore.metrics import Metrics
-from agentcore.types import ASGIApp, Receive, Scope, Send
+from agentcore.types import Scope
 
 RETRY_AFTER = [(b"retry-after", b"1")]
 
 
 class LoadShedMiddleware:
+    """The last check of the protection chain: :meth:`enter` before a request,
+    :meth:`leave` after it."""
+
     def __init__(
         self,
-        app: ASGIApp,
         max_in_flight: int,
         metrics: Metrics | None = None,
         *,
         streams: Collection[str] = (),
     ) -> None:
-        self.app = app
         #: Paths of long-lived HTTP streams (SSE): passed through, never counted.
         self.streams = frozenset(streams)
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self._metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.streams:
-            await self.app(scope, receive, send)
-            return
-        refused = self.enter(scope)
-        if refused is not None:
-            await refused(scope, receive, send)
-            return
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.leave()
 
     def enter(self, scope: Scope) -> Response | None:
         """Count one more request in flight (the caller calls :meth:`leave` when it

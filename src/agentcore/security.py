@@ -49,9 +49,9 @@ from agentcore.errors import (
     MisdirectedRequest,
     UnsupportedMediaType,
 )
-from agentcore.http import RESPONSE_HEADERS, Response, proceed, refusal
+from agentcore.http import RESPONSE_HEADERS, Response, refusal
 from agentcore.proxies import TrustedProxies
-from agentcore.types import ASGIApp, Receive, Scope, Send
+from agentcore.types import Scope
 
 BASE_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -128,9 +128,11 @@ def canonical_origin(origin: str) -> str | None:
 
 
 class SecurityMiddleware:
+    """The first check of the protection chain (protection.py): :meth:`admit` for
+    HTTP requests, :meth:`admit_websocket` for WebSocket handshakes."""
+
     def __init__(
         self,
-        app: ASGIApp,
         *,
         cors_origins: Sequence[str] = (),
         hsts: bool = False,
@@ -139,7 +141,6 @@ class SecurityMiddleware:
         raw_uploads: tuple[str, ...] = (),
         form_uploads: Collection[str] = (),
     ) -> None:
-        self.app = app
         self.headers = [*BASE_HEADERS, *([HSTS] if hsts else [])]
         self.origins = frozenset(o.encode("latin-1") for o in cors_origins)
         self.proxies = proxies or TrustedProxies()
@@ -150,20 +151,17 @@ class SecurityMiddleware:
         #: ...and paths whose POST may be multipart/form-data.
         self.form_uploads = frozenset(form_uploads)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            if self.hosts is not None and self.misdirected(scope):
-                await WebSocketClose(1008, "host not allowed")(scope, receive, send)
-                return
-            origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
-            if origin is not None and not self.origin_allowed(scope, origin):
-                # A close before accept: the server answers the handshake with 403.
-                await WebSocketClose(1008, "origin not allowed")(scope, receive, send)
-                return
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        await proceed(self.app, self.admit(scope), scope, receive, send)
+    def admit_websocket(self, scope: Scope) -> WebSocketClose | None:
+        """For a WebSocket handshake: the close that refuses it (a page's foreign
+        ``Origin``, or a ``Host`` not ours with authentication off), else None.
+
+        A close before accept: the server answers the handshake with 403."""
+        if self.hosts is not None and self.misdirected(scope):
+            return WebSocketClose(1008, "host not allowed")
+        origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
+        if origin is not None and not self.origin_allowed(scope, origin):
+            return WebSocketClose(1008, "origin not allowed")
+        return None
 
     def origin_allowed(self, scope: Scope, origin: bytes) -> bool:
         """Whether a page at ``origin`` may use this request: a configured origin

@@ -20,8 +20,8 @@ from agentcore.identity import ANONYMOUS, IDENTITY, Identity
 from agentcore.proxies import TrustedProxies
 from agentcore.ratelimit.memory import MemoryRateLimiter
 from agentcore.ratelimit.middleware import RateLimitMiddleware
-from agentcore.types import Message, Receive, Scope, Send
-from tests.support import free_port, gateway_client, make_config
+from agentcore.types import Scope
+from tests.support import free_port, gateway_client, make_config, refused_status
 
 JSONRPC = "/api/v1/jsonrpc"
 LIST = {"jsonrpc": "2.0", "method": "agent.list", "params": {}, "id": 1}
@@ -216,7 +216,7 @@ def test_limit_choice_key_then_tenant_then_class() -> None:
             "keys": {"k1": {"rate": 4.0, "burst": 4}},
         }
     ).rate_limit
-    middleware = RateLimitMiddleware(_ok, MemoryRateLimiter(), config, TrustedProxies())
+    middleware = RateLimitMiddleware(MemoryRateLimiter(), config, TrustedProxies())
 
     def name(cls: str, identity: Identity | None) -> str:
         return middleware.limit_for(cls, identity).name
@@ -234,12 +234,8 @@ def test_limit_choice_key_then_tenant_then_class() -> None:
 # -- whose quota -----------------------------------------------------------------------
 
 
-async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"{}"})
-
-
-async def _status(app: RateLimitMiddleware, identity: Identity, client: str) -> int:
+async def _status(limits: RateLimitMiddleware, identity: Identity, client: str) -> int:
+    """200 when ``limits`` admits the request, else the status of its refusal."""
     scope: Scope = {
         "type": "http",
         "method": "POST",
@@ -248,22 +244,12 @@ async def _status(app: RateLimitMiddleware, identity: Identity, client: str) -> 
         "client": (client, 1234),
         IDENTITY: identity,
     }
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    status: int = sent[0]["status"]
-    return status
+    return await refused_status(limits.admit(scope), scope) or 200
 
 
 async def test_authenticated_callers_are_counted_by_credential_not_ip() -> None:
     config = make_config(rate_limit={"rate": SLOW, "burst": 1}).rate_limit
-    app = RateLimitMiddleware(_ok, MemoryRateLimiter(ManualClock()), config, TrustedProxies())
+    app = RateLimitMiddleware(MemoryRateLimiter(ManualClock()), config, TrustedProxies())
     alice, bob = Identity("api_key", "alice"), Identity("api_key", "bob")
 
     # Same IP, two keys: two quotas.

@@ -1,4 +1,5 @@
-"""Rate limiting as pure ASGI middleware, with the standard headers.
+"""Rate limiting, with the standard headers: the third check of the protection
+chain (protection.py), for HTTP requests.
 
 Identity: the authenticated API key or token (``agentcore.identity`` in the
 scope, set by the auth middleware), else the client IP (see proxies.py). The
@@ -23,14 +24,14 @@ from typing import get_args
 
 from agentcore.config import RateLimitConfig
 from agentcore.errors import RateLimited, StoreUnavailable
-from agentcore.http import Admission, add_response_headers, proceed, refusal
+from agentcore.http import Admission, add_response_headers, refusal
 from agentcore.identity import IDENTITY, Identity
 from agentcore.metrics import Metrics
 from agentcore.proxies import TrustedProxies
 from agentcore.ratelimit.base import Decision, Limit, RateLimiter
 from agentcore.ratelimit.memory import MemoryRateLimiter
 from agentcore.routing import RouteClass, route_class
-from agentcore.types import ASGIApp, Receive, Scope, Send
+from agentcore.types import ASGIApp, Scope
 
 log = logging.getLogger("agentcore.ratelimit")
 
@@ -44,13 +45,11 @@ HEADER_CACHE_ENTRIES = 4096
 class RateLimitMiddleware:
     def __init__(
         self,
-        app: ASGIApp,
         limiter: RateLimiter,
         config: RateLimitConfig,
         proxies: TrustedProxies,
         metrics: Metrics | None = None,
     ) -> None:
-        self.app = app
         self.limiter = limiter
         self.proxies = proxies
         self._metrics = metrics
@@ -123,10 +122,6 @@ class RateLimitMiddleware:
             if len(self._path_classes) < CLASS_CACHE_ENTRIES:
                 self._path_classes[path] = cls
             return cls
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        admission = self.admit(scope) if scope["type"] == "http" else None
-        await proceed(self.app, admission, scope, receive, send)
 
     def admit(self, scope: Scope) -> Admission:
         """For an HTTP request: count it, and its headers (in the scope); the 429
