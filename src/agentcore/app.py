@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agentcore import __version__, storage
+from agentcore import __version__, extras, storage
 from agentcore.auth import AuthMiddleware, build_authenticator
 from agentcore.clock import Clock, system_clock
 from agentcore.config import Config
@@ -549,6 +549,7 @@ class Gateway:
 
 def _build_limiter(config: Config, clock: Clock) -> RateLimiter:
     if config.rate_limit.backend == "redis":
+        extras.REDIS_RATE_LIMIT.require()
         from agentcore.ratelimit.redis import RedisRateLimiter
 
         return RedisRateLimiter(config.rate_limit.redis_url)
@@ -558,6 +559,7 @@ def _build_limiter(config: Config, clock: Clock) -> RateLimiter:
 def _build_fanout(config: Config) -> Fanout | None:
     events = config.events
     if events.fanout == "redis":
+        extras.REDIS_FANOUT.require()
         from agentcore.events.redis import RedisFanout
 
         return RedisFanout(events.redis_url, events.redis_channel)
