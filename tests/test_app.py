@@ -77,7 +77,7 @@ async def test_not_ready_when_the_store_check_fails(
         raise StoreUnavailable("connection refused")
 
     monkeypatch.setattr(gateway.repos, "check", down)
-    gateway._health = None
+    gateway.endpoints._health = None
 
     ready = await client.get("/api/v1/health/ready")
     health = await client.get("/api/v1/health")
@@ -97,7 +97,7 @@ async def test_not_ready_when_the_store_is_closed(
     gateway: Gateway, client: httpx.AsyncClient
 ) -> None:
     await gateway.repos.close()
-    gateway._health = None
+    gateway.endpoints._health = None
 
     response = await client.get("/api/v1/health/ready")
 
@@ -116,7 +116,7 @@ async def test_store_status_is_cached_for_a_second(
         await check()
 
     monkeypatch.setattr(gateway.repos, "check", counted)
-    gateway._health = None
+    gateway.endpoints._health = None
     for _ in range(3):
         assert (await client.get("/api/v1/health/ready")).status_code == 200
     assert len(checks) == 1
@@ -125,11 +125,11 @@ async def test_store_status_is_cached_for_a_second(
         raise StoreUnavailable("gone")
 
     monkeypatch.setattr(gateway.repos, "check", down)
-    assert gateway._health is not None
-    checked_at, status = gateway._health
-    gateway._health = (time.monotonic(), status)
+    assert gateway.endpoints._health is not None
+    checked_at, status = gateway.endpoints._health
+    gateway.endpoints._health = (time.monotonic(), status)
     assert (await client.get("/api/v1/health/ready")).status_code == 200  # still cached
-    gateway._health = (checked_at - 1.5, status)  # the cached result is now too old
+    gateway.endpoints._health = (checked_at - 1.5, status)  # the cached result is now too old
     assert (await client.get("/api/v1/health/ready")).status_code == 503
 
 

@@ -1,19 +1,24 @@
 """The application: ``create_app(config)`` builds the whole gateway, the lifespan runs it.
 
-Request flow, top-down: ``Gateway.__call__`` (ASGI) -> the protection chain
-(protection.py), one object for HTTP and WebSocket (security headers, CORS,
-forged writes and the Host check -> authentication -> rate limiting -> load
-shedding, each check awaited only when it has to wait) -> router -> handler
-(health, metrics, JSON-RPC dispatch -> method -> registry / task service ->
-repositories). Errors are rendered once, here:
-an :class:`AgentCoreError` becomes its status and JSON body; anything else is
-logged and becomes a 500 (a bug).
+:class:`Gateway` only wires: it builds the repositories and the feature
+services, a router with every feature's routes and the built-in endpoints
+(endpoints.py), the protection chain (protection.py) and the list of
+background jobs (lifecycle.py), and dispatches ASGI scopes.
 
-The lifespan opens the database and starts every feature's background jobs
-(lifecycle.py: heartbeat flush, agent and task sweeps, event trimming and
-fan-out, the stream router and keepalive, LLM usage, storage sweeps, webhook
-delivery) as tasks it owns; shutdown stops them, flushes the last heartbeats
-and closes the database.
+Request flow, top-down: ``Gateway.__call__`` -> the protection chain, one
+object for HTTP and WebSocket (security headers, CORS, forged writes and the
+Host check -> authentication -> rate limiting -> load shedding, each check
+awaited only when it has to wait) -> router -> handler (health, metrics,
+JSON-RPC dispatch -> method -> registry / task service -> repositories), or
+the WebSocket and SSE endpoints. Errors are rendered once, here: an
+:class:`AgentCoreError` becomes its status and JSON body; anything else is
+logged and becomes a 500 (a bug). What the path costs: docs/performance.md.
+
+The lifespan opens the store, starts every feature's background jobs as tasks
+it owns (heartbeat flush, agent and task sweeps, event trimming and fan-out,
+the stream router and keepalive, LLM usage, storage sweeps, webhook delivery);
+shutdown closes the streams, stops the jobs, flushes the last heartbeats and
+closes the store.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from agentcore import __version__, extras, storage
@@ -31,27 +36,19 @@ from agentcore.auth import AuthMiddleware, build_authenticator
 from agentcore.clock import Clock, system_clock
 from agentcore.config import Config
 from agentcore.datadir import DIR_MODE, tighten
-from agentcore.errors import (
-    AgentCoreError,
-    HandlerTimeout,
-    NotFound,
-    PayloadTooLarge,
-    RequestTimeout,
-    StoreUnavailable,
-)
+from agentcore.endpoints import Endpoints
+from agentcore.errors import AgentCoreError, HandlerTimeout, RequestTimeout, StoreUnavailable
 from agentcore.events.api import add_routes as add_event_routes
 from agentcore.events.base import Fanout
 from agentcore.events.log import EventLog
 from agentcore.events.memory import MemoryEventBus
-from agentcore.http import Request, Response, error_response, json_response
-from agentcore.identity import ANONYMOUS, IDENTITY, Identity
-from agentcore.jsonrpc import Context, Dispatcher
+from agentcore.http import Request, Response, error_response
+from agentcore.jsonrpc import Dispatcher
 from agentcore.lifecycle import Background
-from agentcore.limits import Deadlines, LoadShedMiddleware, check_json_depth
+from agentcore.limits import REJECTED, Deadlines, LoadShedMiddleware
 from agentcore.llm.api import LlmApi
 from agentcore.methods import build_methods
-from agentcore.metrics import CONTENT_TYPE, Metrics
-from agentcore.openapi import agent_card, method_listing, openapi_document
+from agentcore.metrics import Metrics
 from agentcore.protection import ProtectionChain
 from agentcore.proxies import TrustedProxies
 from agentcore.ratelimit.base import RateLimiter
@@ -77,16 +74,8 @@ from agentcore.webhooks.worker import WebhookWorker
 
 log = logging.getLogger("agentcore")
 
-API = "/api/v1"
-#: Seconds a database health check result is reused.
-HEALTH_CACHE_S = 1.0
 #: Seconds shutdown waits for background tasks before cancelling them.
 SHUTDOWN_GRACE_S = 10.0
-#: Errors counted in agentcore_rejected_total, by reason.
-REJECTED: dict[type[AgentCoreError], str] = {
-    PayloadTooLarge: "body_too_large",
-    RequestTimeout: "read_timeout",
-}
 
 
 class Gateway:
@@ -153,7 +142,6 @@ class Gateway:
                 self.webhook_worker = WebhookWorker(
                     self.webhooks, config.webhooks, clock, self.events, self.metrics
                 )
-        self.router = self._routes()
         self.limiter = _build_limiter(config, clock)
         self.proxies = TrustedProxies(config.server.trusted_proxies)
         self.authenticator = build_authenticator(config.auth, self.repos.api_keys, clock)
@@ -172,25 +160,27 @@ class Gateway:
             self.streams, self.authenticator, self.dispatcher, config, self.metrics
         )
         self.sse = SseEndpoint(self.streams, config)
-        self.shedder = LoadShedMiddleware(
-            config.limits.max_in_flight, self.metrics, streams={SSE_PATH}
-        )
-        self.protection = self._protection()
-        self.started_at = time.monotonic()
         limits = config.limits
-        # Read on every request: looked up once here.
-        self._read_timeout_s = limits.read_timeout_s
-        self._handler_timeout_s = limits.handler_timeout_s
-        self._control_body_limit = limits.max_body_bytes_by_class.get(
-            "control", limits.max_body_bytes
-        )
-        self._max_json_depth = limits.max_json_depth
+        self._handler_timeout_s = limits.handler_timeout_s  # read on every request
         self.deadlines = Deadlines(
             min(1.0, limits.read_timeout_s / 4, limits.handler_timeout_s / 4)
         )
+        self.shedder = LoadShedMiddleware(limits.max_in_flight, self.metrics, streams={SSE_PATH})
         #: With one worker the in-flight gauge is read from the shedder at scrape
         #: time; in multiprocess mode each request moves it (slower, but summed).
         self._count_in_flight = metrics_dir is not None
+        self.endpoints = Endpoints(
+            config,
+            self.repos,
+            self.dispatcher,
+            self.methods,
+            self.deadlines,
+            self.limiter,
+            self.metrics,
+            in_flight=None if self._count_in_flight else lambda: self.shedder.in_flight,
+        )
+        self.router = self._routes()
+        self.protection = self._protection()
         #: Every feature's background work, run by the lifespan.
         self.background = Background(
             [
@@ -204,24 +194,10 @@ class Gateway:
                 *(self.webhook_worker.jobs(self.bus) if self.webhook_worker else ()),
             ]
         )
-        self._static: dict[str, bytes] = {}
-        self._health: tuple[float, dict[str, Any]] | None = None
-        #: The encoded health document and the store status it was built from.
-        self._health_body: tuple[dict[str, Any], bytes] | None = None
-
-    # -- routes ---------------------------------------------------------------
 
     def _routes(self) -> Router:
         r = Router()
-        r.add("GET", f"{API}/health", self.health)
-        r.add("GET", f"{API}/health/ready", self.ready)
-        r.add("GET", f"{API}/health/live", self.live)
-        r.add("POST", f"{API}/jsonrpc", self.jsonrpc)
-        r.add("GET", f"{API}/jsonrpc/methods", self.jsonrpc_methods)
-        r.add("GET", "/metrics", self.metrics_endpoint)
-        r.add("GET", "/openapi.json", self.openapi)
-        r.add("GET", "/.well-known/agent-card.json", self.agent_card)
-        r.add("GET", "/.well-known/agent.json", self.agent_card)
+        self.endpoints.add_routes(r)
         limits = self.config.limits
         integration_body = limits.max_body_bytes_by_class.get("integration", limits.max_body_bytes)
         add_event_routes(r, self.events, integration_body)
@@ -233,143 +209,6 @@ class Gateway:
         add_storage_routes(r, self.blobs, self.config.storage, integration_body)
         self.llm.add_routes(r, limits.max_body_bytes_by_class.get("llm", limits.max_body_bytes))
         return r
-
-    async def health(self, request: Request) -> Response:
-        """The health document, rebuilt at most once per HEALTH_CACHE_S (it is polled hard).
-
-        Load balancers and the seed's load tests poll it at thousands per
-        second; the database check is cached for the same time anyway, so the
-        answer, uptime included, is as old as the store status it shows.
-        """
-        database = self._fresh_store_status() or await self._check_store()
-        cached = self._health_body
-        if cached is not None and cached[0] is database:
-            return Response(200, cached[1])
-        status = "healthy" if database["status"] == "up" else "degraded"
-        body = json_response(
-            {
-                "status": status,
-                "version": __version__,
-                "uptime_s": round(time.monotonic() - self.started_at, 3),
-                "workers": self.config.server.workers,
-                "dependencies": {"database": database},
-                "rate_limit": self._rate_limit_status(),
-                "events": self._events_status(),
-            }
-        ).body
-        self._health_body = (database, body)
-        return Response(200, body)
-
-    def _rate_limit_status(self) -> dict[str, Any]:
-        rl = self.config.rate_limit
-        status: dict[str, Any] = {"enabled": rl.enabled, "backend": rl.backend}
-        if rl.enabled and not self.limiter.shared and self.config.server.workers > 1:
-            status["warning"] = (
-                "limits are per worker: each of the "
-                f"{self.config.server.workers} workers counts on its own; "
-                'use backend = "redis" for exact shared limits'
-            )
-        return status
-
-    def _events_status(self) -> dict[str, Any]:
-        status: dict[str, Any] = {"fanout": self.config.events.fanout}
-        if self.fanout is None and self.config.server.workers > 1:
-            status["warning"] = (
-                f"event fan-out is local with {self.config.server.workers} workers: streams on "
-                "one worker will not see events published through another; "
-                'set events.fanout = "redis"'
-            )
-        return status
-
-    async def ready(self, request: Request) -> Response:
-        database = await self._check_store()
-        ok = database["status"] == "up"
-        return json_response(
-            {"status": "ready" if ok else "not_ready", "dependencies": {"database": database}},
-            200 if ok else 503,
-        )
-
-    async def live(self, request: Request) -> Response:
-        return json_response({"status": "alive"})
-
-    def _fresh_store_status(self) -> dict[str, Any] | None:
-        """The store's last checked status while it is under HEALTH_CACHE_S old, else None."""
-        checked = self._health
-        if checked is not None and time.monotonic() - checked[0] < HEALTH_CACHE_S:
-            return checked[1]
-        return None
-
-    async def _check_store(self) -> dict[str, Any]:
-        """The store's status, checked at most once per HEALTH_CACHE_S (health is polled hard)."""
-        fresh = self._fresh_store_status()
-        if fresh is not None:
-            return fresh
-        now = time.monotonic()
-        backend = self.config.database_url.split(":", 1)[0]
-        try:
-            await self.repos.check()
-        except StoreUnavailable as exc:
-            status: dict[str, Any] = {"status": "down", "backend": backend, "error": exc.message}
-        else:
-            status = {
-                "status": "up",
-                "backend": backend,
-                "latency_ms": round((time.monotonic() - now) * 1000, 3),
-            }
-        self._health = (now, status)
-        return status
-
-    async def jsonrpc(self, request: Request) -> Response:
-        deadlines = self.deadlines
-        try:
-            task = deadlines.arm(self._read_timeout_s, "read", request.task)
-            body = await request.body(self._control_body_limit)
-            deadlines.arm(self._handler_timeout_s, "handler", task)
-            check_json_depth(body, self._max_json_depth)
-        except AgentCoreError as exc:
-            if self.metrics is not None:
-                # Too large, too slow, else (InvalidRequest) too deep.
-                self.metrics.rejected.labels(REJECTED.get(type(exc), "json_too_deep")).inc()
-            return Response(exc.status, self.dispatcher.error_body(exc))
-        identity: Identity = request.scope.get(IDENTITY, ANONYMOUS)
-        context = Context(
-            client=request.client_host,
-            tenant=identity.tenant,
-            agent_id=identity.agent_id,
-            scopes=identity.scopes,
-        )
-        status, payload = await self.dispatcher.handle(body, context)
-        return Response(status, payload or b"")
-
-    async def jsonrpc_methods(self, request: Request) -> Response:
-        return self._cached("methods", lambda: method_listing(self.methods))
-
-    async def openapi(self, request: Request) -> Response:
-        return self._cached("openapi", lambda: openapi_document(self.methods, self.router.routes()))
-
-    async def agent_card(self, request: Request) -> Response:
-        host = (request.header(b"host") or b"127.0.0.1").decode("latin-1")
-        scheme = request.scope.get("scheme", "http")
-        return json_response(agent_card(self.methods, f"{scheme}://{host}"))
-
-    async def metrics_endpoint(self, request: Request) -> Response:
-        if self.metrics is None:
-            raise NotFound("metrics are disabled")
-        # Every tenant's series: an operator's scope. Open (the anonymous identity,
-        # every scope) with authentication off or auth.protect_metrics = false.
-        identity: Identity = request.scope.get(IDENTITY, ANONYMOUS)
-        identity.require("metrics:read")
-        if not self._count_in_flight:
-            self.metrics.in_flight.set(self.shedder.in_flight)
-        body = self.metrics.render(await self.repos.agents.count(), await self.repos.tasks.count())
-        return Response(200, body, content_type=CONTENT_TYPE)
-
-    def _cached(self, key: str, build: Callable[[], Any]) -> Response:
-        body = self._static.get(key)
-        if body is None:
-            body = json_response(build()).body
-            self._static[key] = body
-        return Response(200, body)
 
     def _protection(self) -> ProtectionChain:
         config = self.config
@@ -426,6 +265,8 @@ class Gateway:
             await send({"type": "websocket.close", "code": 1008, "reason": "no such endpoint"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An admitted HTTP request: routed, handled under its deadline, its error
+        rendered, its metrics observed."""
         started = time.perf_counter()
         metrics = self.metrics
         if self._count_in_flight and metrics is not None:
@@ -504,18 +345,12 @@ class Gateway:
                 log.info("webhooks: encrypted the clear-text secrets of %d webhooks", sealed)
         await self.llm.open()
         await storage.sweep_leftovers(self.blobs)
-        self.started_at = time.monotonic()
+        self.endpoints.started()
         if self.metrics is not None:
             self.bus.on_publish = self.metrics.count_event
         self.events.open()
         self.background.start()
         await self.tasks.assign_pending()
-        rate_limit = self._rate_limit_status()
-        if "warning" in rate_limit:
-            log.warning("rate limiting: %s", rate_limit["warning"])
-        events_status = self._events_status()
-        if "warning" in events_status:
-            log.warning("events: %s", events_status["warning"])
         log.info(
             "agentcore %s ready (database: %s)",
             __version__,

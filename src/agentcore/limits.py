@@ -17,13 +17,24 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from agentcore.errors import InvalidRequest, Overloaded
+from agentcore.errors import (
+    AgentCoreError,
+    InvalidRequest,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 from agentcore.http import Response, refusal
 from agentcore.lifecycle import Job, every
 from agentcore.metrics import Metrics
 from agentcore.types import Scope
 
 RETRY_AFTER = [(b"retry-after", b"1")]
+#: Limit errors counted in agentcore_rejected_total, by reason.
+REJECTED: dict[type[AgentCoreError], str] = {
+    PayloadTooLarge: "body_too_large",
+    RequestTimeout: "read_timeout",
+}
 
 
 class LoadShedMiddleware:
