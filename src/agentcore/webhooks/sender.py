@@ -3,10 +3,11 @@
 :class:`HttpSender` shares one pooled aiohttp session (``outbound.py``)
 between all attempts. Before each attempt it resolves the host and checks
 every address against the SSRF policy (``ssrf.py``), then connects to the
-checked address itself (the ``Host`` header and TLS SNI keep the name, so certificates are
-still verified against it): a DNS answer that changes between the check and
-the connection cannot redirect the request. Pooled connections are kept by
-address *and* name (aiohttp's connection key holds ``server_hostname``), so
+checked address itself (the ``Host`` header and TLS SNI keep the name, so
+certificates are still verified against it): a DNS answer that changes
+between the check and the connection cannot redirect the request. Pooled
+connections are kept by address *and* name (aiohttp's connection key holds
+``server_hostname`` from 3.14.1 on, the release pyproject.toml asks for), so
 a connection verified for one name never carries a request for another.
 Redirects are never followed, proxies from the environment are ignored,
 compressed bodies are neither asked for nor decoded, and the whole attempt
