@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -79,7 +78,12 @@ SHUTDOWN_GRACE_S = 10.0
 
 
 class Gateway:
-    """The ASGI application."""
+    """The ASGI application.
+
+    ``environ`` is read for the credentials the configuration names by
+    variable (LLM provider keys, S3 keys); None reads none. The edges that
+    build the app (the CLI's server, the seed's module) pass the process's.
+    """
 
     def __init__(
         self,
@@ -91,6 +95,7 @@ class Gateway:
         metrics_dir: str | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
+        environ = {} if environ is None else environ
         self.config = config
         self.clock = clock
         self.repos = repos or open_repositories(
@@ -117,16 +122,10 @@ class Gateway:
         self.registry.on_released = self.tasks.assign_pending
         #: Blob storage (local files or S3); clients are created on first use.
         self.blobs = blobs or storage.open_blob_store(
-            config.storage, config.database.data_dir, os.environ, clock
+            config.storage, config.database.data_dir, environ, clock
         )
         #: LLM routing (docs/llm.md); provider API keys are read from ``environ`` here, once.
-        self.llm = LlmApi(
-            config.llm,
-            self.repos.llm_usage,
-            clock,
-            os.environ if environ is None else environ,
-            self.metrics,
-        )
+        self.llm = LlmApi(config.llm, self.repos.llm_usage, clock, environ, self.metrics)
         self.methods = [
             *build_methods(self.registry, self.tasks, config.tasks.max_page_size),
             *self.llm.methods(),

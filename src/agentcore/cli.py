@@ -359,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     from agentcore.server import serve as run_server  # lazy, as configure_logging above
 
-    run_server(config)
+    run_server(config, os.environ)
     return 0
 
 

@@ -687,6 +687,17 @@ def _check_llm(config: Config) -> None:
                 fail(f"budgets.{tenant}.{key}", "must be >= 0")
 
 
+def process_environment() -> Mapping[str, str]:
+    """The process's environment variables, for the edges that build the app.
+
+    Only this module and the CLI read the environment; the entry points a
+    server imports by name (``server.py``'s worker factories,
+    ``a2a_protocol/main.py``) get it here, and pass it on to the app, which
+    reads the credential variables its configuration names.
+    """
+    return os.environ
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,

@@ -60,13 +60,12 @@ import functools
 import gc
 import logging
 import multiprocessing
-import os
 import resource
 import shutil
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -78,7 +77,7 @@ from uvicorn.supervisors import multiprocess
 
 from agentcore import extras
 from agentcore.app import Gateway, create_app
-from agentcore.config import Config
+from agentcore.config import Config, process_environment
 from agentcore.datadir import private_dir
 
 log = logging.getLogger("agentcore.server")
@@ -130,41 +129,52 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
 
 
-def _worker_config() -> Config:
-    config = msgspec.json.decode(os.environ[CONFIG_ENV], type=Config)
+def _worker_config(environ: Mapping[str, str]) -> Config:
+    config = msgspec.json.decode(environ[CONFIG_ENV], type=Config)
     configure_logging(config.server.log_level)
     return config
 
 
 def worker_app() -> Gateway:
-    """The app factory each uvicorn worker calls."""
-    return create_app(_worker_config(), metrics_dir=os.environ.get(MULTIPROC_ENV))
+    """The app factory each uvicorn worker calls (an edge: it reads the environment)."""
+    environ = process_environment()
+    return create_app(
+        _worker_config(environ), metrics_dir=environ.get(MULTIPROC_ENV), environ=environ
+    )
 
 
 def granian_worker_app() -> GranianGateway:
-    """The app factory each Granian worker calls."""
-    return GranianGateway(_worker_config(), metrics_dir=os.environ.get(MULTIPROC_ENV))
+    """The app factory each Granian worker calls (an edge: it reads the environment)."""
+    environ = process_environment()
+    return GranianGateway(
+        _worker_config(environ), metrics_dir=environ.get(MULTIPROC_ENV), environ=environ
+    )
 
 
-def prepare_environment(config: Config) -> None:
-    """Set what worker processes read before they import anything."""
-    os.environ[CONFIG_ENV] = msgspec.json.encode(config).decode()
+def prepare_environment(config: Config, environ: MutableMapping[str, str]) -> None:
+    """Set in ``environ`` (the process's) what worker processes read before they
+    import anything."""
+    environ[CONFIG_ENV] = msgspec.json.encode(config).decode()
     if config.server.workers > 1 and config.metrics.enabled:
         directory = Path(
             config.metrics.multiproc_dir or Path(config.database.data_dir) / "prometheus"
         )
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True, exist_ok=True)
-        os.environ[MULTIPROC_ENV] = str(directory)
+        environ[MULTIPROC_ENV] = str(directory)
     else:
-        os.environ.pop(MULTIPROC_ENV, None)
+        environ.pop(MULTIPROC_ENV, None)
 
 
-def serve(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT; exits non-zero when a worker fails to start."""
+def serve(config: Config, environ: MutableMapping[str, str]) -> None:
+    """Serve until SIGTERM or SIGINT; exits non-zero when a worker fails to start.
+
+    ``environ`` is the process's environment (the CLI passes ``os.environ``):
+    the workers, started from this process, find their configuration in it.
+    """
     limit = raise_fd_limit()
     private_dir(config.database.data_dir)  # 0700: the database and keys are in it
-    prepare_environment(config)
+    prepare_environment(config, environ)
     connections = max(limit - RESERVED_FDS, 1)
     log.info(
         "open-files limit %d: room for about %d concurrent connections per worker",
