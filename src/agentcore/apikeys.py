@@ -5,8 +5,8 @@ list``, in rate-limit configuration and in logs. The secret
 (``secrets.token_urlsafe(32)``, 256 random bits) is never stored; the store
 keeps its SHA-256. A slow password KDF (bcrypt, scrypt, argon2) exists to make
 guessing *low-entropy* passwords expensive; against 256 random bits a single
-SHA-256 is already beyond brute force, and it keeps verification at about a
-microsecond, so the hot path needs no worker thread.
+SHA-256 is already beyond brute force, and it is cheap enough to verify on
+the event loop, so the hot path needs no worker thread.
 
 Creating, listing and revoking keys is ``agentcore keys create|list|revoke``
 (``cli.py``); checking them on requests is ``auth.StoreAuthenticator``. Keys

@@ -40,9 +40,10 @@ class ServerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     #: Worker processes. With more than one, Prometheus runs in multiprocess
     #: mode and heartbeats are buffered per worker (see docs/configuration.md).
     workers: int = 1
-    #: The ASGI server `agentcore serve` runs: "uvicorn" (the default: 7 x less
-    #: memory per WebSocket) or "granian" (faster on plain HTTP, docs/performance.md,
-    #: "Which server"); the gateway behaves the same under both.
+    #: The ASGI server `agentcore serve` runs: "uvicorn" (the default: with the
+    #: gateway's own HTTP protocol it is faster on both benchmark routes and holds
+    #: less memory per idle WebSocket, docs/performance.md, "HTTP throughput",
+    #: "Which server") or "granian"; the gateway behaves the same under both.
     server: Literal["uvicorn", "granian"] = "uvicorn"
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     #: Log one line per request (costs throughput; off by default).

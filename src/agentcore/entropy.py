@@ -1,10 +1,10 @@
 """Random bytes for signing secrets and ids, read from the OS a block at a time.
 
 ``os.urandom`` is a system call that releases the GIL; on the event loop's
-thread, with the store's threads busy, getting the GIL back can cost far
-more than the call (tens of microseconds per webhook registration, measured;
-``uuid4()`` for task ids was 12 % of a loaded worker's samples, see
-docs/performance.md). So bytes are read :data:`BLOCK_BYTES` at a time and
+thread, with other threads busy, getting the GIL back can cost far more than
+the call (performance-history.md, "Integration layer components" for webhook
+registrations and "Load-test scenarios" for ``uuid4()`` task ids). So bytes
+are read :data:`BLOCK_BYTES` at a time and
 handed out once each: the same CSPRNG output, one system call per ~100
 secrets. Every random id made on the event loop comes from here.
 

@@ -95,8 +95,9 @@ Response = Success | Failure
 
 
 class Context(msgspec.Struct, frozen=True):
-    """What a method knows about the call beyond its params (built per request: a Struct
-    initialises about three times faster than a frozen dataclass)."""
+    """What a method knows about the call beyond its params (built per request, and a
+    Struct initialises faster than a frozen dataclass: performance-history.md, "HTTP
+    throughput", second session)."""
 
     client: str = ""
     tenant: str = "default"

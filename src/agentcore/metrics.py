@@ -5,8 +5,9 @@ several, prometheus-client's multiprocess mode is used: the CLI sets
 ``PROMETHEUS_MULTIPROC_DIR`` before the workers start (the library decides
 its storage on import), each worker writes its samples to files there and
 ``/metrics`` on any worker sums them. Label children are bound once per
-(route, method, status) and cached: calling ``.labels()`` per request costs
-about three times as much (docs/performance.md).
+(route, method, status) and cached, because the Prometheus updates stood out
+in a profile of the request path (performance-history.md, "HTTP throughput",
+the earlier run before the hot-path changes).
 
 Agent and task counts come from the store at scrape time, so they are
 correct across workers and restarts.
@@ -136,8 +137,9 @@ class RequestStats(Collector):
 
     The hot-path alternative to a prometheus-client Counter and Histogram in
     one process: an observation is a dict lookup, two additions and a
-    bisection, about a quarter of what ``inc()`` plus ``observe()`` cost
-    (they take a lock each). It exports the samples those two would:
+    bisection, where ``inc()`` plus ``observe()`` take a lock each
+    (performance-history.md, "HTTP throughput", second session). It exports
+    the samples those two would:
     ``agentcore_http_requests_total{route,method,status}`` and the
     ``agentcore_http_request_duration_seconds{route,method}`` histogram.
     Its numbers live in this process only, so multiprocess mode does not use it.

@@ -5,9 +5,9 @@ uvicorn (uvloop + httptools) is the default; Granian (its Rust HTTP server,
 / ``--server granian``. Under uvicorn the gateway runs its own httptools
 protocol (``http_server.GatewayHttpProtocol``), which measured faster than
 Granian on both benchmark routes and holds less memory per idle WebSocket
-(docs/performance.md); it runs only on the uvicorn releases it was tested
-with, and ``serve`` stops with an ImportError naming them otherwise
-(http_server/uvicorn_internals.py). The seed's
+(docs/performance.md, "HTTP throughput", "Which server"); it runs only on the
+uvicorn releases it was tested with, and ``serve`` stops with an ImportError
+naming them otherwise (http_server/uvicorn_internals.py). The seed's
 ``uvicorn agentcore.a2a_protocol.main:app`` runs the same app under uvicorn
 by definition. The app is a plain ASGI app under both.
 
@@ -93,7 +93,8 @@ BACKLOG = 4096
 #: the rest of its open-files limit is room for connections.
 RESERVED_FDS = 64
 #: Cyclic GC thresholds of a serving process. At 10,000 WebSockets a full
-#: collection walks about 900,000 objects (0.6-1 s on the project machine); with
+#: collection walks every connection's objects and stalls the loop for a
+#: noticeable time (performance-history.md, "The garbage-collector change"); with
 #: the default (700, 10, 10) a broadcast's short-lived tasks are promoted into
 #: the old generation and set one off every few broadcasts. A larger first
 #: threshold keeps them young, so full collections stay rare once connections

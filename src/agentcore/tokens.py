@@ -16,8 +16,8 @@ checked against the injected clock, without leeway. The identity is
 ``scopes`` (a list), and ``agent_id`` for an agent's token.
 
 A verified token is cached (by its SHA-256) until ``min(exp, now + 60 s)``, so
-an RS256/ES256 signature (tens to hundreds of microseconds) is checked once a
-minute per token, not on every request. The cache holds at most
+an RS256/ES256 signature, a public-key operation dearer than the rest of the
+request's checks, is checked once a minute per token, not on every request. The cache holds at most
 ``CACHE_ENTRIES`` tokens; when full the oldest entry goes.
 """
 

@@ -2,8 +2,9 @@
 
 Answering from inside ``data_received`` and writing there measured slower than
 handling a turn's requests first and writing their answers in one later
-callback (docs/performance.md), so a connection holds its response bytes until
-then, or until :data:`FLUSH_BYTES` are waiting.
+callback (performance-history.md, "HTTP throughput", fourth session), so a
+connection holds its response bytes until then, or until :data:`FLUSH_BYTES`
+are waiting.
 """
 
 from __future__ import annotations

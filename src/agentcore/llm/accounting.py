@@ -78,8 +78,9 @@ class Accounting:
         #: Counts being written by a running flush (still not in ``_stored``).
         self._flushing: dict[str, Totals] = {}
         #: The four counters of each (tenant, agent, provider, model) label set that
-        #: completes: looked up once (a ``labels()`` call costs microseconds on every
-        #: completion). Keyed by the bounded labels, so it is as bounded as they are.
+        #: completes: looked up once, not per completion (a ``labels()`` call is a lock
+        #: and a dict lookup; performance-history.md, "The workload", seventh session).
+        #: Keyed by the bounded labels, so it is as bounded as they are.
         self._series: dict[tuple[str, str, str, str], tuple[Counter, Counter, Counter, Counter]]
         self._series = {}
 

@@ -7,7 +7,7 @@ Modules, one concept each:
 * :mod:`.sampler`   CPU and RSS of a process tree from ``/proc`` (gateway and Locust);
 * :mod:`.scrape`    reading and parsing the gateway's ``/metrics``;
 * :mod:`.latency`   every request's latency, recorded by :mod:`.locust_plugin` inside Locust;
-* :mod:`.wrk`       raw HTTP throughput with wrk (Locust cannot measure above ~10k req/s here);
+* :mod:`.wrk`       raw HTTP throughput with wrk (above what one Locust process can drive);
 * :mod:`.figures`   the figures of one run, each with the tool it came from;
 * :mod:`.report`    summary JSON, verdict table, HTML with inline SVG charts;
 * :mod:`.compare`   baseline against current run, per endpoint;

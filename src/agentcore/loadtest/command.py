@@ -39,7 +39,7 @@ def add_parser(commands: Any) -> None:
     run.add_argument(
         "--processes",
         type=int,
-        help="Locust processes (-1: one per core); more than one lifts Locust's ~10k req/s cap",
+        help="Locust processes (-1: one per core); one process is limited to one core",
     )
     run.add_argument("--out", help="result folder (default results/<time>-<scenario>)")
     run.add_argument("--targets", help="TOML file overriding target/critical levels")

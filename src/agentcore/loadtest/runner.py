@@ -490,7 +490,7 @@ def run_scenario(opts: Options, scenario: Scenario, out: Path) -> Outcome:
                 except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
                     wrk_error = f"wrk failed: {exc}"
             else:
-                wrk_error = "wrk not installed: RPS from Locust (capped near 10k req/s per core)"
+                wrk_error = "wrk not installed: RPS from Locust (one core per Locust process)"
         elif scenario.name == "http":
             wrk_error = "--no-wrk: RPS from Locust"
     record = figures_mod.RunRecord(

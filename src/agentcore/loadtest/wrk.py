@@ -1,8 +1,9 @@
 """Raw HTTP throughput with wrk, for targets above what Locust can drive.
 
-One Locust process sends about 13,000 req/s on this project's machines and
-then saturates its core; wrk needs about a ninth of the CPU for the same
-load. So the ``http_rps`` figure (seed: 60,000+) comes from wrk when it is
+One Locust process saturates its core far below the seed's target (in
+docs/performance.md, "Load-test scenarios", the load generator is the http
+run's bottleneck), and wrk drives the same load for a fraction of the CPU.
+So the ``http_rps`` figure (seed: 60,000+) comes from wrk when it is
 installed: one thread, 64 connections, ``POST /api/v1/jsonrpc`` with an
 ``agent.ping`` of an agent registered first. A Lua ``response`` callback
 counts every answer that is not a 200 carrying ``"result"`` (a JSON-RPC

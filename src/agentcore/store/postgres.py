@@ -210,7 +210,9 @@ class PostgresDatabase:
                     # Every statement is prepared once per connection and its shape
                     # fixes the index it walks; replanning each execution (the
                     # default for the first ones, and whenever PostgreSQL guesses a
-                    # custom plan is cheaper) cost more server time than running it.
+                    # custom plan is cheaper) cost more server time than running it
+                    # (performance-history.md, "The workload", commits d39ae63 to
+                    # 3cacfe8).
                     "plan_cache_mode": "force_generic_plan",
                     # Every query walks an index and stops at a small limit: a
                     # parallel plan's worker start-up only costs time here.

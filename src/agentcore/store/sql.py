@@ -45,7 +45,8 @@ def where(conditions: list[str]) -> str:
 def page(limit: int, offset: int = 0) -> str:
     """``LIMIT`` and ``OFFSET`` as literals (validated integers): with parameters there,
     PostgreSQL's generic plan assumes a tenth of the table is wanted and chose a
-    parallel scan that took 6 ms instead of an index walk of 0.4 ms."""
+    parallel scan, far slower than the index walk (performance-history.md, "The
+    workload", commits d39ae63 to 3cacfe8)."""
     return f"LIMIT {int(limit)} OFFSET {int(offset)}"
 
 

@@ -1,10 +1,11 @@
 """The SQLite driver: every statement runs on the event loop's own thread.
 
-A registry or task query costs tens of microseconds in SQLite itself; handing
-it to a thread and back costs more than that (a future, a cross-thread wake-up
-and, under load, a wait for the GIL). So the driver calls :mod:`sqlite3`
-directly, between two loop steps, and never hands work to a thread
-(``docs/performance.md`` has the measurements behind this choice).
+A registry or task query costs less in SQLite itself than handing it to a
+thread and back (a future, a cross-thread wake-up and, under load, a wait for
+the GIL). So the driver calls :mod:`sqlite3` directly, between two loop
+steps, and never hands work to a thread (performance-history.md, "The
+workload", "On the loop against the threads", has the measurement behind
+this choice).
 
 Connections
     A file database has two: the writer, the only one that writes, and a
@@ -40,7 +41,7 @@ Group commit
     others, but SQLite copies every page a block changes into the savepoint's
     journal, and with statement journals nested in it the journal's upkeep
     grew with the block (quadratic): measured, that cost more than the
-    statements.
+    statements (performance-history.md, "The workload", seventh session).
     WAL with ``synchronous=NORMAL`` keeps every committed transaction when
     the process is killed (only an OS crash or a power loss can lose the last
     ones), so "acknowledged" means durable. Checkpoints (copying the WAL back
@@ -286,10 +287,10 @@ class _Checkpointer:
     ``RESTART`` checkpoint itself: it holds the write lock already, the
     reader is between statements, and what is left to copy is what was
     committed since the passive checkpoint; the next transaction writes the
-    WAL from its start. That pauses the loop for the checkpoint's syncs (a
-    few milliseconds here), once per :data:`WAL_RESET_FRAMES` pages written.
-    ``TRUNCATE`` took five times as long: shrinking the file discards its
-    blocks on the disk.
+    WAL from its start. That pauses the loop for the checkpoint's syncs,
+    once per :data:`WAL_RESET_FRAMES` pages written. ``TRUNCATE`` took
+    longer: shrinking the file discards its blocks on the disk (both timed in
+    performance-history.md, "The workload", "The WAL restart").
     """
 
     def __init__(self, path: str) -> None:

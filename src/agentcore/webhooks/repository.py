@@ -685,8 +685,9 @@ class SqlWebhooks:
         self, tenant: str, status: WebhookStatus | None, limit: int, offset: int
     ) -> tuple[list[Webhook], int]:
         """Paging by offset through the table costs a row per skipped webhook
-        (the order, created_at then id, is not one index), tens of
-        milliseconds deep into 10,000 webhooks. So the order itself, ids and
+        (the order, created_at then id, is not one index), which was slow deep
+        into 10,000 webhooks (performance-history.md, "Integration layer
+        components"). So the order itself, ids and
         statuses, is kept per tenant and checked on every call against the
         tenant's count and the change counter (see :class:`WebhooksVersion`:
         a registration raises the count, anything else counts a change); the

@@ -104,8 +104,8 @@ class AddressPolicy:
         #: again) costs one lookup, not one resolver timeout each. Delivery
         #: always resolves afresh (DNS rebinding).
         self._registration: dict[str, tuple[float, asyncio.Future[None]]] = {}
-        #: Verdicts by address: the policy never changes, and the checks cost
-        #: microseconds each (``is_global`` walks a dozen networks).
+        #: Verdicts by address: the policy never changes, and the checks are
+        #: not free (``is_global`` walks a dozen networks).
         self._verdicts: dict[IPAddress, bool] = {}
 
     def permits(self, address: IPAddress) -> bool:

@@ -1,9 +1,8 @@
 """The real transport: HTTP/1.1 over pooled keep-alive connections (aiohttp).
 
-aiohttp's client (C parser) costs a seventh of httpx's CPU per call:
-0.24-0.27 ms against 1.7-2.3 ms on the development machine (docs/performance.md,
-"LLM routing overhead"), and the outbound call is a large part of what one
-worker spends on a completion.
+aiohttp's client (C parser) costs several times less CPU per call than
+httpx (docs/performance.md, "Outbound HTTP client"), and the outbound call is
+a large part of what one worker spends on a completion.
 
 One ``ClientSession`` per endpoint, created on the first call (aiohttp binds
 it to the running event loop, and nothing is created at import or in
