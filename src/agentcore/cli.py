@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "fake-llm":
         return _fake_llm(args)
     if args.command == "loadtest":
-        return loadtest_command.main(args)
+        return loadtest_command.main(args, os.environ)
 
     try:
         config = _load(args)
@@ -359,7 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     from agentcore.server import serve as run_server  # lazy, as configure_logging above
 
-    run_server(config, os.environ)
+    try:
+        run_server(config, os.environ)
+    except ConfigError as exc:  # e.g. an untested uvicorn, named with the tested range
+        print(f"agentcore: {exc.message}", file=sys.stderr)
+        return 2
     return 0
 
 

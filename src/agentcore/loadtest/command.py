@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def add_parser(commands: Any) -> None:
     save.add_argument("--to", default="results/baselines", help="default results/baselines")
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     # The runner (samplers, figures, the gateway's key store) loads only for `agentcore loadtest`.
     from agentcore.loadtest import runner
 
@@ -112,5 +113,6 @@ def main(args: argparse.Namespace) -> int:
         progress_s=parse_duration(args.progress),
         cooldown_s=parse_duration(args.cooldown),
         inconclusive_ok=args.inconclusive_ok,
+        environ=environ,
     )
     return runner.run(opts, names)

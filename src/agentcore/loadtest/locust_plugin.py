@@ -10,7 +10,9 @@ Cost: one append per column per request; memory 15 bytes a request, capped
 at ``AGENTCORE_LOADTEST_MAX_SAMPLES`` (default 30 million) per process.
 
 Standalone on purpose (standard library and Locust only): Locust imports it
-by path, without the agentcore package on its mind.
+by path, without the agentcore package on its mind. It is thus an entry point
+of its own, in Locust's process, and reads its two settings from the
+environment the runner starts Locust with.
 """
 
 from __future__ import annotations

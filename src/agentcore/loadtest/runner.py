@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 import shutil
 import signal
 import socket
@@ -36,8 +35,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -77,6 +76,8 @@ class Options:
     progress_s: float = 5.0
     cooldown_s: float = 30.0
     inconclusive_ok: bool = False
+    #: The environment the gateway and Locust start from (the CLI passes ``os.environ``).
+    environ: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -204,7 +205,7 @@ def gateway(opts: Options, scenario: Scenario, out: Path, env: dict[str, str]) -
     port = free_port()
     data = out / "gateway-data"
     data.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **scenario.gateway_env, **env}
+    full_env = {**opts.environ, **scenario.gateway_env, **env}
     if scenario.auth:
         full_env["AGENTCORE_AUTH__MODE"] = "api_key"
     config = ["--config", opts.gateway_config] if opts.gateway_config else []
@@ -374,9 +375,9 @@ def _progress(started: float, total_s: float, history: Path, sample: dict[str, A
 
 
 def _environment(
-    gw: Gateway, scenario: Scenario, out: Path, extra: dict[str, str]
+    environ: Mapping[str, str], gw: Gateway, scenario: Scenario, out: Path, extra: dict[str, str]
 ) -> dict[str, str]:
-    env = {**os.environ, **extra, "AGENTCORE_LOADTEST_OUT": str(out)}
+    env = {**environ, **extra, "AGENTCORE_LOADTEST_OUT": str(out)}
     if gw.api_key:
         env["AGENTCORE_LOADTEST_API_KEY"] = gw.api_key
     if scenario.auth:
@@ -407,7 +408,7 @@ def run_scenario(opts: Options, scenario: Scenario, out: Path) -> Outcome:
     print(f"== {scenario.name}: {users} users, spawn {spawn_rate:g}/s, {run_time} -> {out}")
     with helpers(scenario, out) as helper_env, gateway(opts, scenario, out, helper_env) as gw:
         headers = {"Authorization": f"Bearer {gw.api_key}"} if gw.api_key else {}
-        env = _environment(gw, scenario, out, helper_env)
+        env = _environment(opts.environ, gw, scenario, out, helper_env)
         warm = warmup_seconds(opts.warmup, run_time_s)
         if warm > 0:
             print(f"  warm-up {warm:.0f} s (discarded)")
