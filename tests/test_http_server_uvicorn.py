@@ -55,3 +55,28 @@ def test_an_untested_uvicorn_is_refused_naming_the_range(version: str) -> None:
 
 def test_every_uvicorn_internal_the_protocol_relies_on_is_there() -> None:
     assert missing_internals() == []
+
+
+def test_serve_on_an_untested_uvicorn_exits_2_naming_the_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+    import sys
+
+    from agentcore import cli
+
+    # A fresh import of the protocol package, against a uvicorn that claims an untested release.
+    for name in [m for m in sys.modules if m.startswith("agentcore.http_server")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(uvicorn, "__version__", f"{TESTED_UVICORN[1]}.0")
+    # A taken port: were the check to let the server start, it would fail to bind, not hang.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        argv = ["serve", "--data-dir", str(tmp_path), "--host", "127.0.0.1", "--port", port]
+        code = cli.main([*argv, "--server", "uvicorn", "--insecure"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"uvicorn {TESTED_UVICORN[1]}.0 is installed" in err
+    assert f"uvicorn{specifier()}" in err

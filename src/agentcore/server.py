@@ -6,7 +6,7 @@ uvicorn (uvloop + httptools) is the default; Granian (its Rust HTTP server,
 protocol (``http_server.GatewayHttpProtocol``), which measured faster than
 Granian on both benchmark routes and holds less memory per idle WebSocket
 (docs/performance.md, "HTTP throughput", "Which server"); it runs only on the
-uvicorn releases it was tested with, and ``serve`` stops with an ImportError
+uvicorn releases it was tested with, and ``serve`` stops with a ConfigError
 naming them otherwise (http_server/uvicorn_internals.py). The seed's
 ``uvicorn agentcore.a2a_protocol.main:app`` runs the same app under uvicorn
 by definition. The app is a plain ASGI app under both.
@@ -79,6 +79,7 @@ from agentcore import extras
 from agentcore.app import Gateway, create_app
 from agentcore.config import Config, process_environment
 from agentcore.datadir import private_dir
+from agentcore.errors import ConfigError
 
 log = logging.getLogger("agentcore.server")
 
@@ -276,7 +277,10 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 def _serve_uvicorn(config: Config) -> None:
     # Here, not at the top: only uvicorn needs the protocol, and importing it
     # checks the installed uvicorn (an ImportError naming the tested range).
-    from agentcore.http_server import GatewayHttpProtocol
+    try:
+        from agentcore.http_server import GatewayHttpProtocol
+    except ImportError as exc:
+        raise ConfigError(str(exc)) from exc
 
     server = config.server
     # uvicorn re-raises SIGTERM after its graceful shutdown; make that an exit 0.
