@@ -17,7 +17,7 @@ one warm-up round each that opens the connections), so load from other work
 on the machine falls on both alike; the figures to compare are the ratios of
 rounds next to each other, and the median of those ratios.
 
-Bounded: at most ``--deliveries`` x (``--rounds`` + 1) x 2 requests, and the
+Bounded: at most ``--deliveries`` x (``--rounds`` + 1) x 3 requests (three clients), and the
 run stops after ``--max-seconds``; the receiver exits with this process (its
 stdin closes) or after ``--max-seconds`` itself.
 

@@ -107,9 +107,9 @@ def check_json_depth(body: bytes, max_depth: int) -> None:
 class Deadlines:
     """One watchdog per worker instead of a timer per request.
 
-    ``asyncio.timeout`` schedules and cancels a timer handle per use, which
-    measured as a quarter of the gateway's per-request cost; here a request
-    only writes its deadline into a dict. :meth:`tick` runs every
+    ``asyncio.timeout`` schedules and cancels a timer handle per use, a large
+    share of a small request's cost (docs/performance-history.md, "HTTP
+    throughput"); here a request only writes its deadline into a dict. :meth:`tick` runs every
     ``resolution_s`` and cancels the tasks whose deadline has passed,
     remembering why (``expired``), so the request's own code can turn the
     cancellation into a 408 or 503 answer. A deadline is therefore honoured

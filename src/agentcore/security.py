@@ -215,7 +215,7 @@ class SecurityMiddleware:
         write = scope["method"] in WRITES
         media = origin = None
         if write or self.origins:
-            named = dict(headers)  # measured faster than a loop over a few headers
+            named = dict(headers)  # one C-level pass for both names, not a Python loop
             media, origin = named.get(b"content-type"), named.get(b"origin")
         if origin is not None and self.origins:
             if origin in self.origins:
