@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from agentcore.app import Gateway
-from agentcore.auth import AuthMiddleware
+from agentcore.auth import AuthCheck
 from agentcore.errors import Unauthorized
 from agentcore.identity import Identity
 from agentcore.metrics import Metrics
@@ -408,7 +408,7 @@ class RejectingAuthenticator:
         raise Unauthorized("invalid credential")
 
 
-async def _refuse(auth: AuthMiddleware, headers: list[tuple[bytes, bytes]]) -> int | None:
+async def _refuse(auth: AuthCheck, headers: list[tuple[bytes, bytes]]) -> int | None:
     scope: Scope = {"type": "http", "method": "POST", "path": JSONRPC, "headers": headers}
     return await refused_status(auth.admit(scope), scope)
 
@@ -416,7 +416,7 @@ async def _refuse(auth: AuthMiddleware, headers: list[tuple[bytes, bytes]]) -> i
 async def test_unauthorized_requests_are_counted_by_reason() -> None:
     metrics = Metrics()
 
-    auth = AuthMiddleware(RejectingAuthenticator(), metrics=metrics)
+    auth = AuthCheck(RejectingAuthenticator(), metrics=metrics)
     statuses = [
         await _refuse(auth, []),
         await _refuse(auth, [(b"authorization", b"Bearer nope")]),

@@ -14,7 +14,7 @@ import pytest
 
 from agentcore.http import RESPONSE_HEADERS
 from agentcore.proxies import TrustedProxies
-from agentcore.security import SecurityMiddleware, canonical_origin, host_allowed, host_names
+from agentcore.security import SecurityCheck, canonical_origin, host_allowed, host_names
 from agentcore.types import Scope
 from tests.support import ServerProcess, gateway_client, make_config
 
@@ -188,7 +188,7 @@ async def test_preflight_is_answered_before_authentication_and_rate_limits() -> 
 
 
 def test_websocket_scopes_pass_through_untouched() -> None:
-    middleware = SecurityMiddleware(cors_origins=[APP_ORIGIN], hsts=True)
+    middleware = SecurityCheck(cors_origins=[APP_ORIGIN], hsts=True)
     scope: Scope = {
         "type": "websocket",
         "path": "/ws",
@@ -244,12 +244,12 @@ def websocket_scope(*headers: tuple[str, str], peer: str = "127.0.0.1") -> Scope
 def test_own_origin_is_the_requests_scheme_and_host(
     headers: tuple[tuple[str, str], ...], own: str | None
 ) -> None:
-    middleware = SecurityMiddleware()
+    middleware = SecurityCheck()
     assert middleware.own_origin(websocket_scope(*headers)) == own
 
 
 def test_a_trusted_proxy_forwards_the_scheme_and_host() -> None:
-    middleware = SecurityMiddleware(proxies=TrustedProxies(["10.0.0.0/8"]))
+    middleware = SecurityCheck(proxies=TrustedProxies(["10.0.0.0/8"]))
     forwarded = (
         ("host", "10.0.0.2:8001"),
         ("x-forwarded-proto", "https, http"),  # the first: what the client spoke

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agentcore import __version__, extras, storage
-from agentcore.auth import AuthMiddleware, build_authenticator
+from agentcore.auth import AuthCheck, build_authenticator
 from agentcore.clock import Clock, system_clock
 from agentcore.config import Config
 from agentcore.datadir import DIR_MODE, tighten
@@ -44,22 +44,22 @@ from agentcore.events.memory import MemoryEventBus
 from agentcore.http import Request, Response, error_response
 from agentcore.jsonrpc import Dispatcher
 from agentcore.lifecycle import Background
-from agentcore.limits import REJECTED, Deadlines, LoadShedMiddleware
+from agentcore.limits import REJECTED, Deadlines, LoadShedder
 from agentcore.llm.api import LlmApi
 from agentcore.methods import build_methods
 from agentcore.metrics import Metrics
 from agentcore.protection import ProtectionChain
 from agentcore.proxies import TrustedProxies
 from agentcore.ratelimit.base import RateLimiter
+from agentcore.ratelimit.check import RateLimitCheck
 from agentcore.ratelimit.memory import MemoryRateLimiter
-from agentcore.ratelimit.middleware import RateLimitMiddleware
 from agentcore.realtime.connections import Connections
 from agentcore.realtime.sse import SSE_PATH, SseEndpoint
 from agentcore.realtime.websocket import WS_PATH, WebSocketEndpoint
 from agentcore.registry.service import Registry
 from agentcore.repositories import Repositories, open_repositories
 from agentcore.routing import Router
-from agentcore.security import SecurityMiddleware, host_names
+from agentcore.security import SecurityCheck, host_names
 from agentcore.storage.api import PREFIX as STORAGE_PREFIX
 from agentcore.storage.api import add_routes as add_storage_routes
 from agentcore.storage.base import BlobStore
@@ -164,7 +164,7 @@ class Gateway:
         self.deadlines = Deadlines(
             min(1.0, limits.read_timeout_s / 4, limits.handler_timeout_s / 4)
         )
-        self.shedder = LoadShedMiddleware(limits.max_in_flight, self.metrics, streams={SSE_PATH})
+        self.shedder = LoadShedder(limits.max_in_flight, self.metrics, streams={SSE_PATH})
         #: With one worker the in-flight gauge is read from the shedder at scrape
         #: time; in multiprocess mode each request moves it (slower, but summed).
         self._count_in_flight = metrics_dir is not None
@@ -212,7 +212,7 @@ class Gateway:
     def _protection(self) -> ProtectionChain:
         config = self.config
         server = config.server
-        security = SecurityMiddleware(
+        security = SecurityCheck(
             cors_origins=server.cors_allow_origins,
             hsts=server.hsts,
             proxies=self.proxies,
@@ -223,11 +223,11 @@ class Gateway:
             raw_uploads=(f"{STORAGE_PREFIX}/",),
             form_uploads=(f"{STORAGE_PREFIX}/upload",),
         )
-        auth = AuthMiddleware(
+        auth = AuthCheck(
             self.authenticator, protect_metrics=config.auth.protect_metrics, metrics=self.metrics
         )
         ratelimit = (
-            RateLimitMiddleware(self.limiter, config.rate_limit, self.proxies, self.metrics)
+            RateLimitCheck(self.limiter, config.rate_limit, self.proxies, self.metrics)
             if config.rate_limit.enabled
             else None
         )

@@ -1,6 +1,6 @@
 """Authentication: who is calling, as an :class:`Identity` in the ASGI scope.
 
-The middleware reads ``Authorization: Bearer <credential>`` (or
+The check reads ``Authorization: Bearer <credential>`` (or
 ``X-API-Key``), asks the :class:`Authenticator` for the identity, and stores
 it under ``scope["agentcore.identity"]`` for the rate limiter and the
 JSON-RPC context. Missing or bad credentials get 401 with a JSON body and
@@ -67,7 +67,7 @@ def credential_of(scope: Scope) -> str | None:
     return None
 
 
-class AuthMiddleware:
+class AuthCheck:
     """The second check of the protection chain (protection.py), for HTTP
     requests and WebSocket handshakes alike."""
 

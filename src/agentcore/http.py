@@ -35,9 +35,9 @@ def safe_message(exc: Exception) -> str:
     return _QUOTED.sub(lambda m: f"{m[1]}{m[2][:32]}...{m[1]}", str(exc))
 
 
-#: Scope key of the headers middleware adds to the response (security headers,
+#: Scope key of the headers the protection checks add to the response (security headers,
 #: rate-limit headers): a list that every sender of ``http.response.start`` appends
-#: (:func:`start`), instead of each middleware wrapping ``send`` per request.
+#: (:func:`start`), instead of each check wrapping ``send`` per request.
 RESPONSE_HEADERS = "agentcore.response_headers"
 
 #: Statuses that carry neither a body nor Content-Length (RFC 9110 sections 6.4.1, 8.6).
@@ -46,7 +46,7 @@ _encoder = msgspec.json.Encoder()
 
 
 def add_response_headers(scope: Scope, headers: list[tuple[bytes, bytes]]) -> None:
-    """Have the response to ``scope`` carry ``headers`` too (middleware calls this)."""
+    """Have the response to ``scope`` carry ``headers`` too (the protection checks call this)."""
     extra: list[tuple[bytes, bytes]] | None = scope.get(RESPONSE_HEADERS)
     if extra is None:
         scope[RESPONSE_HEADERS] = list(headers)
@@ -55,7 +55,7 @@ def add_response_headers(scope: Scope, headers: list[tuple[bytes, bytes]]) -> No
 
 
 def start(scope: Scope, status: int, headers: list[tuple[bytes, bytes]]) -> Message:
-    """The ``http.response.start`` message: ``headers`` and then the middleware's."""
+    """The ``http.response.start`` message: ``headers`` and then the protection checks'."""
     extra = scope.get(RESPONSE_HEADERS)
     if extra:
         headers.extend(extra)
@@ -273,7 +273,7 @@ Admission: TypeAlias = "ASGIApp | Coroutine[Any, Any, ASGIApp | None] | None"
 def refusal(
     scope: Scope, exc: AgentCoreError, headers: list[tuple[bytes, bytes]] | None = None
 ) -> Response:
-    """The answer to a request refused before it reached its handler (middleware)."""
+    """The answer to a request refused before it reached its handler (the protection chain)."""
     response = error_response(exc, scope.get("path"))
     if headers:
         response.headers = [*(response.headers or ()), *headers]
@@ -286,7 +286,7 @@ async def reject(
     exc: AgentCoreError,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Answer a request refused before it reached its handler (middleware)."""
+    """Answer a request refused before it reached its handler (the protection chain)."""
     await refusal(scope, exc, headers)(scope, _no_receive, send)
 
 

@@ -6,7 +6,7 @@ immediately, instead of queueing into latency collapse. Per-client rate limits
 sit in front of it, so one client's burst meets 429s first; shedding is the
 last line for overload that no single client causes. WebSockets and SSE
 streams are not counted (they are long-lived by design): the protection
-chain (protection.py) asks :meth:`LoadShedMiddleware.enter` for other HTTP
+chain (protection.py) asks :meth:`LoadShedder.enter` for other HTTP
 requests only.
 """
 
@@ -37,7 +37,7 @@ REJECTED: dict[type[AgentCoreError], str] = {
 }
 
 
-class LoadShedMiddleware:
+class LoadShedder:
     """The last check of the protection chain: :meth:`enter` before a request,
     :meth:`leave` after it."""
 

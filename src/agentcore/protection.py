@@ -3,7 +3,7 @@ checks, in one order, through one object, before it reaches its endpoint.
 
 The order: security (``security.py``: ``Host``, CORS, forged writes) ->
 authentication (``auth.py``: the identity, in the scope) -> rate limit
-(``ratelimit/middleware.py``) -> load shedding (``limits.py``). Each check is
+(``ratelimit/check.py``) -> load shedding (``limits.py``). Each check is
 an ``admit(scope)`` giving an :data:`~agentcore.http.Admission`: None goes on,
 an ASGI app is the answer that refuses the request, a coroutine is a decision
 that had to wait (an API key this process has not verified yet, the Redis rate
@@ -14,7 +14,7 @@ whose checks all decide at once crosses the chain without an await per check
 What applies, by scope type:
 
 - ``http``: all four. A long-lived stream (the SSE path,
-  :attr:`LoadShedMiddleware.streams`) is not shed or counted in flight: it
+  :attr:`LoadShedder.streams`) is not shed or counted in flight: it
   would hold its slot for its whole life.
 - ``websocket``: security (the page's ``Origin``; ``Host`` with
   authentication off) and authentication (bad credential headers refuse the
@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from collections.abc import Coroutine
 
-from agentcore.auth import AuthMiddleware
-from agentcore.limits import LoadShedMiddleware
-from agentcore.ratelimit.middleware import RateLimitMiddleware
-from agentcore.security import SecurityMiddleware
+from agentcore.auth import AuthCheck
+from agentcore.limits import LoadShedder
+from agentcore.ratelimit.check import RateLimitCheck
+from agentcore.security import SecurityCheck
 from agentcore.types import ASGIApp, Receive, Scope, Send
 
 
@@ -41,10 +41,10 @@ class ProtectionChain:
 
     def __init__(
         self,
-        security: SecurityMiddleware,
-        auth: AuthMiddleware,
-        ratelimit: RateLimitMiddleware | None,
-        shedder: LoadShedMiddleware,
+        security: SecurityCheck,
+        auth: AuthCheck,
+        ratelimit: RateLimitCheck | None,
+        shedder: LoadShedder,
         *,
         http: ASGIApp,
         stream: ASGIApp,

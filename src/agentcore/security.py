@@ -9,7 +9,7 @@ from any other origin gets 403 and no CORS headers.
 
 WebSockets are not covered by CORS: a browser opens one to any address and
 only tells the server the page's ``Origin``. A handshake that carries one is
-accepted only from the gateway's own origin (:meth:`SecurityMiddleware.own_origin`)
+accepted only from the gateway's own origin (:meth:`SecurityCheck.own_origin`)
 or an origin listed in ``server.cors_allow_origins``; any other is refused
 before accept (HTTP 403), so a page the operator visits cannot use the
 socket with the operator's network position or credentials. A handshake
@@ -127,7 +127,7 @@ def canonical_origin(origin: str) -> str | None:
     return f"{parts.scheme}://{host}:{port or default}"
 
 
-class SecurityMiddleware:
+class SecurityCheck:
     """The first check of the protection chain (protection.py): :meth:`admit` for
     HTTP requests, :meth:`admit_websocket` for WebSocket handshakes."""
 

@@ -22,7 +22,7 @@ class Limit:
     """``rate`` requests per second, up to ``burst`` at once.
 
     Compared and hashed by identity: each configured limit is one object for
-    the life of the middleware, and a limit is a dict key on every request,
+    the life of the rate-limit check, and a limit is a dict key on every request,
     where a dataclass's field-wise hash showed in the cost (performance-history.md,
     "HTTP throughput", fourth session).
     """

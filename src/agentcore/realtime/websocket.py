@@ -10,7 +10,7 @@ only oversize messages (1009), authentication failures and persistent
 flooding (1008) close it.
 
 Authentication is the HTTP one: credential headers (checked by the auth
-middleware), or, when there are none, ``{"type": "auth", "token": ...}`` as
+protection chain), or, when there are none, ``{"type": "auth", "token": ...}`` as
 the first message within ``realtime.auth_timeout_s``. The connection acts
 with that identity throughout: its tenant bounds every subscription, and
 ``rpc`` calls go through the JSON-RPC dispatcher with the same scopes and
@@ -144,7 +144,7 @@ def error_message(exc: AgentCoreError, rpc_id: RpcId = None) -> bytes:
 
 
 class WebSocketEndpoint:
-    """The ASGI app for :data:`WS_PATH` (authentication already ran in the middleware)."""
+    """The ASGI app for :data:`WS_PATH` (authentication already ran in the protection chain)."""
 
     def __init__(
         self,

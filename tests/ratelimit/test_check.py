@@ -18,8 +18,8 @@ from agentcore.app import Gateway
 from agentcore.clock import ManualClock
 from agentcore.identity import ANONYMOUS, IDENTITY, Identity
 from agentcore.proxies import TrustedProxies
+from agentcore.ratelimit.check import RateLimitCheck
 from agentcore.ratelimit.memory import MemoryRateLimiter
-from agentcore.ratelimit.middleware import RateLimitMiddleware
 from agentcore.types import Scope
 from tests.support import free_port, gateway_client, make_config, refused_status
 
@@ -216,7 +216,7 @@ def test_limit_choice_key_then_tenant_then_class() -> None:
             "keys": {"k1": {"rate": 4.0, "burst": 4}},
         }
     ).rate_limit
-    middleware = RateLimitMiddleware(MemoryRateLimiter(), config, TrustedProxies())
+    middleware = RateLimitCheck(MemoryRateLimiter(), config, TrustedProxies())
 
     def name(cls: str, identity: Identity | None) -> str:
         return middleware.limit_for(cls, identity).name
@@ -234,7 +234,7 @@ def test_limit_choice_key_then_tenant_then_class() -> None:
 # -- whose quota -----------------------------------------------------------------------
 
 
-async def _status(limits: RateLimitMiddleware, identity: Identity, client: str) -> int:
+async def _status(limits: RateLimitCheck, identity: Identity, client: str) -> int:
     """200 when ``limits`` admits the request, else the status of its refusal."""
     scope: Scope = {
         "type": "http",
@@ -249,7 +249,7 @@ async def _status(limits: RateLimitMiddleware, identity: Identity, client: str) 
 
 async def test_authenticated_callers_are_counted_by_credential_not_ip() -> None:
     config = make_config(rate_limit={"rate": SLOW, "burst": 1}).rate_limit
-    app = RateLimitMiddleware(MemoryRateLimiter(ManualClock()), config, TrustedProxies())
+    app = RateLimitCheck(MemoryRateLimiter(ManualClock()), config, TrustedProxies())
     alice, bob = Identity("api_key", "alice"), Identity("api_key", "bob")
 
     # Same IP, two keys: two quotas.

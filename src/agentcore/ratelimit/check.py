@@ -2,7 +2,7 @@
 chain (protection.py), for HTTP requests.
 
 Identity: the authenticated API key or token (``agentcore.identity`` in the
-scope, set by the auth middleware), else the client IP (see proxies.py). The
+scope, set by the authentication check), else the client IP (see proxies.py). The
 limit: per API key, else per tenant, else per route class, else the default.
 Each identity is counted apart per limit name, so route classes do not share
 a quota.
@@ -42,7 +42,7 @@ CLASS_CACHE_ENTRIES = 4096
 HEADER_CACHE_ENTRIES = 4096
 
 
-class RateLimitMiddleware:
+class RateLimitCheck:
     def __init__(
         self,
         limiter: RateLimiter,
