@@ -283,7 +283,9 @@ def _fake_llm(args: argparse.Namespace) -> int:
 # -- main -----------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, apart from running it: the deployment files' tests
+    check the commands they name against it (tests/test_deploy_files.py)."""
     parser = argparse.ArgumentParser(prog="agentcore", description="AgentCore Gateway")
     parser.add_argument("--version", action="version", version=f"agentcore {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -305,7 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _keys_parser(commands)
     _fake_llm_parser(commands)
     loadtest_command.add_parser(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "fake-llm":
         return _fake_llm(args)
     if args.command == "loadtest":
