@@ -1,0 +1,93 @@
+"""Faults against a real gateway process: its backends stopped and started again.
+
+Each test states the expected outcome first, in its docstring. The backends
+are private servers (tests/services.py), never the machine's shared
+PostgreSQL and Redis, which other tests use at the same time.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.services import PrivateServer, pg_server, redis_server
+from tests.support import ServerProcess, agent_card
+
+__all__ = ["pg_server", "redis_server"]  # fixtures, used by name
+
+pytestmark = pytest.mark.server
+
+ServerFactory = Callable[..., ServerProcess]
+JSONRPC = "/api/v1/jsonrpc"
+READY = "/api/v1/health/ready"
+#: The handler deadline the gateways under test run with: short, so a hang shows.
+HANDLER_TIMEOUT_S = 2.0
+
+
+def call(http: httpx.Client, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """One JSON-RPC call: the HTTP status and the decoded body."""
+    body = {"jsonrpc": "2.0", "method": method, "params": params, "id": 1}
+    response = http.post(JSONRPC, json=body)
+    return response.status_code, response.json()
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``check`` until it holds; the seconds it took (fails after ``timeout``)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.1)
+    pytest.fail(f"{what}: not within {timeout} s")
+
+
+# -- PostgreSQL --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["shutdown", "crash"])
+def test_postgres_down_is_503_within_the_deadline_and_recovers_without_restart(
+    server_factory: ServerFactory, pg_server: tuple[PrivateServer, str], stop: int
+) -> None:
+    """Expected: while the PostgreSQL server is stopped, ``/health/ready`` answers 503
+    and a write (``agent.register``) a JSON-RPC error ``-32000`` (store unavailable)
+    with HTTP 503, each well within ``limits.handler_timeout_s``; once the server is
+    back, ready is 200 again and writes succeed, the gateway not restarted. The
+    same whether the server shut down (SIGINT) or crashed (SIGKILL): the pool's
+    dead connections are replaced, not reused."""
+    postgres, url = pg_server
+    gateway = server_factory(
+        "--database-url",
+        url,
+        env={"AGENTCORE_LIMITS__HANDLER_TIMEOUT_S": str(HANDLER_TIMEOUT_S)},
+    ).start()
+    with httpx.Client(base_url=gateway.url, timeout=10) as http:
+        status, body = call(http, "agent.register", {"agent_card": agent_card("before", "x")})
+        assert status == 200, body
+
+        postgres.stop(stop)
+        wait_for(lambda: http.get(READY).status_code == 503, 5, "ready says 503")
+        for i in range(3):
+            start = time.monotonic()
+            status, body = call(http, "agent.register", {"agent_card": agent_card(f"d{i}", "x")})
+            took = time.monotonic() - start
+            assert status == 503, body
+            assert body["error"]["code"] == -32000, body
+            assert "postgresql" in body["error"]["message"], body
+            assert took < HANDLER_TIMEOUT_S, took
+        ready = http.get(READY)
+        assert ready.json()["dependencies"]["database"]["status"] == "down"
+
+        postgres.start()
+        wait_for(lambda: http.get(READY).status_code == 200, 10, "ready says 200 again")
+        status, body = call(http, "agent.register", {"agent_card": agent_card("after", "x")})
+        assert status == 200, body
+        status, body = call(http, "agent.list", {})
+        assert status == 200, body
+        listed = {a["agent_id"] for a in body["result"]["agents"]}
+        assert {"before", "after"} <= listed, listed
+    assert gateway.proc is not None and gateway.proc.poll() is None
