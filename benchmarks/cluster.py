@@ -210,7 +210,7 @@ class Cluster:
             "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
         )
         if nginx is None:
-            raise RuntimeError("nginx not found (apt-get install nginx-light)")
+            raise FileNotFoundError("nginx not found (apt-get install nginx-light)")
         self._claim_redis_db()
         asyncio.run(self._admin(f'CREATE DATABASE "{self.database}"'))
         self._database_created = True
