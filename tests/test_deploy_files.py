@@ -276,7 +276,7 @@ def test_the_documented_commands_parse() -> None:
     run = re.findall(r"docker run .* agentcore-gateway (.+)", image().text)
     assert compose and run
     for line in compose + run:
-        parser.parse_args(shlex.split(line))
+        parser.parse_args(shlex.split(line, comments=True))
 
 
 def test_the_gateways_trust_nginx_and_only_nginx() -> None:
