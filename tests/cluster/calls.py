@@ -1,10 +1,12 @@
-"""Calls the cluster tests make: JSON-RPC and event publishing from a source address."""
+"""Calls the cluster tests make: JSON-RPC and event publishing from a source address,
+and counters read from an instance's /metrics."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 #: Seconds any wait on another process may take.
 WAIT_S = 10.0
@@ -39,3 +41,14 @@ async def publish(http: httpx.AsyncClient, event_type: str, data: dict[str, Any]
     assert response.status_code == 202, response.text
     event_id: int = response.json()["event_id"]
     return event_id
+
+
+def counter(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``, on one instance."""
+    text = httpx.get(f"{url}/metrics", timeout=WAIT_S).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
