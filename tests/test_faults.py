@@ -91,3 +91,67 @@ def test_postgres_down_is_503_within_the_deadline_and_recovers_without_restart(
         listed = {a["agent_id"] for a in body["result"]["agents"]}
         assert {"before", "after"} <= listed, listed
     assert gateway.proc is not None and gateway.proc.poll() is None
+
+
+# -- Redis: rate limiting ----------------------------------------------------------
+
+#: The control class: BURST requests at once, then one per 1000 s (nothing refills).
+BURST = 5
+LIMITED = f"{{control={{rate=0.001,burst={BURST}}}}}"
+HEALTH = "/api/v1/health"
+
+
+def statuses(http: httpx.Client, n: int) -> list[int]:
+    return [call(http, "agent.list", {})[0] for _ in range(n)]
+
+
+def rate_limit_health(http: httpx.Client) -> dict[str, Any]:
+    found: dict[str, Any] = http.get(HEALTH).json()["rate_limit"]
+    return found
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_redis_down_rate_limiting_fails_as_configured_and_is_exact_once_back(
+    server_factory: ServerFactory, redis_server: tuple[PrivateServer, str], mode: str
+) -> None:
+    """Expected: with a burst of 5 and no refill, the first 5 requests are admitted
+    and the next ones refused with 429 while Redis is up. With Redis killed,
+    ``on_backend_error = "open"`` admits every request (200) and ``"closed"``
+    refuses every one with 503 (``-32000``), each within the handler deadline;
+    ``/api/v1/health`` shows ``rate_limit.status = "down"`` and /metrics counts
+    each in ``agentcore_ratelimit_backend_errors_total``. With Redis started
+    again on the same port (empty: it keeps nothing on disk), health shows
+    ``up`` and the limit is exact again: 5 admitted, then 429."""
+    redis_proc, url = redis_server
+    gateway = server_factory(
+        env={
+            "AGENTCORE_RATE_LIMIT__BACKEND": "redis",
+            "AGENTCORE_RATE_LIMIT__REDIS_URL": url,
+            "AGENTCORE_RATE_LIMIT__ON_BACKEND_ERROR": mode,
+            "AGENTCORE_RATE_LIMIT__CLASSES": LIMITED,
+            "AGENTCORE_LIMITS__HANDLER_TIMEOUT_S": str(HANDLER_TIMEOUT_S),
+        }
+    ).start()
+    with httpx.Client(base_url=gateway.url, timeout=10) as http:
+        assert statuses(http, BURST + 2) == [200] * BURST + [429] * 2
+        assert rate_limit_health(http)["status"] == "up"
+
+        redis_proc.stop(signal.SIGKILL)
+        start = time.monotonic()
+        down = statuses(http, 4)
+        assert time.monotonic() - start < 4 * HANDLER_TIMEOUT_S
+        if mode == "open":
+            assert down == [200] * 4
+        else:
+            assert down == [503] * 4
+            status, body = call(http, "agent.list", {})
+            assert (status, body["error"]["code"]) == (503, -32000), body
+            assert "rate limiting is unavailable" in body["error"]["message"]
+        wait_for(lambda: rate_limit_health(http)["status"] == "down", 5, "health says down")
+        outcome = "admitted" if mode == "open" else "refused"
+        metrics = http.get("/metrics").text
+        assert f'agentcore_ratelimit_backend_errors_total{{outcome="{outcome}"}}' in metrics
+
+        redis_proc.start()
+        wait_for(lambda: rate_limit_health(http)["status"] == "up", 5, "health says up")
+        assert statuses(http, BURST + 2) == [200] * BURST + [429] * 2

@@ -230,7 +230,12 @@ def test_redis_backend_is_exact_across_two_workers(
     assert all(c["admitted"] + c["refused"] > 0 for c in served.values()), served
     assert sum(c["admitted"] for c in served.values()) == admitted, served
     assert redis_keys.exists(f"agentcore:rl:control:ip:{source}")
-    assert health["rate_limit"] == {"enabled": True, "backend": "redis"}
+    assert health["rate_limit"] == {
+        "enabled": True,
+        "backend": "redis",
+        "on_backend_error": "open",
+        "status": "up",
+    }
 
 
 def test_memory_backend_limits_each_worker_apart(

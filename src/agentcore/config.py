@@ -195,6 +195,13 @@ class RateLimitConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     #: ``memory``: exact per worker process; ``redis``: exact across workers and instances.
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: What a request gets when the shared backend (Redis) cannot answer.
+    #: ``open`` (the default): admitted unlimited, so a Redis outage does not
+    #: take the whole API down with it; the limit is a guard against abuse,
+    #: which a short outage hardly invites. ``closed``: refused with 503, for
+    #: a limit that is a promise (a paid quota, a fragile upstream). Either
+    #: way counted in ``agentcore_ratelimit_backend_errors_total``.
+    on_backend_error: Literal["open", "closed"] = "open"
     #: Per route class limits (``control`` = JSON-RPC, ``integration``, ``llm``).
     classes: dict[RouteClass, LimitSpec] = {}
     #: Per tenant limits, applied to every identity of the tenant (each counted apart).

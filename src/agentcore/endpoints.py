@@ -10,6 +10,7 @@ for :data:`HEALTH_CACHE_S` and the documents are encoded once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -113,7 +114,9 @@ class Endpoints:
         cached = self._health_body
         if cached is not None and cached[0] is database:
             return Response(200, cached[1])
-        status = "healthy" if database["status"] == "up" else "degraded"
+        rate_limit = await self._checked_rate_limit_status()
+        up = database["status"] == "up" and rate_limit.get("status", "up") == "up"
+        status = "healthy" if up else "degraded"
         body = json_response(
             {
                 "status": status,
@@ -121,16 +124,34 @@ class Endpoints:
                 "uptime_s": round(time.monotonic() - self.started_at, 3),
                 "workers": self.config.server.workers,
                 "dependencies": {"database": database},
-                "rate_limit": self.rate_limit_status(),
+                "rate_limit": rate_limit,
                 "events": self.events_status(),
             }
         ).body
         self._health_body = (database, body)
         return Response(200, body)
 
+    async def _checked_rate_limit_status(self) -> dict[str, Any]:
+        """:meth:`rate_limit_status` after asking a shared backend whether it answers
+        (as often as the health document is rebuilt: at most once per HEALTH_CACHE_S),
+        so an outage shows even while no limited request comes in."""
+        if self.config.rate_limit.enabled and self.limiter.shared:
+            with contextlib.suppress(StoreUnavailable):  # recorded in backend_error
+                await self.limiter.ping()
+        return self.rate_limit_status()
+
     def rate_limit_status(self) -> dict[str, Any]:
+        """Whether and how requests are limited; for a shared backend (Redis) also
+        whether it answered last (``status``, ``error``) and what requests get while
+        it does not (``on_backend_error``)."""
         rl = self.config.rate_limit
         status: dict[str, Any] = {"enabled": rl.enabled, "backend": rl.backend}
+        if rl.enabled and self.limiter.shared:
+            status["on_backend_error"] = rl.on_backend_error
+            error = self.limiter.backend_error
+            status["status"] = "up" if error is None else "down"
+            if error is not None:
+                status["error"] = error
         if rl.enabled and not self.limiter.shared and self.config.server.workers > 1:
             status["warning"] = (
                 "limits are per worker: each of the "

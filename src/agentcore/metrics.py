@@ -251,6 +251,13 @@ class Metrics:
             ["route_class"],
             registry=self.registry,
         )
+        self.ratelimit_backend_errors = Counter(
+            "agentcore_ratelimit_backend_errors_total",
+            "Rate-limit checks the shared backend (Redis) could not make, by what the "
+            "request got (admitted: rate_limit.on_backend_error = open; refused: closed).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.shed = Counter(
             "agentcore_shed_total",
             "Requests refused with 503 because too many were in flight.",

@@ -343,24 +343,57 @@ def test_no_trusted_proxies_means_the_socket_peer() -> None:
 # -- backend trouble and several workers -----------------------------------------------
 
 
+def unreachable_redis(**extra: Any) -> dict[str, Any]:
+    """A Redis rate-limit backend nobody listens for, at one request per 1000 s."""
+    return {
+        "backend": "redis",
+        "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+        "rate": SLOW,
+        "burst": 1,
+        **extra,
+    }
+
+
 async def test_unreachable_redis_fails_open_and_is_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    rate_limit = {
-        "backend": "redis",
-        "redis_url": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
-        "rate": SLOW,
-        "burst": 1,
-    }
+    # The default. An admitted request is no refusal: counted as a backend error
+    # only (it was also counted in agentcore_rejected_total before
+    # rate_limit.on_backend_error existed, when fail open was the only way).
     with caplog.at_level(logging.WARNING, "agentcore.ratelimit"):
-        async with limited(rate_limit=rate_limit) as (_, client):
+        async with limited(rate_limit=unreachable_redis()) as (_, client):
             responses = [await call(client) for _ in range(3)]
             metrics = (await client.get("/metrics")).text
+            health = (await client.get("/api/v1/health")).json()
 
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert "x-ratelimit-limit" not in responses[0].headers
+    assert 'agentcore_ratelimit_backend_errors_total{outcome="admitted"} 3.0' in metrics
+    assert 'reason="ratelimit_backend_down"' not in metrics
+    assert caplog.text.count("rate limit check skipped") == 1  # once per outage
+    rate_limit = health["rate_limit"]
+    assert (rate_limit["status"], rate_limit["on_backend_error"]) == ("down", "open")
+    assert "Redis" in rate_limit["error"]
+    assert health["status"] == "degraded"
+
+
+async def test_unreachable_redis_fails_closed_when_configured() -> None:
+    rate_limit = unreachable_redis(on_backend_error="closed")
+    async with limited(rate_limit=rate_limit) as (_, client):
+        responses = [await call(client) for _ in range(3)]
+        metrics = (await client.get("/metrics")).text
+        health = (await client.get("/api/v1/health")).json()
+
+    assert [r.status_code for r in responses] == [503, 503, 503]
+    error = responses[0].json()["error"]
+    assert error["code"] == -32000
+    assert "rate limiting is unavailable" in error["message"]
+    assert "on_backend_error = closed" in error["message"]
+    assert responses[0].headers["retry-after"] == "1"
+    assert 'agentcore_ratelimit_backend_errors_total{outcome="refused"} 3.0' in metrics
     assert 'agentcore_rejected_total{reason="ratelimit_backend_down"} 3.0' in metrics
-    assert "rate limit check skipped" in caplog.text
+    assert health["rate_limit"]["status"] == "down"
+    assert health["rate_limit"]["on_backend_error"] == "closed"
 
 
 async def test_rate_limited_requests_are_counted() -> None:

@@ -79,10 +79,16 @@ class RateLimiter(Protocol):
     #: True when the limit holds across workers and instances (Redis), False
     #: when each worker process counts on its own (in-process backend).
     shared: bool
+    #: Why the backend failed its last command (None: it answered; the in-process
+    #: backend never fails), shown in ``/api/v1/health``.
+    backend_error: str | None
 
     async def hit(self, key: str, limit: Limit, cost: int = 1) -> Decision:
         """Check and consume ``cost`` requests of ``key`` under ``limit`` atomically."""
 
     async def reset(self, key: str) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise :class:`~agentcore.errors.StoreUnavailable` when the backend cannot answer."""
 
     async def close(self) -> None: ...

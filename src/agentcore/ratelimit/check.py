@@ -12,8 +12,12 @@ Every limited response, 2xx and 429 alike, carries ``RateLimit-Policy`` and
 ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (seconds until the quota
 is full again); a 429 also ``Retry-After`` in whole seconds, at least 1.
 Open routes (health, metrics, the well-known documents) are not limited.
-If the Redis backend is unreachable the request is let through (fail open)
-and counted in ``agentcore_rejected_total{reason="ratelimit_backend_down"}``.
+If the Redis backend cannot answer, ``rate_limit.on_backend_error`` decides:
+``open`` lets the request through unlimited, ``closed`` refuses it with 503
+(``StoreUnavailable``, ``Retry-After: 1``; also counted in
+``agentcore_rejected_total{reason="ratelimit_backend_down"}``); both are
+counted in ``agentcore_ratelimit_backend_errors_total{outcome}``. The outage
+is logged once when it starts and once when the backend answers again.
 """
 
 from __future__ import annotations
@@ -53,6 +57,10 @@ class RateLimitCheck:
         self.limiter = limiter
         self.proxies = proxies
         self._metrics = metrics
+        self._fail_open = config.on_backend_error == "open"
+        #: Whether the last check through the shared backend failed (logs the
+        #: outage once when it starts and once when it ends, not per request).
+        self._backend_down = False
         self._default = Limit("default", config.rate, config.burst)
         # Every class has its own quota, at the default rate unless configured.
         self._classes: dict[str, Limit] = {
@@ -144,11 +152,40 @@ class RateLimitCheck:
         try:
             decision = await self.limiter.hit(key, limit)
         except StoreUnavailable as exc:
-            log.warning("rate limit check skipped: %s", exc.message)
-            if self._metrics is not None:
-                self._metrics.rejected.labels("ratelimit_backend_down").inc()
-            return None
+            return self._backend_failed(scope, exc)
+        if self._backend_down:
+            self._backend_down = False
+            log.warning("rate limiting: the backend answers again; limits apply")
         return self._decided(scope, cls, limit, decision)
+
+    def _backend_failed(self, scope: Scope, exc: StoreUnavailable) -> ASGIApp | None:
+        """Admit (``on_backend_error = open``) or refuse with 503 (``closed``) a request
+        the backend could not check."""
+        if not self._backend_down:
+            self._backend_down = True
+            what = "rate limit check skipped" if self._fail_open else "requests refused"
+            log.warning(
+                "%s while the backend is unavailable (rate_limit.on_backend_error = %s): %s",
+                what,
+                "open" if self._fail_open else "closed",
+                exc.message,
+            )
+        metrics = self._metrics
+        if self._fail_open:
+            if metrics is not None:
+                metrics.ratelimit_backend_errors.labels("admitted").inc()
+            return None
+        if metrics is not None:
+            metrics.ratelimit_backend_errors.labels("refused").inc()
+            metrics.rejected.labels("ratelimit_backend_down").inc()
+        return refusal(
+            scope,
+            StoreUnavailable(
+                f"rate limiting is unavailable ({exc.message}); requests are refused until "
+                "it is back (rate_limit.on_backend_error = closed)"
+            ),
+            [(b"retry-after", b"1")],
+        )
 
     def _decided(self, scope: Scope, cls: str, limit: Limit, decision: Decision) -> ASGIApp | None:
         headers = self._headers(decision)

@@ -11,6 +11,7 @@ PRUNE_THRESHOLD = 100_000
 
 class MemoryRateLimiter:
     shared = False
+    backend_error: str | None = None
 
     def __init__(self, clock: Clock = system_clock, prune_threshold: int = PRUNE_THRESHOLD) -> None:
         self._clock = clock
@@ -43,6 +44,9 @@ class MemoryRateLimiter:
         """Give ``key`` its whole quota back under every limit."""
         for slot in [s for s in self._tats if s[1] == key]:
             del self._tats[slot]
+
+    async def ping(self) -> None:
+        """In process: always there."""
 
     async def close(self) -> None:
         self._tats.clear()

@@ -9,9 +9,12 @@ when their quota is full again.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from agentcore import redisconn
+from agentcore.errors import StoreUnavailable
 from agentcore.ratelimit.base import Decision, Limit
 
 GCRA_LUA = """
@@ -39,10 +42,11 @@ return {1, remaining, tostring(new_tat - now), '0'}
 
 
 #: Connections per worker. A check past this many at once waits for a free
-#: connection (up to POOL_WAIT_S) instead of failing: a failed check fails open,
-#: so a plain pool (which raises "Too many connections") would let a burst through.
+#: connection (up to POOL_WAIT_S) instead of failing: a failed check admits or
+#: refuses the request (``rate_limit.on_backend_error``), so a plain pool (which
+#: raises "Too many connections") would let a burst through, or refuse it.
 #: A hung Redis delays a request by at most :data:`agentcore.redisconn.SOCKET_TIMEOUT_S`
-#: before the check fails open.
+#: before the check fails.
 POOL_SIZE = 64
 POOL_WAIT_S = 5.0
 #: Who is unavailable, in :class:`~agentcore.errors.StoreUnavailable` messages.
@@ -56,9 +60,11 @@ class RedisRateLimiter:
         self._client = redisconn.connect(url, pool_size=POOL_SIZE, pool_wait_s=POOL_WAIT_S)
         self._prefix = prefix
         self._script = self._client.register_script(GCRA_LUA)
+        #: Why the last check or ping failed; None once one succeeds (health shows it).
+        self.backend_error: str | None = None
 
     async def hit(self, key: str, limit: Limit, cost: int = 1) -> Decision:
-        with redisconn.translated(_USER):
+        with self._watched():
             reply: list[Any] = await self._script(
                 keys=[self._prefix + limit.name + ":" + key],
                 args=[repr(limit.interval_s), limit.burst, cost],
@@ -72,8 +78,19 @@ class RedisRateLimiter:
                 await self._client.delete(name)
 
     async def ping(self) -> None:
-        with redisconn.translated(_USER):
+        with self._watched():
             await self._client.ping()
+
+    @contextlib.contextmanager
+    def _watched(self) -> Iterator[None]:
+        """Redis trouble as :class:`StoreUnavailable`, and its outcome in :attr:`backend_error`."""
+        try:
+            with redisconn.translated(_USER):
+                yield
+        except StoreUnavailable as exc:
+            self.backend_error = exc.message
+            raise
+        self.backend_error = None
 
     async def close(self) -> None:
         await self._client.aclose()
