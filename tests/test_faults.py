@@ -7,6 +7,9 @@ PostgreSQL and Redis, which other tests use at the same time.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -14,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from tests.services import PrivateServer, pg_server, redis_server
 from tests.support import ServerProcess, agent_card
@@ -155,3 +159,88 @@ def test_redis_down_rate_limiting_fails_as_configured_and_is_exact_once_back(
         redis_proc.start()
         wait_for(lambda: rate_limit_health(http)["status"] == "up", 5, "health says up")
         assert statuses(http, BURST + 2) == [200] * BURST + [429] * 2
+
+
+# -- SIGTERM: drain ----------------------------------------------------------------
+
+#: realtime.shutdown_grace_s of the instance stopped.
+GRACE_S = 2.0
+#: What an instance may take beyond its grace to exit (a loaded 2-core machine).
+EXIT_MARGIN_S = 5.0
+
+
+async def start_slow_request(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A JSON-RPC write in flight: its head and half its body sent. Returns the
+    connection and the rest of the body, to be sent later."""
+    params = {"agent_card": agent_card("in-flight", "x")}
+    body = json.dumps({"jsonrpc": "2.0", "method": "agent.register", "params": params, "id": 7})
+    data = body.encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        f"POST {JSONRPC} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    ).encode()
+    writer.write(head + data[: len(data) // 2])
+    await writer.drain()
+    return reader, writer, data[len(data) // 2 :]
+
+
+async def sse_lines(response: httpx.Response) -> list[str]:
+    """The stream's lines up to and including its terminal ``event: error`` data line."""
+    lines: list[str] = []
+    async for line in response.aiter_lines():
+        lines.append(line)
+        if len(lines) > 1 and lines[-2] == "event: error":
+            break
+    return lines
+
+
+@pytest.mark.parametrize("asgi_server", ["uvicorn", "granian"])
+async def test_sigterm_drains_requests_and_streams_and_exits_within_grace(
+    server_factory: ServerFactory, asgi_server: str
+) -> None:
+    """Expected: on SIGTERM with a request in flight (its body half sent), an open
+    WebSocket and an open SSE stream, the WebSocket is closed with 1001 and the
+    SSE stream ends with ``event: error`` code 1001 (both: reconnect elsewhere,
+    with the cursor); the request, its body completed after the signal, is
+    answered 200 with its result; the process exits 0 within
+    ``realtime.shutdown_grace_s`` plus a margin."""
+    gateway = server_factory(
+        "--server",
+        asgi_server,
+        env={"AGENTCORE_REALTIME__SHUTDOWN_GRACE_S": str(GRACE_S)},
+    ).start()
+    proc = gateway.proc
+    assert proc is not None
+    ws_url = gateway.url.replace("http://", "ws://") + "/api/v1/ws/events"
+    async with (
+        websockets.connect(ws_url) as ws,
+        httpx.AsyncClient(base_url=gateway.url, timeout=10) as http,
+        http.stream("GET", "/api/v1/events/stream", params={"topics": "agent.*"}) as sse,
+    ):
+        await ws.send(json.dumps({"type": "subscribe", "id": 1, "topics": ["task.*"]}))
+        assert json.loads(await ws.recv())["type"] == "subscribed"
+        assert sse.status_code == 200
+        reader, writer, rest = await start_slow_request(gateway.port)
+        await asyncio.sleep(0.2)  # the request has reached the app
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        signalled = time.monotonic()
+
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), GRACE_S + EXIT_MARGIN_S)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        lines = await asyncio.wait_for(sse_lines(sse), GRACE_S + EXIT_MARGIN_S)
+        assert json.loads(lines[-1].removeprefix("data: "))["code"] == 1001, lines
+
+        writer.write(rest)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), GRACE_S + EXIT_MARGIN_S)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert b'"agent_id":"in-flight"' in answer, answer
+
+    code = await asyncio.to_thread(proc.wait, GRACE_S + EXIT_MARGIN_S)
+    assert code == 0
+    assert time.monotonic() - signalled < GRACE_S + EXIT_MARGIN_S
