@@ -8,6 +8,7 @@ PostgreSQL and Redis, which other tests use at the same time.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -20,7 +21,8 @@ import pytest
 import websockets
 
 from tests.services import PrivateServer, pg_server, redis_server
-from tests.support import ServerProcess, agent_card
+from tests.support import ServerProcess, agent_card, free_port
+from tests.webhooks.conftest import Receiver
 
 __all__ = ["pg_server", "redis_server"]  # fixtures, used by name
 
@@ -244,3 +246,72 @@ async def test_sigterm_drains_requests_and_streams_and_exits_within_grace(
     code = await asyncio.to_thread(proc.wait, GRACE_S + EXIT_MARGIN_S)
     assert code == 0
     assert time.monotonic() - signalled < GRACE_S + EXIT_MARGIN_S
+
+
+# -- a webhook receiver down, then up ----------------------------------------------
+
+#: Seconds before each attempt. The issue's receiver is down for a minute under
+#: the default schedule (0 s, 5 s, 5 min, ...); shortened here so the test
+#: takes seconds, with the same shape: every attempt while it is down fails.
+SCHEDULE = [0.0, 1.0, 2.0, 4.0]
+#: Seconds the receiver refuses connections: attempts 1 to 3 (at 0, 1 and 3 s)
+#: fail, attempt 4 (at 7 s) reaches it.
+DOWN_S = 5.0
+EVENTS = 3
+
+
+def test_webhook_receiver_down_then_up_gets_every_delivery_on_schedule(
+    server_factory: ServerFactory,
+) -> None:
+    """Expected: with ``webhooks.retry_schedule = [0, 1, 2, 4]`` (no jitter) and a
+    receiver that refuses connections for 5 s, each of 3 events published
+    meanwhile is delivered exactly once successfully, on its 4th attempt (the
+    first three at about 0, 1 and 3 s fail with a connection error, no status);
+    every request the receiver gets verifies with the ``standardwebhooks``
+    library; the gaps between attempts in the delivery's attempt log
+    (``GET /webhooks/{id}/deliveries``) are the schedule's 1, 2 and 4 s."""
+    port = free_port()
+    gateway = server_factory(
+        env={
+            "AGENTCORE_WEBHOOKS__RETRY_SCHEDULE": json.dumps(SCHEDULE),
+            "AGENTCORE_WEBHOOKS__JITTER": "0",
+            "AGENTCORE_WEBHOOKS__POLL_INTERVAL_S": "0.05",
+            "AGENTCORE_WEBHOOKS__TIMEOUT_S": "2",
+            "AGENTCORE_WEBHOOKS__ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+        }
+    ).start()
+    with httpx.Client(base_url=f"{gateway.url}/api/v1/integration", timeout=10) as http:
+        created = http.post(
+            "/webhooks", json={"url": f"http://127.0.0.1:{port}/hook", "events": ["fault.*"]}
+        )
+        assert created.status_code == 201, created.text
+        hook, secret = created.json()["id"], created.json()["secret"]
+        published = time.monotonic()
+        for i in range(EVENTS):
+            answer = http.post(
+                "/events/publish", json={"event_type": "fault.test", "data": {"i": i}}
+            )
+            assert answer.status_code < 300, answer.text
+
+        time.sleep(max(0.0, DOWN_S - (time.monotonic() - published)))
+        receiver = Receiver(port)
+        try:
+            wait_for(lambda: len(receiver.at("/hook")) >= EVENTS, 10, "every delivery arrives")
+            time.sleep(0.5)  # nothing more arrives
+            received = receiver.at("/hook")
+        finally:
+            receiver.close()
+        deliveries = http.get(f"/webhooks/{hook}/deliveries").json()["data"]
+
+    assert len(received) == EVENTS
+    assert all(r.verifies(secret) for r in received)
+    assert sorted(json.loads(r.body)["data"]["i"] for r in received) == list(range(EVENTS))
+    assert {r.msg_id for r in received} == {d["id"] for d in deliveries}
+    for delivery in deliveries:
+        assert (delivery["status"], delivery["attempts"]) == ("succeeded", 4), delivery
+        log = delivery["attempt_log"]
+        assert [a["status_code"] for a in log] == [None, None, None, 200], log
+        assert all(a["error"] for a in log[:3]), log
+        gaps = [later["at"] - earlier["at"] for earlier, later in itertools.pairwise(log)]
+        for gap, planned in zip(gaps, SCHEDULE[1:], strict=True):
+            assert planned - 0.05 <= gap <= planned + 1.0, (gaps, log)

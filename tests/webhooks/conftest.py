@@ -78,9 +78,10 @@ Script = Callable[[Received, int], tuple[int, dict[str, str], float]]
 
 
 class Receiver:
-    """``ThreadingHTTPServer`` in a thread: records every POST, answers as scripted."""
+    """``ThreadingHTTPServer`` in a thread: records every POST, answers as scripted;
+    on ``port`` (0: any free one; a given one: a receiver that comes up late)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.received: list[Received] = []
         self.scripts: dict[str, Script] = {}
         self._lock = threading.Lock()
@@ -115,7 +116,7 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
