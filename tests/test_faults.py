@@ -8,6 +8,7 @@ PostgreSQL and Redis, which other tests use at the same time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -315,3 +316,75 @@ def test_webhook_receiver_down_then_up_gets_every_delivery_on_schedule(
         gaps = [later["at"] - earlier["at"] for earlier, later in itertools.pairwise(log)]
         for gap, planned in zip(gaps, SCHEDULE[1:], strict=True):
             assert planned - 0.05 <= gap <= planned + 1.0, (gaps, log)
+
+
+# -- Redis: event fan-out ----------------------------------------------------------
+
+
+def publish(http: httpx.Client, i: int) -> int:
+    """Publish ``fault.test`` number ``i`` through ``http``'s gateway; its event id."""
+    answer = http.post(
+        "/api/v1/integration/events/publish", json={"event_type": "fault.test", "data": {"i": i}}
+    )
+    assert answer.status_code == 202, answer.text
+    event_id: int = answer.json()["event_id"]
+    return event_id
+
+
+async def next_event(ws: websockets.ClientConnection, within_s: float) -> dict[str, Any]:
+    """The next ``event`` message on ``ws`` (other messages, pings, skipped)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        message = json.loads(
+            await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic()))
+        )
+        if message["type"] == "event":
+            found: dict[str, Any] = message
+            return found
+
+
+async def test_events_committed_while_redis_is_down_are_replayed_by_cursor(
+    server_factory: ServerFactory,
+    pg_server: tuple[PrivateServer, str],
+    redis_server: tuple[PrivateServer, str],
+) -> None:
+    """Expected: two gateways on one database, fanning out over Redis. A
+    WebSocket on gateway B gets an event published through A live. With Redis
+    killed, A still accepts and commits events (202: the publisher never waits
+    on fan-out). With Redis started again, a client that resumes on B with
+    ``since`` = the id of the last event it got receives every event committed
+    during the outage, in order, none lost, and then live events from A again
+    (the fan-out reconnected by itself)."""
+    _, pg_url = pg_server
+    redis_proc, redis_url = redis_server
+    env = {"AGENTCORE_EVENTS__FANOUT": "redis", "AGENTCORE_EVENTS__REDIS_URL": redis_url}
+    a = server_factory("--database-url", pg_url, env=env).start()
+    b = server_factory("--database-url", pg_url, env=env).start()
+    ws_url = b.url.replace("http://", "ws://") + "/api/v1/ws/events"
+    subscribe = {"type": "subscribe", "id": 1, "topics": ["fault.*"]}
+    with httpx.Client(base_url=a.url, timeout=10) as http:
+        async with websockets.connect(ws_url) as ws:
+            await ws.send(json.dumps(subscribe))
+            assert json.loads(await ws.recv())["type"] == "subscribed"
+            first = publish(http, 0)
+            cursor = (await next_event(ws, 5))["id"]
+            assert cursor == first
+
+            redis_proc.stop(signal.SIGKILL)
+            missed = [publish(http, i) for i in range(1, 4)]
+
+        redis_proc.start()
+        async with websockets.connect(ws_url) as ws:
+            await ws.send(json.dumps({**subscribe, "since": cursor}))
+            assert json.loads(await ws.recv())["type"] == "subscribed"
+            replayed = [(await next_event(ws, 5))["id"] for _ in missed]
+            assert replayed == missed
+            # Live again once both gateways are back on Redis (bounded back-off).
+            deadline = time.monotonic() + 15
+            live: int | None = None
+            sent: list[int] = []
+            while live is None and time.monotonic() < deadline:
+                sent.append(publish(http, 99))
+                with contextlib.suppress(TimeoutError):
+                    live = (await next_event(ws, 1))["id"]
+            assert live in sent, f"no live event from A after Redis came back: {live}, {sent}"
