@@ -276,6 +276,13 @@ class Cluster:
         if errors:
             raise RuntimeError("cluster teardown: " + "; ".join(errors))
 
+    def kill(self, index: int) -> None:
+        """``kill -9`` instance ``index`` (its whole process group): a crash, with no drain
+        and no cleanup, for fault tests. Returns once the process is reaped."""
+        child = self.instances[index].child
+        assert child is not None, "not started"
+        child.stop(signal.SIGKILL)
+
     def logs(self) -> str:
         """The end of every process's log, for a failure message."""
         return "\n".join(f"--- {c.name} ---\n{c.tail()}" for c in self.children)
