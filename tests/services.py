@@ -105,6 +105,27 @@ class PrivateServer:
         finally:
             self.stop(final)
 
+    def pause(self) -> None:
+        """Stop the server and its child processes where they stand (SIGSTOP): it still
+        accepts connections (the kernel does) but answers nothing, like a hung host."""
+        self._signal_family(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_family(signal.SIGCONT)
+
+    def _signal_family(self, sig: int) -> None:
+        # PostgreSQL's backends leave the postmaster's process group: found by parent.
+        assert self.proc is not None
+        pids = [self.proc.pid]
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if entry.name.isdigit() and int(fields[1]) == self.proc.pid:
+                    pids.append(int(entry.name))
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

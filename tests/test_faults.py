@@ -56,6 +56,15 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
 # -- PostgreSQL --------------------------------------------------------------------
 
 
+def on_postgres(server_factory: ServerFactory, url: str) -> ServerProcess:
+    """A started gateway on the PostgreSQL at ``url``, with the short handler deadline."""
+    return server_factory(
+        "--database-url",
+        url,
+        env={"AGENTCORE_LIMITS__HANDLER_TIMEOUT_S": str(HANDLER_TIMEOUT_S)},
+    ).start()
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["shutdown", "crash"])
 def test_postgres_down_is_503_within_the_deadline_and_recovers_without_restart(
     server_factory: ServerFactory, pg_server: tuple[PrivateServer, str], stop: int
@@ -67,11 +76,7 @@ def test_postgres_down_is_503_within_the_deadline_and_recovers_without_restart(
     same whether the server shut down (SIGINT) or crashed (SIGKILL): the pool's
     dead connections are replaced, not reused."""
     postgres, url = pg_server
-    gateway = server_factory(
-        "--database-url",
-        url,
-        env={"AGENTCORE_LIMITS__HANDLER_TIMEOUT_S": str(HANDLER_TIMEOUT_S)},
-    ).start()
+    gateway = on_postgres(server_factory, url)
     with httpx.Client(base_url=gateway.url, timeout=10) as http:
         status, body = call(http, "agent.register", {"agent_card": agent_card("before", "x")})
         assert status == 200, body
@@ -98,6 +103,36 @@ def test_postgres_down_is_503_within_the_deadline_and_recovers_without_restart(
         listed = {a["agent_id"] for a in body["result"]["agents"]}
         assert {"before", "after"} <= listed, listed
     assert gateway.proc is not None and gateway.proc.poll() is None
+
+
+def test_postgres_hung_is_503_at_the_deadline_and_recovers(
+    server_factory: ServerFactory, pg_server: tuple[PrivateServer, str]
+) -> None:
+    """Expected: with the PostgreSQL server hung (paused: it accepts connections but
+    answers nothing), a write is answered 503 with JSON-RPC error ``-32032``
+    (handler timeout) at ``limits.handler_timeout_s``, not later, and so is
+    ready; the requests cut off leave no pool connection stuck, so once the
+    server answers again writes and ready succeed at once."""
+    postgres, url = pg_server
+    gateway = on_postgres(server_factory, url)
+    with httpx.Client(base_url=gateway.url, timeout=10) as http:
+        assert call(http, "agent.register", {"agent_card": agent_card("before", "x")})[0] == 200
+        postgres.pause()
+        try:
+            for i in range(2):
+                start = time.monotonic()
+                status, body = call(
+                    http, "agent.register", {"agent_card": agent_card(f"h{i}", "x")}
+                )
+                took = time.monotonic() - start
+                assert (status, body["error"]["code"]) == (503, -32032), body
+                assert took < HANDLER_TIMEOUT_S + 1.5, took
+            wait_for(lambda: http.get(READY).status_code == 503, 5, "ready says 503")
+        finally:
+            postgres.resume()
+        wait_for(lambda: http.get(READY).status_code == 200, 5, "ready says 200 again")
+        status, body = call(http, "agent.register", {"agent_card": agent_card("after", "x")})
+        assert status == 200, body
 
 
 # -- Redis: rate limiting ----------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
@@ -72,34 +72,79 @@ def _rowcount(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
+async def _cancellable(conn: Any, call: Awaitable[Any]) -> Any:
+    """``await call`` (a statement on ``conn``); cancelled (a request deadline), the
+    connection is closed at once instead of cancelled.
+
+    asyncpg cancels a statement by sending a cancel request on a new connection
+    and, before the connection goes back to the pool, waits for that request
+    with no time limit: against a server that accepts connections but does not
+    answer (hung, stopped, a network partition) the cancelled request never
+    finished, holding its pool slot (tests/test_faults.py). A closed connection
+    ends the server's side too; the pool opens a new one when it is needed.
+    """
+    try:
+        return await call
+    except asyncio.CancelledError:
+        conn.terminate()
+        raise
+
+
+@asynccontextmanager
+async def _transaction(conn: Any) -> AsyncIterator[None]:
+    """``conn.transaction()`` (a savepoint when nested), but a cancelled block closes
+    the connection (:func:`_cancellable`) instead of waiting on a ROLLBACK."""
+    tx = conn.transaction()
+    try:
+        await tx.start()
+        try:
+            yield
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            await tx.rollback()
+            raise
+        await tx.commit()
+    except asyncio.CancelledError:
+        conn.terminate()
+        raise
+
+
 class _Session:
     """Statements on a pool (each on any free connection) or on one connection."""
 
     dialect = "postgresql"
 
-    def __init__(self, target: Any) -> None:
-        self._target = target  # asyncpg.Pool or asyncpg.Connection
+    def __init__(self, target: Any, *, pooled: bool = False) -> None:
+        self._target = target  # asyncpg.Pool (pooled) or asyncpg.Connection
+        self._pooled = pooled
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        """``method`` of an asyncpg connection, on this session's (or a pooled) one."""
+        with _translated():
+            if not self._pooled:
+                conn = self._target
+                return await _cancellable(conn, getattr(conn, method)(*args))
+            async with self._target.acquire() as conn:
+                return await _cancellable(conn, getattr(conn, method)(*args))
 
     async def execute(self, sql: str, *args: Any) -> int:
-        with _translated():
-            return _rowcount(await self._target.execute(sql, *args))
+        return _rowcount(await self._call("execute", sql, *args))
 
     async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
-        with _translated():
-            rows: list[Sequence[Any]] = await self._target.fetch(sql, *args)
-            return rows
+        rows: list[Sequence[Any]] = await self._call("fetch", sql, *args)
+        return rows
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         params = list(rows)
         if params:
-            with _translated():
-                await self._target.executemany(sql, params)
+            await self._call("executemany", sql, params)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Driver]:
         """Already on one connection: a nested block is a savepoint."""
         with _translated():
-            async with self._target.transaction():
+            async with _transaction(self._target):
                 yield self
 
 
@@ -251,7 +296,7 @@ class PostgresDatabase:
     async def connection(self) -> AsyncIterator[_Session]:
         """One pooled connection from BEGIN to COMMIT."""
         with _translated():
-            async with self._slots, self._live_pool().acquire() as conn, conn.transaction():
+            async with self._slots, self._live_pool().acquire() as conn, _transaction(conn):
                 yield _Session(conn)
 
     @asynccontextmanager
@@ -263,7 +308,7 @@ class PostgresDatabase:
                 yield PostgresUnit(self, stack)
 
     def _session(self) -> _Session:
-        return _Session(self._live_pool())
+        return _Session(self._live_pool(), pooled=True)
 
     def _live_pool(self) -> Any:
         if self._pool is None:
