@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
@@ -72,28 +72,24 @@ def _rowcount(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
-async def _cancellable(conn: Any, call: Awaitable[Any]) -> Any:
-    """``await call`` (a statement on ``conn``); cancelled (a request deadline), the
-    connection is closed at once instead of cancelled.
+def _abandon(conn: Any) -> None:
+    """Close ``conn`` at once: a statement on it was cancelled (a request deadline).
 
     asyncpg cancels a statement by sending a cancel request on a new connection
     and, before the connection goes back to the pool, waits for that request
     with no time limit: against a server that accepts connections but does not
     answer (hung, stopped, a network partition) the cancelled request never
-    finished, holding its pool slot (tests/test_faults.py). A closed connection
-    ends the server's side too; the pool opens a new one when it is needed.
+    finished, holding its pool slot (tests/store/test_postgres_faults.py). A
+    closed connection ends the server's side too; the pool opens a new one when
+    it is needed.
     """
-    try:
-        return await call
-    except asyncio.CancelledError:
-        conn.terminate()
-        raise
+    conn.terminate()
 
 
 @asynccontextmanager
 async def _transaction(conn: Any) -> AsyncIterator[None]:
     """``conn.transaction()`` (a savepoint when nested), but a cancelled block closes
-    the connection (:func:`_cancellable`) instead of waiting on a ROLLBACK."""
+    the connection (:func:`_abandon`) instead of waiting on a ROLLBACK."""
     tx = conn.transaction()
     try:
         await tx.start()
@@ -106,7 +102,7 @@ async def _transaction(conn: Any) -> AsyncIterator[None]:
             raise
         await tx.commit()
     except asyncio.CancelledError:
-        conn.terminate()
+        _abandon(conn)
         raise
 
 
@@ -124,9 +120,17 @@ class _Session:
         with _translated():
             if not self._pooled:
                 conn = self._target
-                return await _cancellable(conn, getattr(conn, method)(*args))
+                try:
+                    return await getattr(conn, method)(*args)
+                except asyncio.CancelledError:
+                    _abandon(conn)
+                    raise
             async with self._target.acquire() as conn:
-                return await _cancellable(conn, getattr(conn, method)(*args))
+                try:
+                    return await getattr(conn, method)(*args)
+                except asyncio.CancelledError:
+                    _abandon(conn)
+                    raise
 
     async def execute(self, sql: str, *args: Any) -> int:
         return _rowcount(await self._call("execute", sql, *args))
