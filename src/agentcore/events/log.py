@@ -46,6 +46,7 @@ from agentcore.config import EventsConfig
 from agentcore.errors import StoreUnavailable
 from agentcore.events.base import Event, EventFilter, Fanout
 from agentcore.events.memory import MemoryEventBus
+from agentcore.events.sequence import Sequence
 from agentcore.lifecycle import Job, every
 from agentcore.models import DEFAULT_TENANT
 from agentcore.repositories import Repositories
@@ -130,6 +131,10 @@ class EventLog:
         #: Committed batches for the fan-out task; None ends it.
         self._outbox: asyncio.Queue[list[Event] | None] = asyncio.Queue(FANOUT_QUEUE_BATCHES)
         self._closed = True
+        #: With a fan-out, this process's and the others' events meet here and reach the
+        #: hub in id order, gaps filled from the log (sequence.py); alone, they go direct.
+        self._sequence = Sequence(hub.publish, self._events.read) if fanout is not None else None
+        self._to_hub = hub.publish if self._sequence is None else self._sequence.offer
 
     @asynccontextmanager
     async def change(self) -> AsyncIterator[Change]:
@@ -206,9 +211,10 @@ class EventLog:
                     break
                 self._ended = [entry for entry in self._ended if entry[0] > oldest]
                 ready.sort(key=lambda entry: entry[1][0].id)
+                to_hub = self._to_hub
                 for _, stored in ready:
                     for event in stored:
-                        self.hub.publish(event)
+                        to_hub(event)
                     if self.fanout is not None:
                         await self._outbox.put(stored)
         finally:
@@ -216,7 +222,7 @@ class EventLog:
 
     def deliver(self, event: Event) -> None:
         """Hand an event committed elsewhere (another worker) to this process's subscribers."""
-        self.hub.publish(event)
+        self._to_hub(event)
 
     def open(self) -> None:
         """Accept changes; :meth:`run` must be running for the fan-out."""
@@ -249,10 +255,15 @@ class EventLog:
                 metrics.fanout_received.inc()
             self.deliver(event)
 
+        if self._sequence is not None:
+            # Read before listening: what commits in between is a gap, filled from the log.
+            self._sequence.start(await self.last_id())
         async with asyncio.TaskGroup() as group:
             receiving = group.create_task(fanout.run(deliver))
             await stop.wait()
             receiving.cancel()
+        if self._sequence is not None:
+            await self._sequence.close()
 
     async def close(self) -> None:
         """Stop accepting changes; the fan-out sends what is queued, then ends."""
