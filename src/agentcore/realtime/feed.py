@@ -5,8 +5,9 @@ A :class:`Feed` is attached to the worker's router (``connections.py``)
 both in the replay and held in the feed's ``pending`` buffer; when the replay
 is done, :meth:`Feed.go_live` hands the held events on, skipping every id at
 or below the last one replayed. Ids are gap-free and committed in id order,
-so "at or below the last replayed id" is exactly the overlap. Events from
-other workers can arrive slightly out of id order; all are delivered.
+so "at or below the last replayed id" is exactly the overlap. Events of
+other workers and instances reach the router in id order too, gaps filled
+from the log (events/sequence.py).
 
 ``pending`` is bounded like the connection's send queue: a replay that
 cannot keep up with live events ends the stream as a slow consumer (1013),
