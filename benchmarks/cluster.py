@@ -243,7 +243,10 @@ class Cluster:
             data_dir = str(self.root / f"worker-{n}")
             argv = [*cli, "worker", *common, "--data-dir", data_dir]
             self._spawn(f"worker {n}", argv, env)
-        (self.root / "nginx").mkdir(exist_ok=True)
+        # nginx started as root runs its workers as another user, which must reach the
+        # temporary files of request bodies under its prefix (mkdtemp made the root 0700).
+        self.root.chmod(0o711)
+        (self.root / "nginx").mkdir(mode=0o711, exist_ok=True)
         conf = self.root / "nginx" / "nginx.conf"
         conf.write_text(self._nginx_conf())
         prefix = str(self.root / "nginx")

@@ -54,3 +54,25 @@ def test_an_agent_registered_on_one_instance_is_discovered_on_every_other(
     # Through nginx, round robin over the three.
     for _ in cluster.instances:
         assert discovered(cluster.url, source, capability) == [agent_id]
+
+
+def test_a_body_larger_than_nginx_buffers_in_memory_passes_through(
+    cluster: Cluster, source: str
+) -> None:
+    """nginx writes a body past its 8 KB buffer to a temporary file first: a batch of
+    100 registrations (about 30 KB) through nginx is answered, every call with a result."""
+    capability = f"batch-{secrets.token_hex(4)}"
+    batch = [
+        {
+            "jsonrpc": "2.0",
+            "method": "agent.register",
+            "params": {"agent_card": agent_card(f"agent-{capability}-{n}", capability)},
+            "id": n,
+        }
+        for n in range(100)
+    ]
+    with client(cluster.url, source) as http:
+        response = http.post("/api/v1/jsonrpc", json=batch)
+    assert response.status_code == 200, response.text
+    answers = response.json()
+    assert len(answers) == 100 and all("result" in answer for answer in answers), answers[:2]
