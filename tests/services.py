@@ -29,7 +29,19 @@ import pytest
 
 from tests.support import free_port, unavailable
 
-PG_BIN = Path(os.environ.get("AGENTCORE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _pg_bin() -> Path:
+    """Where ``initdb`` and ``postgres`` are: ``AGENTCORE_TEST_PG_BIN``, else the newest
+    Debian-style ``/usr/lib/postgresql/<version>/bin`` (the one CI's cluster runs)."""
+    if os.environ.get("AGENTCORE_TEST_PG_BIN"):
+        return Path(os.environ["AGENTCORE_TEST_PG_BIN"])
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
 #: Seconds a private server has to accept connections after it is started.
 START_TIMEOUT_S = 15.0
 #: Seconds a stopped server has to exit before it is killed.
@@ -145,9 +157,10 @@ def private_postgres(log_dir: Path) -> Iterator[tuple[PrivateServer, str]]:
     ``log_dir``. The cluster lives in a directory of its own under the system's
     temporary directory (pytest's is private to the user running the tests, which
     the ``postgres`` user cannot enter) and is removed afterwards."""
-    initdb, postgres = PG_BIN / "initdb", PG_BIN / "postgres"
+    bin_dir = _pg_bin()
+    initdb, postgres = bin_dir / "initdb", bin_dir / "postgres"
     if not (initdb.exists() and postgres.exists()):
-        unavailable(f"PostgreSQL binaries not found under {PG_BIN}")
+        unavailable(f"PostgreSQL binaries not found under {bin_dir}")
     root = Path(tempfile.mkdtemp(prefix="agentcore-pg-"))
     try:
         with _cluster(root, initdb, postgres, log_dir) as found:
